@@ -1,0 +1,277 @@
+"""The improved ResNet34 as a transformers custom model: architecture, switches, processor, remote-code loading."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modeling import (
+    BrainResNetConfig,
+    BrainResNetForImageClassification,
+    BrainResNetImageProcessor,
+    BrainResNetModel,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("BRAIN_MRI_DATA", REPO.parent / "shared/data/brain-tumor-mri-4k"))
+SLICE = DATA / "glioma" / "figshare-0209.jpg"
+
+# torchvision.models.resnet34(num_classes=4).  torchvision cannot be imported beside the CPU torch wheel, so the
+# count is written down (it is 21,284,672 for the 1000-class ImageNet head minus 512*996 + 996 weights).
+TORCHVISION_RESNET34_PARAMS_4_CLASSES = 21_286_724
+
+RESNET34 = {"stem_type": "conv", "downsample_type": "conv", "attention_type": "none"}
+ABLATIONS = {
+    "improved": {},
+    "resnet34": RESNET34,
+    "no-multiscale": {"stem_type": "conv"},
+    "no-inception": {"downsample_type": "conv"},
+    "no-se": {"attention_type": "none"},
+}
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build(**overrides) -> BrainResNetForImageClassification:
+    torch.manual_seed(0)
+    return BrainResNetForImageClassification(BrainResNetConfig(**overrides)).eval()
+
+
+def test_all_switches_off_is_torchvision_resnet34():
+    assert count_params(build(num_channels=3, **RESNET34)) == TORCHVISION_RESNET34_PARAMS_4_CLASSES
+
+
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_improved_model_has_at_most_80_percent_of_resnet34_parameters(num_channels):
+    improved = count_params(build(num_channels=num_channels))
+    baseline = count_params(build(num_channels=num_channels, **RESNET34))
+    assert improved <= 0.80 * baseline
+
+
+def test_defaults_are_the_papers_improved_model():
+    config = BrainResNetConfig()
+    assert (config.stem_type, config.downsample_type, config.attention_type) == ("multiscale", "inception", "se")
+    assert (config.depths, config.hidden_sizes) == ([3, 4, 6, 3], [64, 128, 256, 512])
+    assert config.id2label == {0: "glioma", 1: "meningioma", 2: "notumor", 3: "pituitary"}
+
+
+@pytest.mark.parametrize("bad", [{"stem_type": "vit"}, {"stem_branch_channels": [32, 16, 8]}, {"depths": [3, 4]}])
+def test_invalid_config_is_refused(bad):
+    with pytest.raises(ValueError):
+        BrainResNetConfig(**bad)
+
+
+@pytest.mark.parametrize("variant", ABLATIONS)
+def test_every_variant_trains_saves_and_reloads(variant, tmp_path):
+    model = build(**ABLATIONS[variant]).train()
+    pixel_values = torch.randn(2, 1, 64, 64)
+    out = model(pixel_values, labels=torch.tensor([0, 3]))
+    out.loss.backward()
+    assert out.logits.shape == (2, 4)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+    model.eval().save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin"))
+    reloaded = BrainResNetForImageClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values).logits, model(pixel_values).logits)
+
+
+def test_hidden_states_and_se_weights_have_documented_shapes():
+    model = build()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 224, 224), output_hidden_states=True, output_attentions=True)
+    assert [tuple(h.shape) for h in out.hidden_states] == [
+        (2, 64, 56, 56),
+        (2, 64, 56, 56),
+        (2, 128, 28, 28),
+        (2, 256, 14, 14),
+        (2, 512, 7, 7),
+    ]
+    # One SE per residual block: the Inception reduction replaces the first block of stages 2-4.
+    assert [a.shape[1] for a in out.attentions] == [64] * 3 + [128] * 3 + [256] * 5 + [512] * 2
+    assert all(a.shape[0] == 2 and a.min() >= 0 and a.max() <= 1 for a in out.attentions)
+
+    backbone = BrainResNetModel(BrainResNetConfig(downsample_type="conv")).eval()
+    with torch.no_grad():
+        out = backbone(torch.randn(1, 1, 96, 96), output_attentions=True)
+    assert len(out.attentions) == 16 and out.pooler_output.shape == (1, 512, 1, 1)
+
+
+def test_no_attentions_without_se():
+    with torch.no_grad():
+        out = build(attention_type="none")(torch.randn(1, 1, 64, 64), output_attentions=True)
+    assert out.attentions == ()
+
+
+def test_wrong_channel_count_gets_a_clear_error():
+    with pytest.raises(ValueError, match="channels"):
+        build()(torch.randn(1, 3, 64, 64))
+
+
+# --- image processor -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slice_image() -> Image.Image:
+    return Image.open(SLICE).convert("L")
+
+
+def as_mode(image: Image.Image, mode: str) -> Image.Image:
+    if mode == "I;16":  # 8-bit -> 16-bit by *257 keeps the picture identical up to scale
+        return Image.fromarray(np.asarray(image).astype(np.uint16) * 257)
+    return image.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16", "CMYK", "P", "LA", "I", "F"])
+def test_processor_accepts_every_image_mode(slice_image, mode):
+    processor = BrainResNetImageProcessor()
+    reference = processor(slice_image).pixel_values
+    pixel_values = processor(as_mode(slice_image, mode)).pixel_values
+    assert pixel_values.shape == (1, 1, 224, 224) and pixel_values.dtype == torch.float32
+    assert torch.isfinite(pixel_values).all()
+    assert pixel_values.min() >= -1 and pixel_values.max() <= 1
+    # CMYK and palette conversions are lossy; the rest carry the same picture.
+    tolerance = 0.1 if mode in ("CMYK", "P") else 0.02
+    assert (pixel_values - reference).abs().mean() < tolerance
+
+
+def test_processor_accepts_arrays_tensors_and_batches(slice_image):
+    processor = BrainResNetImageProcessor()
+    reference = processor(slice_image).pixel_values
+    gray = np.array(slice_image)
+    rgb = np.array(slice_image.convert("RGB"))
+    for image in (gray, rgb, rgb.transpose(2, 0, 1), torch.from_numpy(gray), torch.from_numpy(rgb).permute(2, 0, 1)):
+        torch.testing.assert_close(processor(image).pixel_values, reference, atol=0.02, rtol=0)
+    assert processor([slice_image, gray, rgb]).pixel_values.shape == (3, 1, 224, 224)
+    assert processor(np.stack([rgb, rgb])).pixel_values.shape == (2, 1, 224, 224)
+
+
+def test_processor_output_for_a_three_channel_model(slice_image):
+    processor = BrainResNetImageProcessor(num_channels=3, size=128)
+    pixel_values = processor(slice_image).pixel_values
+    assert pixel_values.shape == (1, 3, 128, 128)
+    assert torch.equal(pixel_values[:, 0], pixel_values[:, 2])
+
+
+def test_processor_ignores_brightness_contrast_and_bit_depth(slice_image):
+    processor = BrainResNetImageProcessor()
+    array = np.asarray(slice_image).astype(np.float32)
+    reference = processor(array).pixel_values
+    for transformed in (array * 0.4, array * 200.0 + 50.0, array.astype(np.uint16) * 257):
+        torch.testing.assert_close(processor(transformed).pixel_values, reference, atol=0.02, rtol=0)
+
+
+def test_processor_crops_to_the_brain_whatever_the_framing(slice_image):
+    """A slice pasted small into a wide black canvas comes out framed like the original."""
+    processor = BrainResNetImageProcessor()
+    reference = processor(slice_image).pixel_values
+    canvas = Image.new("L", (900, 400))
+    canvas.paste(slice_image.resize((200, 200)), (600, 150))
+    # The residue is the blur of the 256 -> 200 -> 224 px resampling; without the crop the difference is ~0.4.
+    assert (processor(canvas).pixel_values - reference).abs().mean() < 0.1
+
+
+def test_processor_values_in_unit_range_without_normalisation(slice_image):
+    pixel_values = BrainResNetImageProcessor()(slice_image, do_normalize=False, size=96).pixel_values
+    assert pixel_values.shape == (1, 1, 96, 96)
+    assert pixel_values.min() == 0 and 0.5 < pixel_values.max() <= 1
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 5)), np.zeros((5, 5, 7)), "not an image"])
+def test_processor_refuses_what_is_not_an_image(bad):
+    with pytest.raises((ValueError, TypeError)):
+        BrainResNetImageProcessor()(bad)
+
+
+def test_processor_handles_a_black_image():
+    pixel_values = BrainResNetImageProcessor()(np.zeros((50, 60), dtype=np.uint8)).pixel_values
+    assert torch.isfinite(pixel_values).all() and pixel_values.shape == (1, 1, 224, 224)
+
+
+# --- remote code -----------------------------------------------------------------------------------------------
+
+REMOTE_CODE_FILES = sorted((REPO / "modeling").glob("*_brain_resnet.py"))
+
+
+@pytest.mark.parametrize("path", REMOTE_CODE_FILES, ids=lambda p: p.name)
+def test_remote_code_imports_only_torch_transformers_and_siblings(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots = {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            roots = {"." if node.level else node.module.split(".")[0]}
+        else:
+            if isinstance(node, ast.Name):
+                assert node.id != "open", f"{path.name} does I/O"
+            continue
+        assert roots <= {"torch", "transformers", ".", "math", "dataclasses"}, f"{path.name} imports {roots}"
+
+
+OFFLINE_LOAD = """
+import json, sys, torch
+from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline)
+folder, image = sys.argv[1], sys.argv[2]
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+backbone = AutoModel.from_pretrained(folder, trust_remote_code=True)
+model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+with torch.no_grad():
+    logits = model(**processor(torch.load(folder + "/probe.pt"), return_tensors="pt")).logits
+classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
+print(json.dumps({
+    "classes": [type(config).__name__, type(backbone).__name__, type(model).__name__, type(processor).__name__],
+    "dtype": str(next(model.parameters()).dtype),
+    "logits": logits.tolist(),
+    "pipeline": classifier(image),
+}))
+"""
+
+
+def test_saved_folder_loads_offline_in_a_fresh_process(tmp_path):
+    model = build()
+    processor = BrainResNetImageProcessor()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert set(config["auto_map"]) >= {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
+    assert {p.name for p in tmp_path.glob("*.py")} == {p.name for p in REMOTE_CODE_FILES}
+
+    probe = [torch.rand(80, 90), torch.rand(120, 70)]
+    torch.save(probe, tmp_path / "probe.pt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    # Run outside the repo so that the local `modeling` package cannot be imported by accident.
+    result = subprocess.run(
+        [sys.executable, "-c", OFFLINE_LOAD, str(tmp_path), str(SLICE)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["classes"] == [
+        "BrainResNetConfig",
+        "BrainResNetModel",
+        "BrainResNetForImageClassification",
+        "BrainResNetImageProcessor",
+    ]
+    assert loaded["dtype"] == "torch.float32"
+    with torch.no_grad():
+        expected = model(**processor(probe)).logits
+    torch.testing.assert_close(torch.tensor(loaded["logits"]), expected, atol=1e-4, rtol=1e-4)
+    labels = {prediction["label"] for prediction in loaded["pipeline"]}
+    assert labels == {"glioma", "meningioma", "notumor", "pituitary"}
+    assert sum(prediction["score"] for prediction in loaded["pipeline"]) == pytest.approx(1, abs=1e-4)

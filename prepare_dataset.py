@@ -1,0 +1,730 @@
+"""Turn a folder tree of brain-MRI slices into a Hugging Face dataset folder with leak-free folds.
+
+    python prepare_dataset.py SRC OUT [--folds 5] [--seed 0] [--push-to-hub REPO_ID]
+
+SRC holds one folder per class, or Kaggle-style ``Training/<class>/`` and ``Testing/<class>/``
+subtrees, which become the splits ``train`` and ``test`` (folds are made inside ``train``). Files
+directly under SRC (or beside the class folders) and hidden files are ignored; every other file must
+be an image. OUT becomes a Hub dataset repository folder: ``data/<split>-0000i-of-0000n.parquet``
+holding the original image bytes, and a README.md dataset card. Every file is decoded before
+anything is written; if one is bad, nothing is.
+
+The grouping and fold functions are there for the trainer too; importing this module loads only
+numpy, PIL and tqdm (datasets, scikit-learn and scipy load in the functions that use them):
+
+    from prepare_dataset import assign_folds, image_hashes, near_duplicate_groups
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import math
+import os
+import shutil
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import datasets
+
+HASH_SIZE = 16  # 16x16 = 256-bit hashes
+# Perceptual-hash bits two slices may differ in and still be one near-duplicate group. Measured on
+# brain-tumor-mri-4k: the first link between two classes (so between two patients) appears at 36 and
+# clusters stay small (largest 33 images); 32 keeps a margin and still joins the re-saved copies of
+# one Br35H slice that differ in size and contrast.
+PHASH_MAX_DISTANCE = 32
+SPLIT_FOLDERS = {"training": "train", "testing": "test"}
+NO_FOLD = -1  # the fold of test-split images, which take no part in cross-validation
+SHARE_TOLERANCE = 1.5  # points a class's share in a fold may differ from its share overall
+MAX_SHARD_BYTES = 500_000_000  # as datasets' push_to_hub
+
+
+@dataclass(frozen=True)
+class KnownSource:
+    """A data source recognised by its file-name prefix (``figshare-0001.jpg``)."""
+
+    title: str
+    url: str
+    license: str | None  # Hub license id; None where no license could be verified
+    terms: str
+    note: str = ""
+
+
+KNOWN_SOURCES = {
+    "figshare": KnownSource(
+        title="figshare brain tumor dataset (Cheng et al.), T1-weighted contrast-enhanced slices",
+        url="https://doi.org/10.6084/m9.figshare.1512427",
+        license="cc-by-4.0",
+        terms="CC BY 4.0. Cite Cheng et al., “Enhanced Performance of Brain Tumor Classification via Tumor "
+        "Region Augmentation and Partition” (PLoS ONE 2015) and “Retrieval of Brain Tumors by Adaptive "
+        "Spatial Pooling and Fisher Vector Representation” (PLoS ONE 2016).",
+        note="The figshare set has 233 patients (about 13 slices each). Patient ids are not part of these "
+        "files; figshare numbers run roughly patient by patient, but no patient grouping is derived here.",
+    ),
+    "br35h": KnownSource(
+        title="Br35H :: Brain Tumor Detection 2020 (Ahmed Hamada, Kaggle)",
+        url="https://www.kaggle.com/datasets/ahmedhamada0/brain-tumor-detection",
+        license=None,
+        terms="Published on Kaggle by Ahmed Hamada; no license was verified for this card. Check the "
+        "terms on its Kaggle page before redistributing.",
+    ),
+}
+
+
+# ---------------------------------------------------------------- near-duplicate groups and folds
+def image_hashes(image: Image.Image, hash_size: int = HASH_SIZE) -> np.ndarray:
+    """Average hash and DCT perceptual hash of ``image``, packed: uint8 array (2, hash_size**2 // 8)."""
+    import imagehash
+
+    bits = np.stack([imagehash.average_hash(image, hash_size).hash, imagehash.phash(image, hash_size).hash])
+    return np.packbits(bits.reshape(2, -1), axis=1)
+
+
+def near_duplicate_groups(
+    hashes: Sequence[np.ndarray] | np.ndarray, max_phash_distance: int = PHASH_MAX_DISTANCE
+) -> list[int]:
+    """Near-duplicate group id of each image: 0, 1, ... in order of first appearance.
+
+    ``hashes`` holds one ``image_hashes`` result per image. Two images are linked when their average
+    hashes are identical or their perceptual hashes differ in at most ``max_phash_distance`` bits, so
+    byte-identical files always share a group. Groups are the connected components of these links: a
+    group may chain images that are not all pairwise close.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    hashes = np.asarray(hashes, dtype=np.uint8)
+    n = len(hashes)
+    if n == 0:
+        return []
+    equal_rows, equal_cols = _equal_pairs([h.tobytes() for h in hashes[:, 0]])
+    close_rows, close_cols = _close_pairs(hashes[:, 1], max_phash_distance)
+    rows, cols = np.concatenate([equal_rows, close_rows]), np.concatenate([equal_cols, close_cols])
+    graph = coo_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    first_seen: dict[int, int] = {}
+    return [first_seen.setdefault(c, len(first_seen)) for c in component.tolist()]
+
+
+def _equal_pairs(keys: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (first index with this key, later index) for every repeated key."""
+    first: dict[Hashable, int] = {}
+    pairs = [(first.setdefault(key, j), j) for j, key in enumerate(keys)]
+    pairs = [(i, j) for i, j in pairs if i != j]
+    return np.array([i for i, _ in pairs], dtype=np.int64), np.array([j for _, j in pairs], dtype=np.int64)
+
+
+def _close_pairs(bits: np.ndarray, max_distance: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of packed bit rows that differ in at most ``max_distance`` bits."""
+    x = np.unpackbits(bits, axis=1).astype(np.float32)
+    ones = x.sum(axis=1)
+    found_i, found_j = [], []
+    for start in range(0, len(x), block):
+        # Hamming distance = ones(a) + ones(b) - 2 a.b, one matrix product per block of rows against
+        # itself and every later row (the upper triangle), in bounded memory; exact in float32.
+        rows = slice(start, start + block)
+        distance = ones[rows, None] + ones[None, start:] - 2 * (x[rows] @ x[start:].T)
+        i, j = np.nonzero(distance <= max_distance)
+        keep = i < j
+        found_i.append(i[keep] + start)
+        found_j.append(j[keep] + start)
+    return np.concatenate(found_i), np.concatenate(found_j)
+
+
+def assign_folds(
+    labels: Sequence[Hashable], groups: Sequence[int], n_folds: int = 5, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """Cross-validation fold (0..n_folds-1) of each example under two protocols, same for the same seed.
+
+    Returns ``(fold, fold_random)``: ``fold`` from scikit-learn's StratifiedGroupKFold (class shares
+    kept, no group split across folds: leak-free); ``fold_random`` from StratifiedKFold, the plain
+    stratified folds most papers use, where near-duplicates may land in different folds.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    y = np.asarray(labels)
+    x = np.zeros(len(y))
+    grouped = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, y, groups)
+    plain = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, y)
+    return _fold_of_each(grouped, len(y)), _fold_of_each(plain, len(y))
+
+
+def _fold_of_each(splits: Iterable[tuple[np.ndarray, np.ndarray]], n: int) -> list[int]:
+    fold = np.full(n, NO_FOLD)
+    for k, (_, held_out) in enumerate(splits):
+        fold[held_out] = k
+    return fold.tolist()
+
+
+def class_share_deviation(labels: Sequence[Hashable], folds: Sequence[int]) -> float:
+    """Largest gap, in percentage points, between a class's share in a fold and its share overall."""
+    labels, folds = np.asarray(labels), np.asarray(folds)
+    classes = np.unique(labels)
+    overall = np.array([np.mean(labels == c) for c in classes])
+    return max(
+        100 * np.abs(np.array([np.mean(labels[folds == k] == c) for c in classes]) - overall).max()
+        for k in np.unique(folds)
+    )
+
+
+# ---------------------------------------------------------------- reading the source tree
+@dataclass(frozen=True)
+class Entry:
+    """One file found under SRC."""
+
+    split: str
+    label: str
+    file: str  # path relative to SRC, with forward slashes
+    path: Path
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One fully decoded image file."""
+
+    entry: Entry
+    data: bytes
+    digest: str
+    hashes: np.ndarray
+    size: tuple[int, int]
+    mode: str
+
+
+def find_images(src: Path) -> tuple[list[Entry], list[str]]:
+    """Files of each class folder, in (split, class, path) order, and the loose files that were ignored.
+
+    Raises SystemExit with a message for a missing SRC, no class folders, an empty class folder,
+    Training/Testing beside other folders, or splits with different classes.
+    """
+    if not src.is_dir():
+        raise SystemExit(f"error: SRC {src} does not exist or is not a folder")
+    top = _visible_dirs(src)
+    split_dirs = [d for d in top if d.name.lower() in SPLIT_FOLDERS]
+    if split_dirs and len(split_dirs) != len(top):
+        others = ", ".join(d.name for d in top if d not in split_dirs)
+        raise SystemExit(f"error: {src} mixes Training/Testing folders with other folders ({others})")
+    roots = {SPLIT_FOLDERS[d.name.lower()]: d for d in split_dirs} or {"train": src}
+    ignored = [
+        _relative(p, src)
+        for folder in dict.fromkeys([src, *roots.values()])
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    ]
+    entries, classes_of = [], {}
+    for split in sorted(roots, key=list(SPLIT_FOLDERS.values()).index):
+        root = roots[split]
+        class_dirs = _visible_dirs(root)
+        if not class_dirs:
+            raise SystemExit(f"error: {root} has no class folders")
+        classes_of[split] = [d.name for d in class_dirs]
+        for class_dir in class_dirs:
+            files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not _hidden(p, class_dir))
+            if not files:
+                raise SystemExit(f"error: class folder {class_dir} holds no files")
+            entries += [Entry(split, class_dir.name, _relative(p, src), p) for p in files]
+    if len({tuple(names) for names in classes_of.values()}) > 1:
+        listing = "; ".join(f"{split}: {', '.join(names)}" for split, names in classes_of.items())
+        raise SystemExit(f"error: the splits have different class folders ({listing})")
+    return entries, ignored
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _hidden(path: Path, below: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(below).parts)
+
+
+def _relative(path: Path, src: Path) -> str:
+    return path.relative_to(src).as_posix()
+
+
+def _refuse_truncated_images() -> None:
+    # A truncated file must fail to load, not decode padded with grey (PIL's default, made explicit).
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def read_slice(entry: Entry) -> Slice | str:
+    """Read and fully decode one file: a Slice, or a message naming the file when it is no readable image."""
+    try:
+        data = entry.path.read_bytes()
+        if not data:
+            return f"{entry.file}: empty file"
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return Slice(entry, data, hashlib.sha256(data).hexdigest(), image_hashes(img), img.size, img.mode)
+    except UnidentifiedImageError:
+        return f"{entry.file}: not an image PIL can read"
+    except Exception as exc:  # PIL reports damage as OSError, SyntaxError, ValueError, ...
+        return f"{entry.file}: {exc}"
+
+
+def decode_all(entries: list[Entry], workers: int | None = None) -> list[Slice]:
+    """Decode every file in parallel processes; SystemExit naming each bad file if any is bad."""
+    with ProcessPoolExecutor(workers or os.cpu_count(), initializer=_refuse_truncated_images) as pool:
+        results = list(
+            tqdm(pool.map(read_slice, entries, chunksize=16), total=len(entries), desc="Decoding", unit="img")
+        )
+    bad = [r for r in results if isinstance(r, str)]
+    if bad:
+        raise SystemExit(
+            f"error: {len(bad)} of {len(results)} files are not readable images; nothing was written:\n  "
+            + "\n  ".join(bad)
+        )
+    return results
+
+
+# ---------------------------------------------------------------- columns
+def source_of(file: str) -> str:
+    """Where a file comes from: its known file-name prefix (figshare-0001.jpg: figshare), else its top folder."""
+    path = PurePosixPath(file)
+    name = path.name.lower()
+    return next((prefix for prefix in KNOWN_SOURCES if name.startswith(prefix + "-")), path.parts[0])
+
+
+@dataclass
+class Table:
+    """Every column of every image, in file order, and what the summary and card are built from."""
+
+    classes: list[str]
+    slices: list[Slice]
+    split: np.ndarray
+    label: np.ndarray
+    source: list[str]
+    group: np.ndarray
+    fold: np.ndarray
+    fold_random: np.ndarray
+    n_folds: int
+    seed: int
+
+    def columns(self, split: str) -> dict[str, list]:
+        rows = np.flatnonzero(self.split == split)
+        return {
+            "image": [{"bytes": self.slices[i].data, "path": self.slices[i].entry.file} for i in rows],
+            "label": self.label[rows].tolist(),
+            "file": [self.slices[i].entry.file for i in rows],
+            "source": [self.source[i] for i in rows],
+            "group": self.group[rows].tolist(),
+            "fold": self.fold[rows].tolist(),
+            "fold_random": self.fold_random[rows].tolist(),
+        }
+
+    @property
+    def splits(self) -> list[str]:
+        return list(dict.fromkeys(self.split.tolist()))
+
+
+def build_table(slices: list[Slice], n_folds: int, seed: int) -> Table:
+    """Label, source, near-duplicate group and both fold columns for every image."""
+    classes = sorted({s.entry.label for s in slices})
+    split = np.array([s.entry.split for s in slices])
+    label = np.array([classes.index(s.entry.label) for s in slices])
+    # Grouped over all splits, so the card can tell which test images have a near-duplicate in train.
+    group = np.array(near_duplicate_groups([s.hashes for s in slices]))
+    train = split == "train"
+    for name, count in zip(classes, np.bincount(label[train], minlength=len(classes)), strict=True):
+        if count < n_folds:
+            raise SystemExit(f"error: class {name} has {count} training images, fewer than --folds {n_folds}")
+    try:
+        fold_train, fold_random_train = assign_folds(label[train], group[train], n_folds, seed)
+    except ValueError as exc:  # e.g. fewer near-duplicate groups than folds
+        raise SystemExit(f"error: cannot make {n_folds} folds: {exc}") from None
+    fold, fold_random = np.full(len(slices), NO_FOLD), np.full(len(slices), NO_FOLD)
+    fold[train], fold_random[train] = fold_train, fold_random_train
+    source = [source_of(s.entry.file) for s in slices]
+    return Table(classes, slices, split, label, source, group, fold, fold_random, n_folds, seed)
+
+
+# ---------------------------------------------------------------- summary (printed and in the card)
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(f"{v:,}" if isinstance(v, int) else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fold_counts(table: Table, protocol: str) -> str:
+    """Images per class (rows) and fold (columns) of the train split."""
+    train = table.split == "train"
+    folds = getattr(table, protocol)[train]
+    labels = table.label[train]
+    rows = [
+        [name, *(int(np.sum((labels == c) & (folds == k))) for k in range(table.n_folds)), int(np.sum(labels == c))]
+        for c, name in enumerate(table.classes)
+    ]
+    totals = [int(np.sum(folds == k)) for k in range(table.n_folds)]
+    rows.append(["**all**", *totals, int(train.sum())])
+    return markdown_table(["class", *(f"fold {k}" for k in range(table.n_folds)), "total"], rows)
+
+
+def split_counts(table: Table) -> str:
+    rows = [
+        [name, *(int(np.sum((table.label == c) & (table.split == s))) for s in table.splits)]
+        for c, name in enumerate(table.classes)
+    ]
+    rows.append(["**all**", *(int(np.sum(table.split == s)) for s in table.splits)])
+    return markdown_table(["class", *table.splits], rows)
+
+
+@dataclass
+class GroupStats:
+    clusters: int  # groups of two or more images
+    images: int  # images in those groups
+    largest: int
+    mixed_classes: int  # clusters holding more than one class
+    groups: int  # all groups, singletons included
+    identical: list[list[str]]  # sets of byte-identical files
+    test_with_train_twin: int  # test images sharing a group with a train image
+
+
+def group_stats(table: Table) -> GroupStats:
+    sizes = Counter(table.group.tolist())
+    multi = [g for g, size in sizes.items() if size > 1]
+    mixed = sum(len(set(table.label[table.group == g].tolist())) > 1 for g in multi)
+    by_digest = defaultdict(list)
+    for s in table.slices:
+        by_digest[s.digest].append(s.entry.file)
+    train_groups = set(table.group[table.split == "train"].tolist())
+    test_groups = table.group[table.split == "test"].tolist()
+    return GroupStats(
+        clusters=len(multi),
+        images=sum(sizes[g] for g in multi),
+        largest=max(sizes.values()),
+        mixed_classes=mixed,
+        groups=len(sizes),
+        identical=[files for files in by_digest.values() if len(files) > 1],
+        test_with_train_twin=sum(g in train_groups for g in test_groups),
+    )
+
+
+def identical_text(stats: GroupStats, separator: str) -> str:
+    if not stats.identical:
+        return "none"
+    sets = separator.join(" = ".join(files) for files in stats.identical)
+    return f"{len(stats.identical)} set(s), each kept in one group:{separator}{sets}"
+
+
+def deviations(table: Table) -> dict[str, float]:
+    train = table.split == "train"
+    return {p: class_share_deviation(table.label[train], getattr(table, p)[train]) for p in ("fold", "fold_random")}
+
+
+def summary(table: Table, stats: GroupStats) -> str:
+    dev = deviations(table)
+    lines = [
+        split_counts(table),
+        "",
+        "train, `fold` (stratified, near-duplicate groups kept whole):",
+        fold_counts(table, "fold"),
+        "",
+        "train, `fold_random` (plain stratified):",
+        fold_counts(table, "fold_random"),
+        "",
+        f"Class share per fold vs overall, max deviation: fold {dev['fold']:.2f} points, "
+        f"fold_random {dev['fold_random']:.2f} points (target ±{SHARE_TOLERANCE}).",
+        f"Near-duplicate clusters: {stats.clusters:,} clusters of 2+ images hold {stats.images:,} images "
+        f"(largest {stats.largest}, {stats.mixed_classes} mixing classes); {stats.groups:,} groups in all.",
+        "Byte-identical files: " + identical_text(stats, "\n  "),
+    ]
+    if "test" in table.splits:
+        lines.append(f"Test images with a near-duplicate in train: {stats.test_with_train_twin:,}.")
+    if max(dev.values()) > SHARE_TOLERANCE:
+        lines.append(f"WARNING: a class share is off by more than {SHARE_TOLERANCE} points in some fold.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- dataset card
+def source_rows(table: Table) -> list[list[object]]:
+    rows = []
+    for source in sorted(set(table.source)):
+        picked = [s for s, src in zip(table.slices, table.source, strict=True) if src == source]
+        classes = Counter(s.entry.label for s in picked)
+        modes = Counter(s.mode for s in picked)
+        sizes = {s.size for s in picked}
+        size = "{}×{}".format(*sizes.pop()) if len(sizes) == 1 else f"{len(sizes)} sizes"
+        known = KNOWN_SOURCES.get(source)
+        rows.append(
+            [
+                source,
+                len(picked),
+                ", ".join(f"{name} {n:,}" for name, n in sorted(classes.items())),
+                f"{size}, modes " + ", ".join(f"{m} {n:,}" for m, n in sorted(modes.items())),
+                f"[{known.title}]({known.url})" if known else "not known to prepare_dataset.py",
+            ]
+        )
+    return rows
+
+
+def confound_note(table: Table) -> list[str]:
+    """A caveat when a known source alone supplies its classes, so that source and label coincide."""
+    classes_of = defaultdict(set)
+    for source, label in zip(table.source, table.label.tolist(), strict=True):
+        classes_of[source].add(table.classes[label])
+    alone = [
+        f"{', '.join(sorted(classes))} only from {source}"
+        for source, classes in sorted(classes_of.items())
+        if source in KNOWN_SOURCES
+        and len(classes_of) > 1
+        and not classes & set().union(*(c for s, c in classes_of.items() if s != source))
+    ]
+    if not alone:
+        return []
+    return [
+        f"Source and label are confounded: {'; '.join(alone)}. A model can separate these classes by "
+        "source traits (image size, mode, contrast, framing; see Sources) rather than anatomy: check "
+        "per-source behaviour before reading accuracy as tumor detection."
+    ]
+
+
+def license_fields(table: Table) -> dict[str, str]:
+    licenses = {KNOWN_SOURCES[s].license if s in KNOWN_SOURCES else None for s in set(table.source)}
+    if len(licenses) == 1 and None not in licenses:
+        return {"license": licenses.pop()}
+    return {"license": "other", "license_name": "mixed-source-terms"}
+
+
+def size_category(n: int) -> str:
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
+    return next((name for bound, name in bounds if n < bound), "n>1M")
+
+
+def card_yaml(table: Table, split_bytes: dict[str, tuple[int, int]]) -> str:
+    """YAML header: configs, features, splits, task, license, size, tags."""
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    card = DatasetCardData(
+        **license_fields(table),
+        task_categories=["image-classification"],
+        tags=["medical", "mri", "brain-tumor", "cross-validation"],
+        size_categories=[size_category(len(table.slices))],
+        configs=[
+            {
+                "config_name": "default",
+                "data_files": [{"split": s, "path": f"data/{s}-*"} for s in table.splits],
+            }
+        ],
+    )
+    splits = SplitDict()
+    for name, (num_bytes, _) in split_bytes.items():
+        splits.add(SplitInfo(name=name, num_bytes=num_bytes, num_examples=int(np.sum(table.split == name))))
+    info = DatasetInfo(
+        features=dataset_features(table.classes),
+        splits=splits,
+        download_size=sum(parquet for _, parquet in split_bytes.values()),
+        dataset_size=sum(arrow for arrow, _ in split_bytes.values()),
+    )
+    DatasetInfosDict({"default": info}).to_dataset_card_data(card)
+    return card.to_yaml()
+
+
+def card_text(table: Table, stats: GroupStats, name: str, load_as: str) -> str:
+    """Markdown body of the dataset card: sources, counts, columns, how folds were made, caveats."""
+    dev = deviations(table)
+    known = [KNOWN_SOURCES[s] for s in sorted(set(table.source)) if s in KNOWN_SOURCES]
+    test_note = [
+        f"- {stats.test_with_train_twin:,} test images share a near-duplicate group with train images, so "
+        "the given train/test split leaks; the `group` column spans both splits to show it."
+    ]
+    lines = [
+        f"# {name}",
+        "",
+        f"{len(table.slices):,} brain MRI slices labelled {', '.join(table.classes)}, as parquet shards with "
+        "the original image bytes (not re-encoded), with two sets of cross-validation folds: "
+        "`fold`, leak-free, and `fold_random`, plain stratified. Made by `prepare_dataset.py` "
+        f"(`--folds {table.n_folds} --seed {table.seed}`). Research only; not for clinical use.",
+        "",
+        "## Sources",
+        "",
+        markdown_table(["source", "images", "classes", "image sizes and modes", "origin"], source_rows(table)),
+        "",
+        *(f"- {k.title}: {k.note}" for k in known if k.note),
+        "",
+        "## Counts",
+        "",
+        split_counts(table),
+        "",
+        "Train images per fold, `fold` (stratified, near-duplicate groups kept whole):",
+        "",
+        fold_counts(table, "fold"),
+        "",
+        "Train images per fold, `fold_random` (plain stratified):",
+        "",
+        fold_counts(table, "fold_random"),
+        "",
+        "## Columns",
+        "",
+        "- `image`: the source file's bytes as they were.",
+        f"- `label`: class, ClassLabel with names sorted ({', '.join(table.classes)}).",
+        "- `file`: path of the file relative to the source folder.",
+        "- `source`: origin, from the file-name prefix (`figshare-`, `br35h-`), else the top folder.",
+        "- `group`: near-duplicate cluster id (images in no cluster have a group of their own).",
+        f"- `fold`, `fold_random`: cross-validation fold 0..{table.n_folds - 1} of train images; "
+        f"{NO_FOLD} in the test split.",
+        "",
+        "## How the folds were made",
+        "",
+        f"Each image gets a {HASH_SIZE}x{HASH_SIZE} average hash and a {HASH_SIZE}x{HASH_SIZE} DCT perceptual "
+        f"hash (imagehash). Two images are linked when their average hashes are equal, their perceptual "
+        f"hashes differ in at most {PHASH_MAX_DISTANCE} of {HASH_SIZE**2} bits, or their bytes are "
+        "identical; a group is a connected set of links. The threshold was chosen by measurement on "
+        "brain-tumor-mri-4k: perceptual-hash links between different classes (so different patients) "
+        f"first appear at 36 bits, and groups stay small. Here: {stats.clusters:,} clusters of 2+ images hold "
+        f"{stats.images:,} images (largest {stats.largest}, {stats.mixed_classes} mixing classes).",
+        "",
+        f"`fold` comes from scikit-learn's `StratifiedGroupKFold(n_splits={table.n_folds}, shuffle=True, "
+        f"random_state={table.seed})`: no group is split across folds, and each class's share in each fold "
+        f"is within {dev['fold']:.2f} points of its share overall. `fold_random` comes from "
+        f"`StratifiedKFold` with the same settings (max deviation {dev['fold_random']:.2f} points): the "
+        "protocol of the improved-ResNet34 paper (arXiv 2512.03751), kept so results can be compared, "
+        "with near-duplicates free to fall into different folds. Both are the same for the same seed.",
+        "",
+        "## Caveats",
+        "",
+        *(f"- {note}" for note in confound_note(table)),
+        "- Near-duplicates: adjacent slices of one patient, and re-saved copies of one slice, look alike. "
+        "`fold` keeps the ones hashing finds together; it catches look-alike images, not patients, so "
+        "slices of one patient that look different can still sit in different folds. `fold_random` "
+        "ignores groups and so leaks near-duplicates between training and validation.",
+        f"- Byte-identical files: {identical_text(stats, ' ')}.",
+        *(test_note if "test" in table.splits else []),
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'ds = load_dataset("{load_as}", split="train")',
+        "k = 0  # validation fold",
+        'train = ds.filter(lambda f: f != k, input_columns="fold")',
+        'val = ds.filter(lambda f: f == k, input_columns="fold")',
+        "```",
+        "",
+        "## License",
+        "",
+        *(f"- {k.title}: {k.terms}" for k in known),
+        *(f"- {s}: not known to prepare_dataset.py; add its origin and terms." for s in unknown_sources(table)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def unknown_sources(table: Table) -> list[str]:
+    return sorted(set(table.source) - set(KNOWN_SOURCES))
+
+
+# ---------------------------------------------------------------- writing
+def dataset_features(classes: Sequence[str]) -> datasets.Features:
+    """The datasets.Features of the prepared dataset."""
+    from datasets import ClassLabel, Features, Value
+    from datasets import Image as ImageFeature
+
+    return Features(
+        {
+            "image": ImageFeature(),
+            "label": ClassLabel(names=list(classes)),
+            "file": Value("string"),
+            "source": Value("string"),
+            "group": Value("int32"),
+            "fold": Value("int32"),
+            "fold_random": Value("int32"),
+        }
+    )
+
+
+def write_hub_folder(table: Table, folder: Path, card_body: str) -> None:
+    """Parquet shards per split under folder/data, then README.md (YAML header + card_body)."""
+    import datasets
+
+    features = dataset_features(table.classes)
+    split_bytes = {}
+    (folder / "data").mkdir()
+    for split in table.splits:
+        ds = datasets.Dataset.from_dict(table.columns(split), features=features)
+        shards = max(1, math.ceil(ds.data.nbytes / MAX_SHARD_BYTES))
+        parquet_bytes = 0
+        for i in range(shards):
+            path = folder / "data" / f"{split}-{i:05d}-of-{shards:05d}.parquet"
+            ds.shard(shards, i, contiguous=True).to_parquet(path)
+            parquet_bytes += path.stat().st_size
+        split_bytes[split] = (ds.data.nbytes, parquet_bytes)
+    card = f"---\n{card_yaml(table, split_bytes).rstrip()}\n---\n\n{card_body}"
+    (folder / "README.md").write_text(card, encoding="utf-8")
+
+
+def write_atomically(out: Path, fill: Callable[[Path], None]) -> None:
+    """Let ``fill(folder)`` build a sibling temporary folder, then rename it to ``out``; on failure remove it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    partial.mkdir()
+    try:
+        fill(partial)
+        if out.exists():
+            raise SystemExit(f"error: OUT {out} appeared while preparing; nothing was written")
+        partial.rename(out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def push_folder(folder: Path, repo_id: str) -> None:
+    """Upload the prepared folder as the Hub dataset repository ``repo_id`` (needs a write token)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
+    api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset")
+
+
+# ---------------------------------------------------------------- command line
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", metavar="SRC", type=Path, help="class folders, or Training/ and Testing/ of them")
+    parser.add_argument("out", metavar="OUT", type=Path, help="new folder for the Hub dataset (must not exist)")
+    parser.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of both fold assignments (default 0)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload OUT as this Hub dataset repository")
+    args = parser.parse_args(argv)
+    if args.folds < 2:
+        parser.error("--folds must be at least 2")
+    if args.out.exists() or args.out.is_symlink():
+        parser.error(f"OUT {args.out} already exists; pick a new folder or remove it")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    entries, ignored = find_images(args.src)
+    table = build_table(decode_all(entries), args.folds, args.seed)
+    stats = group_stats(table)
+    body = card_text(table, stats, args.out.name, args.push_to_hub or f"path/to/{args.out.name}")
+    write_atomically(args.out, lambda folder: write_hub_folder(table, folder, body))
+    if ignored:
+        print(f"Ignored {len(ignored)} file(s) outside class folders: {', '.join(ignored)}")
+    print(summary(table, stats))
+    print(f"Wrote {args.out} ({len(table.slices):,} images) in {time.perf_counter() - started:.1f} s.")
+    if args.push_to_hub:
+        try:
+            push_folder(args.out, args.push_to_hub)
+        except Exception as exc:  # network or auth: the folder is complete, so say how to retry
+            raise SystemExit(
+                f"error: upload to {args.push_to_hub} failed ({exc}); {args.out} is complete, upload it with "
+                f"`hf upload {args.push_to_hub} {args.out} --repo-type dataset`"
+            ) from None
+        print(f"Uploaded to https://huggingface.co/datasets/{args.push_to_hub}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -20,8 +20,7 @@ from modeling import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("BRAIN_MRI_DATA", REPO.parent / "shared/data/brain-tumor-mri-4k"))
-SLICE = DATA / "glioma" / "figshare-0209.jpg"
+SLICE = Path("glioma") / "figshare-0209.jpg"
 
 # torchvision.models.resnet34(num_classes=4).  torchvision cannot be imported beside the CPU torch wheel, so the
 # count is written down (it is 21,284,672 for the 1000-class ImageNet head minus 512*996 + 996 weights).
@@ -123,8 +122,8 @@ def test_wrong_channel_count_gets_a_clear_error():
 
 
 @pytest.fixture(scope="module")
-def slice_image() -> Image.Image:
-    return Image.open(SLICE).convert("L")
+def slice_image(brain_mri_data) -> Image.Image:
+    return Image.open(brain_mri_data / SLICE).convert("L")
 
 
 def as_mode(image: Image.Image, mode: str) -> Image.Image:
@@ -239,7 +238,7 @@ print(json.dumps({
 """
 
 
-def test_saved_folder_loads_offline_in_a_fresh_process(tmp_path):
+def test_saved_folder_loads_offline_in_a_fresh_process(tmp_path, brain_mri_data):
     model = build()
     processor = BrainResNetImageProcessor()
     model.save_pretrained(tmp_path)
@@ -253,7 +252,7 @@ def test_saved_folder_loads_offline_in_a_fresh_process(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     # Run outside the repo so that the local `modeling` package cannot be imported by accident.
     result = subprocess.run(
-        [sys.executable, "-c", OFFLINE_LOAD, str(tmp_path), str(SLICE)],
+        [sys.executable, "-c", OFFLINE_LOAD, str(tmp_path), str(brain_mri_data / SLICE)],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -1,0 +1,468 @@
+"""train.py end to end on ~40 real slices at 64 px on the CPU: plain and `accelerate launch` runs, resuming,
+offline loading of the fold folders, model card, push, bad input; plus multi-process sharding on two CPU processes.
+
+Most runs use a tiny CONFIG.json variant of the network so that 3 epochs x 2 folds take seconds; the
+`accelerate launch` run trains the real improved model for one epoch.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+import prepare_dataset
+import train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
+TINY_CONFIG = {
+    "embedding_size": 16,
+    "hidden_sizes": [16, 32, 64, 128],
+    "depths": [1, 1, 1, 1],
+    "stem_branch_channels": [8, 4, 4],
+    "se_reduction": 4,
+}
+PER_CLASS, FOLDS = 10, 2
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="module")
+def env(workdir) -> dict:
+    """Subprocess environment: offline, with a private HF_HOME (no accelerate config, no shared caches)."""
+    return os.environ | {
+        "HF_HOME": str(workdir / "hf-home"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture(autouse=True)
+def private_datasets_cache(workdir, monkeypatch):
+    """In-process dataset loads cache under the test's folder, not in the user's cache."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(workdir / "datasets-cache"))
+
+
+@pytest.fixture(scope="module")
+def dataset(workdir, brain_mri_data) -> Path:
+    """prepare_dataset.py's folder for 10 slices per class, spread over each class folder, in 2 folds."""
+    src, out = workdir / "src", workdir / "dataset"
+    for name in CLASSES:
+        files = sorted((brain_mri_data / name).iterdir())
+        (src / name).mkdir(parents=True)
+        for file in files[:: len(files) // PER_CLASS][:PER_CLASS]:
+            shutil.copy(file, src / name / file.name)
+    command = [sys.executable, "prepare_dataset.py", str(src), str(out), "--folds", str(FOLDS)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_config(workdir) -> Path:
+    path = workdir / "tiny_config.json"
+    path.write_text(json.dumps(TINY_CONFIG))
+    return path
+
+
+@pytest.fixture(scope="module")
+def common(dataset, tiny_config) -> list[str]:
+    return [
+        "--dataset", str(dataset), "--folds", "0,1", "--epochs", "3", "--image-size", "64",
+        "--batch-size", "8", "--model", str(tiny_config),
+    ]  # fmt: skip
+
+
+def run_train(args: list[str], env: dict, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, *(launcher or []), "train.py", *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def python_run(workdir, common, env) -> Path:
+    """`python train.py` on 2 folds, 3 epochs, uninterrupted: the reference run."""
+    out = workdir / "python-run"
+    done = run_train([*common, "--output-dir", str(out)], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def accelerate_run(workdir, dataset, env) -> Path:
+    """`accelerate launch` (CPU, one process, every setting passed so no config file is needed), real model."""
+    out = workdir / "accelerate-run"
+    launcher = [
+        "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "2",
+    ]  # fmt: skip
+    args = ["--dataset", str(dataset), "--output-dir", str(out), "--folds", "0,1", "--epochs", "1"]
+    done = run_train([*args, "--image-size", "64", "--batch-size", "8"], env, launcher)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def read_results(out: Path) -> dict:
+    return json.loads((out / "cv_results.json").read_text())
+
+
+def check_cv_results(out: Path, model_params: int | None = None) -> dict:
+    """The documented fields of cv_results.json for a 2-fold run of the test dataset."""
+    results = read_results(out)
+    assert results["num_folds"] == FOLDS
+    assert results["class_names"] == CLASSES
+    assert results["device"] == "cpu"
+    assert results["num_processes"] == 1
+    assert results["args"]["settings"]["protocol"] == "grouped"
+    if model_params is not None:
+        assert results["params"] == model_params
+    assert sorted(results["folds"]) == ["0", "1"]
+    for key, entry in results["folds"].items():
+        assert entry["fold"] == int(key)
+        assert entry["num_train"] + entry["num_eval"] == PER_CLASS * len(CLASSES)
+        assert 0 <= entry["accuracy"] <= 1 and 0 <= entry["macro_f1"] <= 1
+        for per_class in ("precision", "recall", "f1", "roc_auc", "support"):
+            assert sorted(entry[per_class]) == CLASSES
+        assert entry["roc_auc_macro"] == pytest.approx(np.mean(list(entry["roc_auc"].values())))
+        matrix = np.array(entry["confusion_matrix"])
+        assert matrix.shape == (4, 4) and matrix.sum() == entry["num_eval"]
+        assert np.trace(matrix) / matrix.sum() == pytest.approx(entry["accuracy"])
+        assert sorted(entry["accuracy_by_source"]) == ["br35h", "figshare"]
+        assert entry["train_images_per_s"] > 0 and entry["wall_seconds"] > 0 and entry["train_seconds"] > 0
+        assert entry["device"] == "cpu" and entry["mixed_precision"] == "no" and entry["compile"] is False
+    summary = results["summary"]
+    assert summary["folds"] == [0, 1]
+    accuracies = [results["folds"][k]["accuracy"] for k in ("0", "1")]
+    assert summary["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+    assert summary["accuracy"]["std"] == pytest.approx(np.std(accuracies, ddof=1))
+    for name in ("macro_f1", "roc_auc_macro", "train_images_per_s"):
+        assert set(summary[name]) == {"mean", "std"}
+    assert np.array(summary["confusion_matrix"]).sum() == PER_CLASS * len(CLASSES)
+    return results
+
+
+def check_model_folder(folder: Path, image_size: int = 64) -> None:
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= names
+    assert {"configuration_brain_resnet.py", "modeling_brain_resnet.py", "image_processing_brain_resnet.py"} <= names
+    assert "checkpoints" not in names  # removed once the fold is finished
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForImageClassification"].startswith("modeling_brain_resnet.")
+    assert config["training_info"]["image_size"] == image_size and "accuracy" in config["training_info"]
+    assert json.loads((folder / "preprocessor_config.json").read_text())["size"] == image_size
+
+
+def test_python_run_writes_the_documented_outputs(python_run):
+    results = check_cv_results(python_run)
+    assert results["args"]["settings"]["epochs"] == 3
+    for fold in ("fold-0", "fold-1"):
+        check_model_folder(python_run / fold)
+    log = [json.loads(line) for line in (python_run / "log.jsonl").read_text().splitlines()]
+    assert [(r["fold"], r["epoch"]) for r in log] == [(f, e) for f in (0, 1) for e in (1, 2, 3)]
+    assert {"train_loss", "train_accuracy", "lr", "train_images_per_s", "eval_loss", "eval_accuracy"} <= set(log[0])
+    for png in ("learning_curves.png", "confusion_matrix.png"):
+        assert (python_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((python_run / "tensorboard" / "fold-0").iterdir())
+
+
+def test_accelerate_launch_trains_the_real_model(accelerate_run):
+    check_cv_results(accelerate_run, model_params=17_000_920)
+    for fold in ("fold-0", "fold-1"):
+        check_model_folder(accelerate_run / fold)
+
+
+LOAD_OFFLINE = """
+import json, sys
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+folder, image = sys.argv[1], sys.argv[2]
+model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
+processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+logits = model(**processor(Image.open(image))).logits
+classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
+print(json.dumps({
+    "class": type(model).__name__, "shape": list(logits.shape), "size": processor.size,
+    "info": model.config.training_info, "labels": sorted(p["label"] for p in classifier(image)),
+}))
+"""
+
+
+@pytest.mark.parametrize("run", ["python_run", "accelerate_run"])
+def test_fold_folders_load_offline_with_remote_code(run, request, env, brain_mri_data):
+    out = request.getfixturevalue(run)
+    image = str(sorted((brain_mri_data / "glioma").iterdir())[0])
+    command = [sys.executable, "-c", LOAD_OFFLINE, str(out / "fold-1"), image]
+    done = subprocess.run(command, cwd=out, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    assert loaded["class"] == "BrainResNetForImageClassification"
+    assert loaded["shape"] == [1, 4] and loaded["size"] == 64 and loaded["labels"] == CLASSES
+    assert loaded["info"]["accuracy"] == read_results(out)["folds"]["1"]["accuracy"]
+    assert loaded["info"]["trained_on"] == "all folds but fold 1"
+
+
+def test_stopped_run_resumes_and_finishes_with_the_same_folds(workdir, common, env, python_run):
+    """SIGTERM (what a slot's time limit sends) during fold 0's second epoch: a checkpoint, exit 143; --resume
+    then finishes both folds exactly as the uninterrupted run did."""
+    out = workdir / "stopped-run"
+    command = [sys.executable, "train.py", *common, "--output-dir", str(out)]
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    log, deadline = out / "log.jsonl", time.monotonic() + 300
+    while not (log.exists() and log.read_text().strip()) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert f"Stopped by SIGTERM; continue with: train.py {' '.join(common)}" in stdout
+    assert "1" not in train.read_json(out / "cv_results.json", {}).get("folds", {})
+    stopped_in_fold_0 = not (out / "fold-0" / "model.safetensors").exists()
+    if stopped_in_fold_0:  # the usual case; on a very slow machine the signal may land in fold 0's last epoch
+        assert list((out / "fold-0" / "checkpoints").glob("epoch-*/progress.json"))
+
+    done = run_train([*common, "--output-dir", str(out), "--resume"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    if stopped_in_fold_0:
+        assert "fold-0: resuming after epoch" in done.stdout
+    resumed, reference = check_cv_results(out), read_results(python_run)
+    for fold in ("0", "1"):
+        got, want = resumed["folds"][fold], reference["folds"][fold]
+        assert got["confusion_matrix"] == want["confusion_matrix"]
+        for name in ("accuracy", "macro_f1", "roc_auc_macro", "eval_loss", "final_train_loss"):
+            assert got[name] == pytest.approx(want[name], abs=1e-5), name
+        check_model_folder(out / f"fold-{fold}")
+
+
+def test_finished_run_resumes_to_an_immediate_exit(python_run, common, capsys):
+    log_before = (python_run / "log.jsonl").read_text()
+    started = time.perf_counter()
+    assert train.main([*common, "--output-dir", str(python_run), "--resume"]) == 0
+    assert time.perf_counter() - started < 2  # no dataset loading, no model
+    assert "fold-0, fold-1 already finished" in capsys.readouterr().out
+    assert (python_run / "log.jsonl").read_text() == log_before
+
+
+def test_resume_needs_the_runs_own_settings(python_run, common, capsys):
+    assert train.main([*common, "--output-dir", str(python_run)]) == 2
+    assert "already holds a run: add --resume" in capsys.readouterr().err
+    changed = [*common, "--output-dir", str(python_run), "--resume", "--lr", "0.01"]
+    assert train.main(changed) == 2
+    assert "--lr 0.002 (now 0.01)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--folds", "0,x"], "argument --folds: '0,x': give all, full, fold numbers"),
+        (["--protocol", "leaky"], "argument --protocol: invalid choice: 'leaky'"),
+        (["--model", "resnet50"], "argument --model: 'resnet50': give one of improved, resnet34"),
+        (["--epochs", "0"], "argument --epochs: 0 is out of range: must be at least 1"),
+        (["--lr", "fast"], "argument --lr: 'fast' is not a number"),
+        (["--push-to-hub", "not a repo id"], "argument --push-to-hub:"),
+    ],
+)
+def test_bad_flags_fail_with_a_usage_message(flags, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--dataset", "x", "--output-dir", str(tmp_path / "run"), *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_dataset_fails_cleanly(tmp_path, capsys):
+    assert train.main(["--dataset", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "run")]) == 2
+    assert f"train.py: error: --dataset {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
+
+
+def test_fold_the_dataset_lacks_fails_cleanly_from_the_command_line(dataset, workdir, env):
+    done = run_train(["--dataset", str(dataset), "--output-dir", str(workdir / "bad"), "--folds", "5"], env)
+    assert done.returncode == 2
+    assert "train.py: error: --folds 5: the dataset has folds 0 to 1" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (workdir / "bad" / "run_args.json").exists()  # a failed start leaves nothing to --resume
+
+
+def write_parquet_dataset(source: Path, dest: Path, drop: list[str]) -> Path:
+    import datasets
+
+    split = datasets.load_dataset(str(source), split="train").remove_columns(drop)
+    (dest / "data").mkdir(parents=True)
+    split.to_parquet(dest / "data" / "train-00000-of-00001.parquet")
+    return dest
+
+
+def test_dataset_without_the_needed_columns_is_refused(dataset, tmp_path):
+    unlabelled = write_parquet_dataset(dataset, tmp_path / "unlabelled", drop=["label"])
+    with pytest.raises(train.UsageError, match="has no label column .* make one with prepare_dataset.py"):
+        train.load_table(str(unlabelled), "grouped", with_test=False)
+
+
+@pytest.mark.parametrize("drop", [["fold", "fold_random"], ["fold", "fold_random", "group"]])
+def test_dataset_without_folds_gets_prepare_datasets_folds(dataset, tmp_path, drop):
+    stripped = write_parquet_dataset(dataset, tmp_path / "stripped", drop=drop)
+    original, _ = train.read_parquet_folder(dataset)
+    grouped = train.load_table(str(stripped), "grouped", with_test=False)
+    random = train.load_table(str(stripped), "random", with_test=False)
+    fold, fold_random = prepare_dataset.assign_folds(grouped.labels, original["train"]["group"])
+    assert grouped.folds.tolist() == fold  # the 40 test slices have no near-duplicates: a group each
+    assert random.folds.tolist() == fold_random
+
+
+def test_parquet_reader_matches_datasets(dataset):
+    """The pyarrow fallback (the GPU machine may lack `datasets`) reads what load_dataset reads."""
+    with_datasets, names = train.read_splits(str(dataset))
+    with_pyarrow, pyarrow_names = train.read_parquet_folder(dataset)
+    assert names == pyarrow_names == CLASSES
+    assert with_datasets["train"] == with_pyarrow["train"]
+
+
+def test_augment_gives_random_views_in_range():
+    images = torch.randint(0, 256, (6, 1, 74, 74), dtype=torch.uint8)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    first = train.augment(images, 64)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    assert torch.equal(first, train.augment(images, 64))  # reseeding replays it: resuming relies on this
+    assert first.shape == (6, 1, 64, 64) and first.dtype == torch.float32
+    assert first.min() >= 0 and first.max() <= 1
+    assert not torch.equal(first, train.augment(images, 64))
+    still = torch.rand(3, 1, 16, 16)
+    assert torch.allclose(train.gaussian_blur(still, torch.zeros(3)), still, atol=1e-6)
+
+
+SHARDS = """
+import sys, types
+import torch
+from accelerate import Accelerator
+
+sys.path.insert(0, sys.argv[1])
+import train
+from modeling import BrainResNetImageProcessor
+
+accelerator = Accelerator(cpu=True)
+count, batch = 23, 4
+images = (torch.arange(count, dtype=torch.uint8) * 10).view(count, 1, 1, 1).expand(count, 1, 8, 8).contiguous()
+rows = torch.randperm(count, generator=torch.Generator().manual_seed(0))[:19]
+
+def echo(pixel_values):  # logits that tell which image they come from
+    return pixel_values.mean(dim=(1, 2, 3))[:, None].repeat(1, 4)
+
+model, processor = torch.nn.Identity(), BrainResNetImageProcessor()
+logits = train.predict(echo, model, accelerator, images, rows, batch, processor)
+expected = (images[rows].float().div(255) - 0.5).div(0.5).mean(dim=(1, 2, 3))
+assert torch.allclose(logits[:, 0], expected), (logits[:, 0], expected)
+
+seen = []
+def record(forward, optimizer, scheduler, accelerator, images, labels, args, processor):
+    seen.append(images[:, 0, 0, 0].long() // 10)
+    return torch.zeros(()), torch.zeros((), dtype=torch.long)
+train.train_step = record
+order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(1))
+args = types.SimpleNamespace(batch_size=batch)
+scheduler = types.SimpleNamespace(get_last_lr=lambda: [0.0])
+data = types.SimpleNamespace(train_images=images, labels=torch.zeros(count, dtype=torch.long))
+train.train_epoch(echo, model, None, scheduler, accelerator, data, rows, order, args, processor)
+steps = len(rows) // batch
+shares = accelerator.gather(torch.stack(seen)).view(accelerator.num_processes, steps, -1)
+assert torch.equal(shares.transpose(0, 1).flatten(), rows[order][: steps * batch]), shares
+accelerator.print("sharded and gathered in order on", accelerator.num_processes, "processes")
+accelerator.end_training()  # destroys the process group: gloo's threads must not outlive it at exit
+"""
+
+
+def test_two_processes_shard_training_and_gather_eval_in_order(workdir, env):
+    script = workdir / "shards.py"
+    script.write_text(SHARDS)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(
+        [*launcher, str(script), str(REPO_ROOT)],
+        cwd=workdir,
+        env=env | {"OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sharded and gathered in order on 2 processes" in done.stdout
+
+
+def test_two_process_run_checkpoints_and_gathers_every_held_out_image(workdir, common, env):
+    """The real script under torchrun on two CPU processes (gloo): DDP, a checkpoint, gathered metrics."""
+    out = workdir / "two-processes"
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cpu = env | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = run_train([*common, "--epochs", "2", "--output-dir", str(out)], cpu, launcher)  # the last --epochs wins
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = read_results(out)
+    assert results["num_processes"] == 2
+    for entry in results["folds"].values():
+        assert np.array(entry["confusion_matrix"]).sum() == entry["num_eval"] == 20
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["train_images"] for r in log] == [16] * 4  # 2 steps of 8, 4 images per process
+
+
+def test_model_card_carries_the_runs_metrics(python_run):
+    results = read_results(python_run)
+    card = ModelCard((python_run / "fold-0" / "README.md").read_text())
+    fold, summary = results["folds"]["0"], results["summary"]
+    assert f"| 0 | 20 / 20 | {fold['accuracy']:.4f} | {fold['macro_f1']:.4f} |" in card.text
+    accuracy = summary["accuracy"]
+    assert f"| **mean ± std** |  | {accuracy['mean']:.4f} ± {accuracy['std']:.4f} |" in card.text
+    assert "fold 0's model" in card.text and "No trained release exists yet" not in card.text
+    metrics = {(r.metric_type, r.dataset_split): r.metric_value for r in card.data.eval_results}
+    assert metrics[("accuracy", "train")] == round(accuracy["mean"], 4)
+    assert metrics[("f1", "train")] == round(summary["macro_f1"]["mean"], 4)
+    assert card.data.license == "apache-2.0" and card.data.pipeline_tag == "image-classification"
+
+
+def test_model_card_template_claims_no_results():
+    template = train.MODEL_CARD_TEMPLATE.read_text()
+    card = ModelCard(template)
+    region = template[template.index(train.RESULTS_START) : template.index(train.RESULTS_END)]
+    assert "No trained release exists yet" in region and "untrained" in region
+    assert not any(char.isdigit() for char in region)
+    assert card.data.eval_results is None
+    assert card.data.library_name == "transformers" and card.data.license == "apache-2.0"
+    with pytest.raises(ValueError, match="markers"):
+        train.render_model_card(template.replace(train.RESULTS_END, ""), {}, 0, "x")
+
+
+def test_push_uploads_the_folder_with_its_rendered_card(python_run, common, monkeypatch, capsys):
+    calls = []
+
+    class FakeHfApi:
+        def create_repo(self, repo_id, exist_ok):
+            calls.append(("create_repo", repo_id, exist_ok))
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            readme = (Path(folder_path) / "README.md").read_text()
+            calls.append(("upload_folder", Path(folder_path).name, repo_id, readme))
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    argv = [*common, "--output-dir", str(python_run), "--resume", "--push-to-hub", "someone/brain-resnet"]
+    assert train.main(argv) == 0
+    assert calls[0] == ("create_repo", "someone/brain-resnet", True)
+    _, folder, repo_id, readme = calls[1]
+    assert (folder, repo_id) == ("fold-0", "someone/brain-resnet")  # no release model in this run: fold 0
+    assert 'from_pretrained("someone/brain-resnet", trust_remote_code=True)' in readme
+    assert ModelCard(readme).data.model_name == "brain-resnet"
+    assert "Uploaded https://huggingface.co/someone/brain-resnet" in capsys.readouterr().out

@@ -1,0 +1,46 @@
+"""The bundled release/ folder is a working Hub model repository and the README's Python snippet runs as written."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RELEASE = REPO / "release"
+
+
+def test_release_ships_the_current_remote_code():
+    for source in (REPO / "modeling").glob("*_brain_resnet.py"):
+        assert (RELEASE / source.name).read_text() == source.read_text(), f"release/{source.name} is stale"
+
+
+def test_release_is_a_hub_model_repository():
+    names = {path.name for path in RELEASE.iterdir()}
+    assert {"config.json", "preprocessor_config.json", "README.md"} <= names
+    weights = sorted(RELEASE.glob("*.safetensors"))
+    assert weights and not list(RELEASE.glob("*.bin"))
+    assert sum(path.stat().st_size for path in weights) <= 40 * 2**20
+    card = (RELEASE / "README.md").read_text()
+    assert card.startswith("---\n") and "pipeline_tag: image-classification" in card
+
+
+def python_blocks_of_section(markdown: str, heading: str) -> list[str]:
+    section = markdown.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_python_snippet_runs_offline_as_written():
+    (snippet,) = python_blocks_of_section((REPO / "README.md").read_text(), "Loading from Python")
+    check = snippet + (
+        "\nresult = classifier('space/examples/figshare-0209.jpg')\n"
+        "assert sorted(r['label'] for r in result) == ['glioma', 'meningioma', 'notumor', 'pituitary']\n"
+        "assert next(model.parameters()).dtype.is_floating_point and model.dtype == __import__('torch').float32\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", check], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")

@@ -1,0 +1,487 @@
+"""Gradio Space: classify a brain MRI slice with the improved ResNet34 and show what the network looked at.
+
+    python space/app.py
+
+Environment: MODEL_ID (a Hub repo id or a local folder; default the bundled release/), and GRADIO_SERVER_NAME /
+GRADIO_SERVER_PORT, which Gradio reads itself (default 127.0.0.1:7860).
+"""
+
+import hashlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pydicom
+import torch
+from explain import explain
+from matplotlib import colormaps
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+SPACE_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL_ID = str(SPACE_DIR.parent / "release")
+EXAMPLES = (  # (class, file in space/examples/): real slices of the training data's sources
+    ("glioma", "figshare-0209.jpg"),
+    ("glioma", "figshare-2650.jpg"),
+    ("meningioma", "figshare-0671.jpg"),
+    ("meningioma", "figshare-0403.jpg"),
+    ("notumor", "br35h-no-0004.jpg"),
+    ("notumor", "br35h-no-1477.jpg"),
+    ("pituitary", "figshare-0937.jpg"),
+    ("pituitary", "figshare-1576.jpg"),
+)
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a 16-bit 2048x2048 TIFF or an uncompressed DICOM slice fits easily
+MAX_PIXELS = 25_000_000  # 5000x5000; anything larger is no MRI slice and could be a decompression bomb
+MIN_SIDE = 32  # below this there is no anatomy left to classify
+PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # only these decoders ever see an upload
+SUPPORTED = "a JPEG, PNG, WebP, BMP or TIFF image (8- or 16-bit, grayscale or colour) or a DICOM file (.dcm)"
+# The pixel limit is enforced below with a clear message; PIL's own warning for it would only add log noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+PREDICTED = "predicted class"
+HEAT_COLOURS = (colormaps["turbo"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+SE_COLOURS = (colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+OVERLAY_OPACITY = 0.6  # at the hottest point; cold regions leave the slice visible
+
+INTRO = """
+# Brain tumor MRI classifier: improved ResNet34
+
+Upload one axial brain MRI slice (drag and drop, browse, or paste with Ctrl+V): the network
+([arXiv 2512.03751](https://arxiv.org/abs/2512.03751): ResNet34 with a multi-scale input stem, Inception-v2
+downsampling and Squeeze-and-Excitation attention) gives the probability of glioma, meningioma, pituitary tumor or no
+tumor, and shows what it looked at.
+
+**Research demo, not a medical device.** It must not be used for diagnosis or any clinical decision.
+"""
+
+HOW_TO_READ = """
+### How to read the maps
+
+All maps lie over the **model's view**: the slice as the network saw it (grayscale, cropped to the brain, 224×224).
+
+- **Grad-CAM** (Selvaraju et al., 2017): where the last stage's features raised the score of the chosen class
+  (gradient-weighted sum of its 7×7 feature maps, upsampled). Each class's map is scaled to its own maximum, so a
+  bright map for an unlikely class is still weak evidence; pick the class with the control under the image.
+- **SE channel weights**: the Squeeze-and-Excitation gate (0 to 1) that each residual block applied to each of its
+  channels for this slice; one row per block, one panel per stage.
+- **Attention-weighted activation**: each stage's output feature map averaged over channels with the weights of
+  its last SE block, i.e. where the channels that attention turned up respond (56×56 in stage 1 down to 7×7).
+- **Stem branch responses**: mean absolute response of the multi-scale stem's parallel 3×3, 5×5 and 7×7
+  convolutions, showing the structures each receptive field picks up.
+
+Maps show what the network used, not where a tumor is: a model can rely on cues that have nothing to do with one.
+"""
+
+CSS = """
+#model-status.untrained { background: #b91c1c; color: white; padding: 0.75rem 1rem; border-radius: 0.5rem; }
+#model-status.untrained * { color: white; }
+"""
+
+# gr.File has no paste of its own: hand a pasted file to its file input as if it had been dropped there (after
+# clearing the previous file, whose preview replaces the input). In <head>, so it listens before the app renders.
+PASTE_SCRIPT = """
+<script>
+document.addEventListener("paste", async (event) => {
+  const file = event.clipboardData?.files?.[0];
+  if (!file) return;
+  event.preventDefault();
+  const fileInput = () => document.querySelector("#slice-upload input[type=file]");
+  if (!fileInput()) {
+    document.querySelector('#slice-upload button[aria-label="Clear"]')?.click();
+    for (let wait = 0; !fileInput() && wait < 50; wait++) await new Promise((done) => setTimeout(done, 20));
+  }
+  const input = fileInput();
+  if (!input) return;
+  const transfer = new DataTransfer();
+  transfer.items.add(file);
+  input.files = transfer.files;
+  input.dispatchEvent(new Event("change", { bubbles: true }));
+});
+</script>
+"""
+
+
+class UnusableUpload(ValueError):
+    """An upload the Space cannot analyse; the message says why and what to upload instead."""
+
+
+def check_dimensions(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise UnusableUpload(
+            f"The image is too large: {width}×{height} pixels ({width * height / 1e6:.0f} megapixels; the limit is "
+            f"{MAX_PIXELS / 1e6:.0f}, which also guards against decompression bombs). Downscale the slice."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise UnusableUpload(
+            f"The image is only {width}×{height} pixels; a slice needs at least {MIN_SIDE}×{MIN_SIDE}."
+        )
+
+
+def is_dicom(path: Path) -> bool:
+    with path.open("rb") as file:
+        preamble = file.read(132)
+    return preamble[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom")
+
+
+def read_dicom(path: Path) -> np.ndarray:
+    """One DICOM slice as float pixel values after the stored rescale and window/level, bright = high signal."""
+    try:
+        dataset = pydicom.dcmread(path)
+    except InvalidDicomError as error:
+        raise UnusableUpload(f"This file is named like DICOM but is not a readable DICOM file ({error}).") from None
+    if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise UnusableUpload(
+            "This DICOM file holds no pixel data (it is a report, a structured document or similar): "
+            "upload a DICOM image of one slice."
+        )
+    check_dimensions(int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0)))
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise UnusableUpload(f"This DICOM file holds {frames} frames; upload a single slice.")
+    try:
+        pixels = dataset.pixel_array
+    except Exception as error:  # pydicom's decoders raise many types for unsupported or broken pixel data
+        syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown transfer syntax")
+        raise UnusableUpload(
+            f"The DICOM pixel data cannot be decoded ({getattr(syntax, 'name', syntax)}: {error}). "
+            "Export the slice uncompressed or as PNG."
+        ) from None
+    if pixels.ndim == 3:  # colour (RGB) DICOM: no window to apply
+        return pixels
+    pixels = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float32)
+    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":  # stored with high values dark
+        pixels = pixels.max() + pixels.min() - pixels
+    return pixels
+
+
+def read_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path, formats=PIL_FORMATS) as image:
+            check_dimensions(*image.size)
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                raise UnusableUpload(
+                    f"The file holds {frames} frames (an animation or a multi-page image); upload a single still slice."
+                )
+            try:
+                image.load()
+            except OSError as error:
+                raise UnusableUpload(f"The image file is truncated or corrupt ({error}).") from None
+            return ImageOps.exif_transpose(image)
+    except UnidentifiedImageError:
+        raise UnusableUpload(f"This file is not an image the Space can read: upload {SUPPORTED}.") from None
+    except Image.DecompressionBombError:
+        raise UnusableUpload(
+            f"The image has far more than {MAX_PIXELS / 1e6:.0f} megapixels (a possible decompression bomb); "
+            "downscale the slice."
+        ) from None
+
+
+def load_slice(path: str | Path) -> Image.Image | np.ndarray:
+    """Decode an upload (image or DICOM), or raise UnusableUpload with a message for the user."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise UnusableUpload("The file is empty (0 bytes).")
+    try:
+        return read_dicom(path) if is_dicom(path) else read_image(path)
+    except UnusableUpload:
+        raise
+    except Exception as error:  # decoders raise many types for malformed files (SyntaxError, struct.error, ...)
+        raise UnusableUpload(
+            f"The file could not be decoded ({type(error).__name__}: {error}); upload {SUPPORTED}."
+        ) from None
+
+
+def load_model(model_id: str):
+    """The model and image processor, through the Auto classes, set up for CPU inference."""
+    torch.set_flush_denormal(True)  # denormal floats in trained weights would slow CPU maths many times over
+    model = AutoModelForImageClassification.from_pretrained(model_id, trust_remote_code=True)
+    processor = AutoImageProcessor.from_pretrained(model_id, trust_remote_code=True)
+    # Inference only: frozen parameters let Grad-CAM record gradients from the last stage on, nothing before it;
+    # channels-last layout makes the CPU (oneDNN) convolutions about a quarter faster.
+    model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    return model, processor
+
+
+def model_status(config) -> str:
+    """Markdown saying whether the weights are trained; untrained weights get a plain warning."""
+    info = getattr(config, "training_info", None)
+    if not info:
+        return (
+            "⚠️ **UNTRAINED MODEL: the weights are random.** Its predictions and maps are meaningless; "
+            "they only show that the pipeline runs (the model's config holds no training_info)."
+        )
+    facts = ", ".join(f"{key}: {value}" for key, value in info.items() if isinstance(value, (str, int, float)))
+    return f"Model: trained ({facts})."
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
+
+
+def heat_overlay(view: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """The model's view (uint8 gray) with the heat map's colours over it, more opaque where the map is hotter."""
+    opacity = heat[..., None].astype(np.float32) * (OVERLAY_OPACITY / 255)
+    blended = (1 - opacity) * view[..., None] + opacity * HEAT_COLOURS[heat]
+    return np.round(blended).astype(np.uint8)
+
+
+def se_weights_plot(se_weights: list[np.ndarray | None]) -> np.ndarray | None:
+    """
+    One labelled heat strip per stage (a row per SE block, a column per channel, colour = gate from 0 to 1) and a
+    colour scale, as an RGB image; None for a model without SE. Drawn with PIL: matplotlib would take ~200 ms.
+    """
+    stages = [(number, weights) for number, weights in enumerate(se_weights, start=1) if weights is not None]
+    if not stages:
+        return None
+    font = ImageFont.load_default(size=12)
+    margin, line, row_height, width = 8, 16, 10, 640
+    strip_width = width - 2 * margin
+    height = margin + 2 * line + sum(line + len(weights) * row_height + margin for _, weights in stages) + 10 + margin
+    plot = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(plot)
+    title = "SE channel weights per stage: a row per block, a column per channel"
+    draw.text((margin, margin), title, fill="black", font=ImageFont.load_default(size=14))
+    top = margin + line + 4
+    for number, weights in stages:
+        blocks, channels = weights.shape
+        draw.text((margin, top), f"stage {number}: {channels} channels x {blocks} SE blocks", fill="black", font=font)
+        top += line
+        strip = Image.fromarray(SE_COLOURS[to_uint8(weights)]).resize(
+            (strip_width, blocks * row_height), Image.Resampling.NEAREST
+        )
+        plot.paste(strip, (margin, top))
+        top += blocks * row_height + margin
+    scale = SE_COLOURS[np.linspace(0, 255, strip_width).astype(np.uint8)][None].repeat(10, axis=0)
+    plot.paste(Image.fromarray(scale), (margin, top))
+    top += 10
+    draw.text((margin, top), "0", fill="black", font=font)
+    draw.text((width // 2, top), "SE weight", fill="black", font=font, anchor="ma")
+    draw.text((width - margin, top), "1", fill="black", font=font, anchor="ra")
+    return np.asarray(plot)
+
+
+class PngStore:
+    """
+    Rendered maps as PNG files named by their content, each written once and atomically. Gradio copies returned
+    files into its cache race-free, but rewrites the arrays it encodes itself on every request: a client still
+    downloading a map of an identical earlier request (two visitors on one example) could get a truncated file.
+    """
+
+    def __init__(self, max_age_s: float = 600):
+        self.folder = Path(tempfile.mkdtemp(prefix="brain-space-maps-"))
+        self.max_age_s = max_age_s  # Gradio has its own copy moments after a map is returned
+
+    def save(self, rgb: np.ndarray) -> str:
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)  # 3x faster than the default, ~1% larger
+        data = buffer.getvalue()
+        path = self.folder / f"{hashlib.sha256(data).hexdigest()}.png"
+        if path.exists():
+            os.utime(path)  # keep it from the next prune while Gradio copies it
+        else:
+            staging = path.with_suffix(f".{os.getpid()}-{time.monotonic_ns()}.part")
+            staging.write_bytes(data)
+            staging.replace(path)
+        return str(path)
+
+    def prune(self) -> None:
+        cutoff = time.time() - self.max_age_s
+        for path in self.folder.iterdir():
+            if path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+
+
+@dataclass
+class GradCams:
+    """The model's view and every class's Grad-CAM, as uint8: all it takes to redraw the overlay for any class."""
+
+    view: np.ndarray
+    maps: np.ndarray
+    predicted: int
+
+    def overlay(self, class_index: int | None = None) -> np.ndarray:
+        return heat_overlay(self.view, self.maps[self.predicted if class_index is None else class_index])
+
+
+@dataclass
+class Analysis:
+    """What the page shows for one slice: probabilities and RGB maps with their captions."""
+
+    probabilities: dict[str, float]
+    grad_cams: GradCams
+    se_plot: np.ndarray | None
+    stage_maps: list[tuple[np.ndarray, str]]
+    stem_maps: list[tuple[np.ndarray, str]]
+
+
+class SliceAnalyser:
+    """Decodes an upload, runs the model once and renders every map."""
+
+    def __init__(self, model, processor):
+        self.model = model
+        self.processor = processor
+        self.labels = [model.config.id2label[index] for index in range(model.config.num_labels)]
+
+    def model_input(self, image) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's view (H, W) in [0, 1] and the normalised (1, C, H, W) input made from it."""
+        view = self.processor.preprocess_one(image)
+        pixel_values = self.processor.normalize_pixel_values(view[None, None], self.model.config.num_channels)
+        return view, pixel_values.contiguous(memory_format=torch.channels_last)
+
+    def analyse(self, path: str | Path) -> Analysis:
+        image = load_slice(path)
+        try:
+            view, pixel_values = self.model_input(image)
+        except (ValueError, TypeError) as error:
+            raise UnusableUpload(f"The image could not be converted for the model ({error}).") from None
+        explanation = explain(self.model, pixel_values)
+        view = to_uint8(view.numpy())
+        config = self.model.config
+        stage_captions = [
+            f"stage {number}: {channels} channels" + (" (no SE: channel mean)" if weights is None else "")
+            for number, channels, weights in zip(
+                range(1, len(config.hidden_sizes) + 1), config.hidden_sizes, explanation.se_weights, strict=True
+            )
+        ]
+        stem_captions = [
+            f"{size}×{size} branch: {channels} channels"
+            for size, channels in zip(config.stem_kernel_sizes, config.stem_branch_channels, strict=True)
+        ]
+        return Analysis(
+            probabilities=dict(zip(self.labels, explanation.probabilities.tolist(), strict=True)),
+            grad_cams=GradCams(view, to_uint8(explanation.grad_cams), int(explanation.probabilities.argmax())),
+            se_plot=se_weights_plot(explanation.se_weights),
+            stage_maps=[
+                (heat_overlay(view, to_uint8(stage_map)), caption)
+                for stage_map, caption in zip(explanation.stage_maps, stage_captions, strict=True)
+            ],
+            stem_maps=[
+                (HEAT_COLOURS[to_uint8(stem_map)], caption)
+                for stem_map, caption in zip(explanation.stem_maps, stem_captions, strict=False)
+            ],  # a single-conv stem has no branch maps
+        )
+
+    def warm_up(self) -> None:
+        """One pass on a blank slice, so that the first visitor does not pay for oneDNN's kernel set-up."""
+        explain(self.model, self.model_input(Image.new("L", (256, 256)))[1])
+
+
+def predict_outputs(analysis: Analysis, pngs: PngStore) -> tuple:
+    """The predict endpoint's answer: probabilities, the maps as PNG files, and the Grad-CAMs for the session."""
+    return (
+        analysis.probabilities,
+        pngs.save(analysis.grad_cams.overlay()),
+        None if analysis.se_plot is None else pngs.save(analysis.se_plot),
+        [(pngs.save(image), caption) for image, caption in analysis.stage_maps],
+        [(pngs.save(image), caption) for image, caption in analysis.stem_maps],
+        analysis.grad_cams,
+    )
+
+
+def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
+    labels = analyser.labels
+    trained = bool(getattr(analyser.model.config, "training_info", None))
+    pngs = PngStore()
+
+    def predict(path: str | None):
+        if path is None:
+            raise gr.Error("No file given: upload an MRI slice first.", title="No image", print_exception=False)
+        try:
+            analysis = analyser.analyse(path)
+        except UnusableUpload as error:
+            raise gr.Error(str(error), title="Cannot analyse this file", print_exception=False) from None
+        pngs.prune()
+        return predict_outputs(analysis, pngs)
+
+    def show_cam(choice: str, grad_cams: GradCams | None):
+        if grad_cams is None:
+            return None
+        return pngs.save(grad_cams.overlay(None if choice == PREDICTED else labels.index(choice)))
+
+    # Uploads are medical images: Gradio's copies of them (and of the maps) are deleted after an hour.
+    with gr.Blocks(title="Brain tumor MRI classifier", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
+        gr.Markdown(INTRO)
+        gr.Markdown(
+            model_status(analyser.model.config), elem_id="model-status", elem_classes=[] if trained else ["untrained"]
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="MRI slice: JPEG, PNG, WebP, BMP, TIFF or DICOM", elem_id="slice-upload")
+                analyse_button = gr.Button("Analyse", variant="primary")
+                examples = gr.Examples(
+                    [[str(SPACE_DIR / "examples" / name)] for _, name in EXAMPLES],
+                    inputs=upload,
+                    example_labels=[f"{label}: {name}" for label, name in EXAMPLES],
+                    label="Example slices (click one)",
+                    api_visibility="private",
+                )
+            with gr.Column(scale=1):
+                probabilities = gr.Label(
+                    num_top_classes=len(labels),
+                    label="Class probabilities" + ("" if trained else " (UNTRAINED)"),
+                    elem_id="probabilities",
+                )
+            with gr.Column(scale=1):
+                cam_image = gr.Image(label="Grad-CAM", format="png", interactive=False, elem_id="grad-cam")
+                cam_class = gr.Radio([PREDICTED, *labels], value=PREDICTED, label="Grad-CAM for class")
+        stage_maps = gr.Gallery(
+            label="Attention-weighted activation per stage", format="png", columns=4, rows=1, height="auto"
+        )
+        with gr.Row():
+            # The plot carries its own title: a floating label would hide its first panel.
+            se_plot = gr.Image(label="SE channel weights per stage", show_label=False, format="png", interactive=False)
+            stem_maps = gr.Gallery(label="Multi-scale stem branch responses", format="png", columns=3, height="auto")
+        gr.Markdown(HOW_TO_READ)
+        grad_cams_state = gr.State()
+
+        results = [probabilities, cam_image, se_plot, stage_maps, stem_maps, grad_cams_state]
+        # Both routes to an analysis share one concurrency group, so that the model never runs twice at once.
+        run = {"fn": predict, "inputs": upload, "outputs": results, "concurrency_id": "model"}
+        predicted = gr.on([upload.upload, analyse_button.click], **run, api_name="predict")
+        from_example = examples.load_input_event.then(**run, api_visibility="private")
+        for event in (predicted, from_example):
+            event.success(None, None, cam_class, js=f"() => {json.dumps(PREDICTED)}")
+            event.failure(lambda: [None] * len(results), None, results, api_visibility="private")
+        upload.clear(lambda: [None] * len(results), None, results, api_visibility="private")
+        cam_class.input(show_cam, [cam_class, grad_cams_state], cam_image, api_visibility="private")
+    return demo
+
+
+def main() -> None:
+    model_id = os.environ.get("MODEL_ID", DEFAULT_MODEL_ID)
+    try:
+        model, processor = load_model(model_id)
+    except OSError as error:
+        sys.exit(f"Cannot load the model MODEL_ID={model_id!r} (a Hub repo id or a local model folder): {error}")
+    analyser = SliceAnalyser(model, processor)
+    analyser.warm_up()
+    demo = build_demo(analyser)
+    # One analysis at a time: torch already spreads one slice over both CPU cores, so a second in parallel would
+    # only slow both. Up to 64 requests wait (~0.3 s each through the server, so ~20 s for the last); past that a
+    # "queue is full" answer beats an ever longer wait.
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.launch(
+        max_file_size=MAX_UPLOAD_BYTES,
+        theme=gr.themes.Soft(),
+        css=CSS,
+        head=PASTE_SCRIPT,
+        ssr_mode=False,  # no Node server to start: the page is ready sooner
+        state_session_capacity=1000,  # a session's GradCams is ~0.25 MB: at most ~250 MB in all
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""The Gradio Space (space/app.py): decoding uploads, and the launched app through gradio_client.
+
+The server tests launch `python space/app.py` as a subprocess on a free port, serving a freshly initialised model
+saved to a temporary folder, exactly as a user or the Hub would start it.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from modeling import BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE_DIR = ROOT / "space"
+EXAMPLES = sorted((SPACE_DIR / "examples").glob("*.jpg"))
+LABELS = ["glioma", "meningioma", "notumor", "pituitary"]
+READY_TIMEOUT_S = 90  # generous: the Space promises 15 s, but CI machines may be busy
+
+sys.path.insert(0, str(SPACE_DIR))
+import app  # noqa: E402
+
+
+def save_random_model(folder: Path) -> Path:
+    torch.manual_seed(0)
+    BrainResNetForImageClassification(BrainResNetConfig()).save_pretrained(folder)
+    BrainResNetImageProcessor().save_pretrained(folder)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_space(model_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start `python space/app.py` and wait until it serves its page; returns the process and its URL."""
+    port = free_port()
+    env = {**os.environ, "MODEL_ID": str(model_dir), "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1"}
+    env.pop("GRADIO_SERVER_NAME", None)
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(SPACE_DIR / "app.py")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Space exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"the Space did not serve within {READY_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory) -> Iterator[dict]:
+    folder = tmp_path_factory.mktemp("space")
+    process, url = launch_space(save_random_model(folder / "model"), folder / "server.log")
+    yield {"url": url, "log": folder / "server.log"}
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def client(space, tmp_path_factory) -> Client:
+    downloads = tmp_path_factory.mktemp("downloads")
+    return Client(space["url"], verbose=False, max_workers=50, download_files=str(downloads), analytics_enabled=False)
+
+
+def confidences(answer) -> dict[str, float]:
+    return {entry["label"]: entry["confidence"] for entry in answer[0]["confidences"]}
+
+
+def assert_full_answer(answer) -> None:
+    """Four class probabilities, the Grad-CAM overlay, the SE plot, four stage maps and three stem maps."""
+    label, cam, se_plot, stage_maps, stem_maps = answer
+    assert sorted(confidences(answer)) == LABELS
+    assert sum(confidences(answer).values()) == pytest.approx(1.0, abs=1e-4)
+    assert label["label"] == max(confidences(answer), key=confidences(answer).get)
+    with Image.open(cam) as overlay:
+        assert overlay.format == "PNG" and overlay.size == (224, 224) and overlay.mode == "RGB"
+        assert np.asarray(overlay).std() > 10  # an actual picture, not a blank
+    with Image.open(se_plot) as plot:
+        assert plot.width >= 400
+    assert [item["caption"] for item in stage_maps] == [
+        f"stage {n}: {c} channels" for n, c in zip(range(1, 5), (64, 128, 256, 512), strict=True)
+    ]
+    assert [item["caption"].split(" branch")[0] for item in stem_maps] == ["3×3", "5×5", "7×7"]
+    for item in [*stage_maps, *stem_maps]:
+        assert Path(item["image"]).stat().st_size > 0
+
+
+def predict(client: Client, path: Path):
+    return client.predict(handle_file(str(path)), api_name="/predict")
+
+
+# --- uploads the Space reads (no server needed) -----------------------------------------------------------------
+
+
+def brain_like(size: int = 128) -> np.ndarray:
+    """A bright disk on black with a brighter spot, in [0, 1]."""
+    rows, cols = np.mgrid[:size, :size]
+    disk = ((rows - size / 2) ** 2 + (cols - size / 2) ** 2 < (size / 3) ** 2) * 0.6
+    spot = ((rows - size / 3) ** 2 + (cols - size / 2) ** 2 < (size / 12) ** 2) * 0.4
+    return disk + spot
+
+
+def write_dicom(path: Path, pixels: np.ndarray | None, **attributes) -> Path:
+    """An uncompressed MR DICOM file; without `pixels` it holds no image at all."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = MRImageStorage
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "MR"
+    if pixels is not None:
+        dataset.set_pixel_data(pixels.astype(np.uint16), photometric_interpretation="MONOCHROME2", bits_stored=16)
+    for name, value in attributes.items():
+        setattr(dataset, name, value)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def image_of_mode(mode: str) -> Image.Image:
+    values = brain_like()
+    if mode in ("I;16", "F"):
+        return Image.fromarray((values * 4000).astype(np.uint16 if mode == "I;16" else np.float32))
+    gray = Image.fromarray((values * 255).astype(np.uint8))
+    return gray.convert(mode)
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        ("gray.jpg", "L"),
+        ("colour.png", "RGB"),
+        ("transparent.png", "RGBA"),
+        ("sixteen_bit.png", "I;16"),
+        ("sixteen_bit.tif", "I;16"),
+        ("float.tif", "F"),
+        ("colour.webp", "RGB"),
+        ("gray.bmp", "L"),
+        ("still.gif", "P"),
+    ],
+)
+def test_supported_images_decode_to_the_models_view(tmp_path, name, mode):
+    path = tmp_path / name
+    image_of_mode(mode).save(path)
+
+    image = app.load_slice(path)
+    view = BrainResNetImageProcessor().preprocess_one(image)
+
+    assert view.shape == (224, 224) and view.max() == 1 and view.min() == 0
+    if mode == "I;16":  # 16 bits survive decoding: nothing is squeezed through 8 bits
+        assert np.asarray(image).max() == 4000
+
+
+def window_ramp(tmp_path: Path, **attributes) -> np.ndarray:
+    """Decode a DICOM whose columns ramp 0, 10, ..., 1990 in stored values."""
+    ramp = np.tile(np.arange(200) * 10, (64, 1))
+    return app.load_slice(write_dicom(tmp_path / "ramp.dcm", ramp, **attributes))
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        {"WindowCenter": 1000, "WindowWidth": 400},
+        {"RescaleSlope": 1, "RescaleIntercept": -1000, "WindowCenter": 0, "WindowWidth": 400},  # window in units
+    ],
+)
+def test_dicom_uses_its_stored_window(tmp_path, attributes):
+    decoded = window_ramp(tmp_path, **attributes)
+
+    row = decoded[0]
+    assert (row[:79] == row.min()).all()  # stored values up to 780 lie below the window (800 to 1200)
+    assert (row[122:] == row.max()).all()  # from 1220 above it
+    assert (np.diff(row[81:119]) > 0).all()  # the window itself keeps its contrast
+
+
+def test_monochrome1_dicom_is_inverted(tmp_path):
+    decoded = window_ramp(tmp_path, WindowCenter=1000, WindowWidth=400, PhotometricInterpretation="MONOCHROME1")
+
+    assert decoded[0, 0] == decoded.max() and decoded[0, -1] == decoded.min()
+
+
+def test_model_status_shouts_only_for_untrained_weights():
+    untrained = app.model_status(BrainResNetConfig())
+    trained = app.model_status(BrainResNetConfig(training_info={"dataset": "brain-tumor-mri-4k", "epochs": 40}))
+
+    assert "UNTRAINED" in untrained and "random" in untrained and "meaningless" in untrained
+    assert "UNTRAINED" not in trained and "brain-tumor-mri-4k" in trained
+
+
+def test_release_model_analyses_an_example():
+    if not (ROOT / "release" / "config.json").exists():
+        pytest.skip("no bundled release/ in this checkout")
+    analyser = app.SliceAnalyser(*app.load_model(app.DEFAULT_MODEL_ID))
+
+    analysis = analyser.analyse(EXAMPLES[0])
+
+    assert sorted(analysis.probabilities) == LABELS
+    assert analysis.grad_cams.overlay().shape == (224, 224, 3)
+
+
+def test_a_model_without_multiscale_stem_or_se_still_gets_its_maps(tmp_path):
+    config = BrainResNetConfig(stem_type="conv", attention_type="none")
+    BrainResNetForImageClassification(config).save_pretrained(tmp_path)
+    BrainResNetImageProcessor().save_pretrained(tmp_path)
+    analyser = app.SliceAnalyser(*app.load_model(str(tmp_path)))
+
+    analysis = analyser.analyse(EXAMPLES[0])
+
+    assert analysis.se_plot is None and analysis.stem_maps == []
+    assert [caption for _, caption in analysis.stage_maps][0] == "stage 1: 64 channels (no SE: channel mean)"
+    assert analysis.grad_cams.maps.shape == (4, 224, 224)
+
+
+def test_space_refuses_to_start_without_a_model(tmp_path):
+    env = {**os.environ, "MODEL_ID": str(tmp_path / "missing"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(SPACE_DIR / "app.py")], env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 1
+    assert f"Cannot load the model MODEL_ID='{tmp_path / 'missing'}'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- bad uploads: each gets its own message through the API, and the server keeps serving -------------------------
+
+
+def non_image(folder: Path) -> Path:
+    path = folder / "notes.txt"
+    path.write_text("These are notes, not an MRI slice.\n")
+    return path
+
+
+def truncated_jpeg(folder: Path) -> Path:
+    path = folder / "truncated.jpg"
+    path.write_bytes(EXAMPLES[0].read_bytes()[:3000])
+    return path
+
+
+def empty_file(folder: Path) -> Path:
+    path = folder / "empty.png"
+    path.touch()
+    return path
+
+
+def decompression_bomb(folder: Path) -> Path:
+    path = folder / "bomb.png"  # 100 megapixels of one colour: a few kilobytes on disk, 100 MB and more decoded
+    Image.new("1", (10_000, 10_000)).save(path)
+    return path
+
+
+def too_many_pixels(folder: Path) -> Path:
+    path = folder / "huge.png"  # over the Space's 25-megapixel limit, under PIL's own bomb error
+    Image.new("1", (6_000, 6_000)).save(path)
+    return path
+
+
+def one_pixel(folder: Path) -> Path:
+    path = folder / "dot.png"
+    Image.new("L", (1, 1), 128).save(path)
+    return path
+
+
+def animated_gif(folder: Path) -> Path:
+    path = folder / "animated.gif"
+    frames = [Image.new("L", (64, 64), shade) for shade in (0, 128, 255)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return path
+
+
+def dicom_without_pixels(folder: Path) -> Path:
+    return write_dicom(folder / "report.dcm", None, PatientName="Anonymous")
+
+
+def not_really_dicom(folder: Path) -> Path:
+    path = folder / "scan.dcm"
+    path.write_bytes(b"\x00" * 64 + b"this is no DICOM file")
+    return path
+
+
+BAD_UPLOADS: list[tuple[Callable[[Path], Path], str]] = [
+    (non_image, r"not an image the Space can read: upload a JPEG, PNG, WebP, BMP or TIFF"),
+    (truncated_jpeg, r"truncated or corrupt"),
+    (empty_file, r"The file is empty \(0 bytes\)"),
+    (decompression_bomb, r"decompression bomb"),
+    (too_many_pixels, r"too large: 6000×6000 pixels .*decompression bombs"),
+    (one_pixel, r"only 1×1 pixels; a slice needs at least 32×32"),
+    (animated_gif, r"holds 3 frames \(an animation"),
+    (dicom_without_pixels, r"DICOM file holds no pixel data"),
+    (not_really_dicom, r"not a readable DICOM file"),
+]
+
+
+@pytest.mark.parametrize(("make_file", "message"), BAD_UPLOADS, ids=[make.__name__ for make, _ in BAD_UPLOADS])
+def test_bad_upload_gets_a_clear_message_and_the_server_keeps_serving(client, space, tmp_path, make_file, message):
+    with pytest.raises(AppError, match=message) as raised:
+        predict(client, make_file(tmp_path))
+
+    assert "Traceback" not in str(raised.value)
+    assert_full_answer(predict(client, EXAMPLES[0]))
+    assert "Traceback" not in space["log"].read_text()
+
+
+def test_upload_over_the_size_limit_is_refused_with_its_reason(client, space, tmp_path):
+    path = tmp_path / "oversized.png"
+    with path.open("wb") as file:
+        file.truncate(app.MAX_UPLOAD_BYTES + 1)
+
+    with pytest.raises(ValueError, match=r"exceeds the maximum file size"):
+        predict(client, path)
+    # The server enforces the limit itself, whatever the client checks.
+    with path.open("rb") as file:
+        response = httpx.post(f"{space['url']}gradio_api/upload", files={"files": file}, timeout=60)
+    assert response.status_code == 413 and "maximum allowed size" in response.text
+    assert_full_answer(predict(client, EXAMPLES[0]))
+
+
+# --- the API --------------------------------------------------------------------------------------------------------
+
+
+def test_predict_is_the_one_public_endpoint_taking_one_image(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+
+    assert list(endpoints) == ["/predict"]
+    assert len(endpoints["/predict"]["parameters"]) == 1
+    assert len(endpoints["/predict"]["returns"]) == 5
+
+
+def test_predict_returns_probabilities_and_every_map(client):
+    assert_full_answer(predict(client, EXAMPLES[0]))
+
+
+def test_a_dicom_slice_without_file_extension_is_analysed(client, tmp_path):
+    pixels = (brain_like() * 3000).astype(np.uint16)
+    path = write_dicom(tmp_path / "IM0001", pixels, WindowCenter=1500, WindowWidth=3000)
+
+    assert_full_answer(predict(client, path))
+
+
+def test_fifty_concurrent_requests_are_all_answered_each_with_its_own_result(client):
+    expected = {path: confidences(predict(client, path)) for path in EXAMPLES[:4]}
+    paths = [EXAMPLES[index % 4] for index in range(50)]
+
+    jobs = [client.submit(handle_file(str(path)), api_name="/predict") for path in paths]
+    answers = [job.result(timeout=300) for job in jobs]
+
+    assert len(answers) == 50
+    for path, answer in zip(paths, answers, strict=True):
+        assert_full_answer(answer)
+        assert confidences(answer) == pytest.approx(expected[path], abs=1e-5)

@@ -29,6 +29,7 @@ continues from there, skipping finished folds.
 """
 
 import argparse
+import copy
 import datetime
 import hashlib
 import io
@@ -836,12 +837,24 @@ def save_fold(fold, args, model, processor, entry: dict, results: dict) -> None:
         results.setdefault("folds", {})[str(fold)] = entry
         results["summary"] = summarize(results["folds"])
     model.config.training_info = training_info(args, fold, entry, results)
-    model.save_pretrained(out / fold_name(fold))
-    processor.save_pretrained(out / fold_name(fold))
+    save_model_folder(model, processor, out / fold_name(fold), half_storage=fold == FULL)
     write_json(out / "cv_results.json", results)
     shutil.rmtree(out / fold_name(fold) / "checkpoints", ignore_errors=True)
     write_reports(out, results)
     print(fold_summary(fold, entry))
+
+
+def save_model_folder(model, processor, folder: Path, half_storage: bool) -> None:
+    """A Hub-ready folder. The release (full) model stores float16 weights, half the size (the Space and the Hub
+    repo hold it), while config.json keeps dtype float32, so that from_pretrained's default dtype="auto" loads a
+    float32 model that runs on any CPU."""
+    if half_storage:
+        model = copy.deepcopy(model).to(device="cpu", dtype=torch.float16)
+    model.save_pretrained(folder)
+    if half_storage:
+        config_path = folder / "config.json"
+        write_json(config_path, read_json(config_path) | {"dtype": "float32"})
+    processor.save_pretrained(folder)
 
 
 def fold_timing(log_path: Path, fold, session_seconds: float, start_epoch: int) -> dict:

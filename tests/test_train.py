@@ -216,6 +216,26 @@ def test_fold_folders_load_offline_with_remote_code(run, request, env, brain_mri
     assert loaded["info"]["trained_on"] == "all folds but fold 1"
 
 
+def test_full_run_makes_a_half_size_release_that_loads_as_float32(workdir, dataset, tiny_config, env):
+    """--folds full: one model on every fold, stored in float16 (the release folder's size) but loading as float32."""
+    from safetensors import safe_open
+    from transformers import AutoModelForImageClassification
+
+    out = workdir / "full-run"
+    args = ["--dataset", str(dataset), "--output-dir", str(out), "--folds", "full", "--epochs", "1"]
+    done = run_train([*args, "--image-size", "64", "--batch-size", "8", "--model", str(tiny_config)], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = read_results(out)
+    assert "folds" not in results and results["full"]["num_train"] == PER_CLASS * len(CLASSES)
+    with safe_open(out / "full" / "model.safetensors", framework="pt") as weights:
+        dtypes = {weights.get_tensor(name).dtype for name in weights.keys()}  # noqa: SIM118 (not a dict)
+    assert dtypes <= {torch.float16, torch.int64}
+    model = AutoModelForImageClassification.from_pretrained(out / "full", trust_remote_code=True)
+    assert model.dtype == torch.float32
+    assert model.config.training_info["trained_on"] == "all folds"
+    assert (out / "full" / "README.md").read_text().startswith("---\n")
+
+
 def test_stopped_run_resumes_and_finishes_with_the_same_folds(workdir, common, env, python_run):
     """SIGTERM (what a slot's time limit sends) during fold 0's second epoch: a checkpoint, exit 143; --resume
     then finishes both folds exactly as the uninterrupted run did."""

@@ -56,17 +56,10 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from modeling import BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
+from modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 RESULTS_START, RESULTS_END = "<!-- train.py:results:start -->", "<!-- train.py:results:end -->"
-VARIANTS = {
-    "improved": {},
-    "resnet34": {"stem_type": "conv", "downsample_type": "conv", "attention_type": "none"},
-    "no-multiscale": {"stem_type": "conv"},
-    "no-inception": {"downsample_type": "conv"},
-    "no-se": {"attention_type": "none"},
-}
 FOLD_COLUMNS = {"grouped": "fold", "random": "fold_random"}
 DATASET_COLUMNS = ("image", "label", "source", "group", "fold", "fold_random")
 METRICS = ("accuracy", "macro_f1", "roc_auc_macro")  # the headline metrics, in tables and summaries

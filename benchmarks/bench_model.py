@@ -15,12 +15,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modeling import BrainResNetConfig, BrainResNetForImageClassification  # noqa: E402
+from modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification  # noqa: E402
 
-VARIANTS = {
-    "improved": {},
-    "resnet34": {"stem_type": "conv", "downsample_type": "conv", "attention_type": "none"},
-}
+COMPARED = ("improved", "resnet34")
 
 
 def forward_flops(model: torch.nn.Module, image_size: int, num_channels: int) -> int:
@@ -77,9 +74,9 @@ def main():
     print(f"batch {args.batch_size}, {args.image_size} px, {args.num_channels} channel(s), {args.steps} timed steps")
 
     results = {}
-    for variant, overrides in VARIANTS.items():
+    for variant in COMPARED:
         torch.manual_seed(0)
-        config = BrainResNetConfig(num_channels=args.num_channels, **overrides)
+        config = BrainResNetConfig(num_channels=args.num_channels, **VARIANTS[variant])
         model = BrainResNetForImageClassification(config)
         params = sum(p.numel() for p in model.parameters())
         flops = forward_flops(model, args.image_size, args.num_channels)

@@ -1,6 +1,6 @@
 """Improved ResNet34 for brain-tumor MRI classification as a Hugging Face custom model (arXiv 2512.03751)."""
 
-from .configuration_brain_resnet import BrainResNetConfig
+from .configuration_brain_resnet import VARIANTS, BrainResNetConfig
 from .image_processing_brain_resnet import BrainResNetImageProcessor
 from .modeling_brain_resnet import BrainResNetForImageClassification, BrainResNetModel
 
@@ -16,4 +16,5 @@ __all__ = [
     "BrainResNetForImageClassification",
     "BrainResNetImageProcessor",
     "BrainResNetModel",
+    "VARIANTS",
 ]

@@ -6,6 +6,14 @@ STEM_TYPES = ("multiscale", "conv")
 DOWNSAMPLE_TYPES = ("inception", "conv")
 ATTENTION_TYPES = ("se", "none")
 DEFAULT_LABELS = ("glioma", "meningioma", "notumor", "pituitary")
+# The paper's model and its ablations by name, as overrides of the defaults; "resnet34" is torchvision's ResNet34.
+VARIANTS = {
+    "improved": {},
+    "resnet34": {"stem_type": "conv", "downsample_type": "conv", "attention_type": "none"},
+    "no-multiscale": {"stem_type": "conv"},
+    "no-inception": {"downsample_type": "conv"},
+    "no-se": {"attention_type": "none"},
+}
 
 # Written into config.json so that every Auto class loads the saved folder, not only the one that was saved.
 AUTO_MAP = {

@@ -396,8 +396,13 @@ def load_table(dataset: str, protocol: str, with_test: bool) -> Table:
     return Table(images, labels, folds, sources, class_names)
 
 
-def decode_images(images: list, processor: BrainResNetImageProcessor, sizes: list[int], workers: int) -> list:
-    """Every image through processor.preprocess_one once per size: uint8 tensors (N, 1, size, size)."""
+def decode_images(
+    images: list, processor: BrainResNetImageProcessor, sizes: list[int], workers: int, transform=None
+) -> list:
+    """Every image through processor.preprocess_one once per size: uint8 tensors (N, 1, size, size).
+
+    `transform(i, image) -> image`, if given, alters the i-th decoded image before the processor (evaluate.py's
+    corruptions)."""
     caches = [torch.empty(len(images), 1, size, size, dtype=torch.uint8) for size in sizes]
 
     def decode(i: int) -> None:
@@ -405,6 +410,8 @@ def decode_images(images: list, processor: BrainResNetImageProcessor, sizes: lis
             image = open_image(images[i])
         except Exception as error:  # PIL reports damage as OSError, SyntaxError, ValueError, ...
             raise UsageError(f"row {i} of the dataset is not a readable image: {error}") from None
+        if transform is not None:
+            image = transform(i, image)
         for cache, size in zip(caches, sizes, strict=True):
             cache[i, 0] = processor.preprocess_one(image, size).mul(255).round()
 

@@ -1,0 +1,541 @@
+"""Robustness, source-shortcut and external-data checks of trained models.
+
+    python evaluate.py robustness runs/improved runs/resnet34 --output results/robustness.json
+    python evaluate.py external DATA_FOLDER --model release --model runs/cv/fold-0 --output results/external.json
+
+`robustness` re-scores every fold model of train.py cross-validation runs on its own held-out fold (the runs must
+share one dataset; each keeps its own protocol, model and image size). Each held-out slice is altered *before* the
+image processor, as a different scanner or pipeline would alter it:
+
+    gaussian_noise  sigma as a fraction of full scale     blur       Gaussian radius in pixels
+    contrast        PIL contrast factor (1 = unchanged)   gamma      exponent on [0, 1] intensities
+    jpeg            re-compression quality                downscale  factor on the side in pixels
+    rotation        degrees, either direction
+
+and two source-shortcut stress tests: `tumor_as_br35h` re-renders the held-out tumor slices the way the notumor
+(Br35H) slices look (their sizes and aspect ratios, drawn from the dataset's notumor slices; tighter or looser
+framing; RGB; other gamma and contrast; JPEG quality 70-80), and `notumor_as_figshare` renders the held-out notumor
+slices the way the figshare tumor slices look (grayscale, padded square, 256 px, JPEG quality 90-95). The shortcut
+flip rate is the share of tumor slices that the model does not call "notumor" as they are, but does once
+re-rendered. Every alteration is seeded per image, so every model sees the same altered slices.
+
+`external` scores models on slices from another source: DATA_FOLDER holds one folder per class, named as the
+model's labels, or `tumor` for tumor slices of unknown type. It reports accuracy on the named classes, the share of
+tumor slices found (not called "notumor") and the share of healthy slices called "notumor", with every slice's
+prediction.
+
+Both print a table and write JSON (and, for robustness, a plot beside it).
+"""
+
+import argparse
+import io
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+import train
+from modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
+
+NOTUMOR = "notumor"
+TUMOR = "tumor"  # an external folder of tumor slices of unknown type
+# corruption -> strengths, mildest first
+CORRUPTIONS = {
+    "gaussian_noise": (0.02, 0.05, 0.1),
+    "blur": (1.0, 2.0, 3.0),
+    "contrast": (0.75, 0.5, 1.5),
+    "gamma": (0.75, 1.5, 2.0),
+    "jpeg": (75, 50, 20),
+    "downscale": (0.5, 0.35, 0.25),
+    "rotation": (5, 10, 20),
+}
+SHORTCUT_TESTS = ("tumor_as_br35h", "notumor_as_figshare")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class UsageError(train.UsageError):
+    pass
+
+
+# ---------------------------------------------------------------- alterations of one raw slice (PIL, seeded)
+def as_8bit(image: Image.Image) -> Image.Image:
+    """L or RGB: the modes the alterations below work in (16-bit and palette slices are converted)."""
+    if image.mode in ("L", "RGB"):
+        return image
+    if image.mode.startswith("I"):  # 16 or 32-bit integers: their own range onto 0-255
+        pixels = np.asarray(image, dtype=np.float64)
+        pixels = (pixels - pixels.min()) * 255 / max(np.ptp(pixels), 1)
+        return Image.fromarray(pixels.round().astype(np.uint8))
+    return image.convert("RGB")
+
+
+def with_jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(quality))
+    return Image.open(io.BytesIO(buffer.getvalue())).convert(image.mode)
+
+
+def with_gamma(image: Image.Image, gamma: float) -> Image.Image:
+    table = [round(255 * (value / 255) ** gamma) for value in range(256)]
+    return image.point(table * len(image.getbands()))
+
+
+def corrupt(image: Image.Image, corruption: str, strength: float, rng: np.random.Generator) -> Image.Image:
+    """One raw slice altered by `corruption` at `strength` (see CORRUPTIONS)."""
+    image = as_8bit(image)
+    if corruption == "gaussian_noise":
+        pixels = np.asarray(image, dtype=np.float32)
+        pixels = pixels + rng.normal(0.0, strength * 255, pixels.shape)
+        return Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8), image.mode)
+    if corruption == "blur":
+        return image.filter(ImageFilter.GaussianBlur(strength))
+    if corruption == "contrast":
+        return ImageEnhance.Contrast(image).enhance(strength)
+    if corruption == "gamma":
+        return with_gamma(image, strength)
+    if corruption == "jpeg":
+        return with_jpeg(image, strength)
+    if corruption == "downscale":
+        width, height = image.size
+        return image.resize((max(1, round(width * strength)), max(1, round(height * strength))), Image.BILINEAR)
+    if corruption == "rotation":
+        return image.rotate(strength * rng.choice((-1, 1)), resample=Image.BILINEAR)
+    raise ValueError(f"unknown corruption {corruption!r}")
+
+
+def reframe(image: Image.Image, frame: float, rng: np.random.Generator) -> Image.Image:
+    """Tighter (frame < 1: a crop of that share of each side) or looser (frame > 1: a black border) framing."""
+    width, height = image.size
+    new_width, new_height = max(1, round(width * frame)), max(1, round(height * frame))
+    left = int(rng.integers(0, abs(new_width - width) + 1))
+    top = int(rng.integers(0, abs(new_height - height) + 1))
+    if frame < 1:
+        return image.crop((left, top, left + new_width, top + new_height))
+    canvas = Image.new(image.mode, (new_width, new_height))
+    canvas.paste(image, (left, top))
+    return canvas
+
+
+def as_br35h(image: Image.Image, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """A slice rendered the way the Br35H slices look: their pixel size and aspect, framing, RGB, contrast, JPEG."""
+    image = reframe(as_8bit(image).convert("L"), rng.uniform(0.85, 1.25), rng)
+    image = image.resize(size, Image.BILINEAR)
+    image = ImageEnhance.Contrast(with_gamma(image, float(np.exp(rng.uniform(-0.3, 0.3))))).enhance(
+        rng.uniform(0.8, 1.2)
+    )
+    return with_jpeg(image.convert("RGB"), rng.integers(70, 81))
+
+
+def as_figshare(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A slice rendered the way the figshare slices look: grayscale, padded to a square, 256 px, fine JPEG."""
+    image = ImageOps.pad(as_8bit(image).convert("L"), (256, 256), method=Image.BILINEAR, color=0)
+    return with_jpeg(image, rng.integers(90, 96))
+
+
+# ---------------------------------------------------------------- models and predictions
+@dataclass
+class FoldModel:
+    fold: int
+    model: torch.nn.Module
+    processor: BrainResNetImageProcessor
+
+    @property
+    def size(self) -> int:
+        return self.processor.size
+
+
+@dataclass
+class Run:
+    """A finished train.py cross-validation run: its settings and a model per fold."""
+
+    path: Path
+    settings: dict
+    folds: list[FoldModel]
+
+
+def load_model(folder: Path, device: torch.device) -> tuple[torch.nn.Module, BrainResNetImageProcessor]:
+    if not (folder / "config.json").exists():
+        raise UsageError(f"{folder} is not a model folder (no config.json)")
+    model = BrainResNetForImageClassification.from_pretrained(folder).to(device).eval()
+    processor = BrainResNetImageProcessor.from_pretrained(folder)
+    return model, processor
+
+
+def load_run(path: Path, device: torch.device) -> Run:
+    saved = train.read_json(path / "run_args.json")
+    if saved is None:
+        raise UsageError(f"{path} is not a train.py run (no run_args.json)")
+    folds = []
+    for folder in sorted(path.glob("fold-*"), key=lambda p: int(p.name.split("-")[1])):
+        if (folder / "model.safetensors").exists():
+            model, processor = load_model(folder, device)
+            folds.append(FoldModel(int(folder.name.split("-")[1]), model, processor))
+    if not folds:
+        raise UsageError(f"{path} has no finished fold (fold-K/model.safetensors)")
+    return Run(path, saved["settings"], folds)
+
+
+@torch.no_grad()
+def predict(model, images: torch.Tensor, processor, device, batch_size: int) -> torch.Tensor:
+    """Class probabilities of uint8 (N, 1, S, S) slices, as train.py's evaluation computes them."""
+    forward = train.logits_function(model, device, bf16=device.type == "cuda")
+    probs = [
+        torch.softmax(forward(train.model_input(batch.to(device).float().div_(255), processor)), dim=1).cpu()
+        for batch in images.split(batch_size)
+    ]
+    return torch.cat(probs) if probs else torch.empty(0, model.config.num_labels)
+
+
+def decoded(table: train.Table, rows: np.ndarray, processor, sizes: list[int], alter, workers: int) -> dict:
+    """{size: uint8 tensor} of table.images[rows] through the processor, each altered first by alter(row, image)."""
+    images = [table.images[row] for row in rows]
+    transform = None if alter is None else lambda i, image: alter(int(rows[i]), image)
+    return dict(zip(sizes, train.decode_images(images, processor, sizes, workers, transform), strict=True))
+
+
+def common_processor(runs: list[Run]) -> BrainResNetImageProcessor:
+    """The processor every fold model was trained with (sizes may differ: each size is decoded)."""
+    settings = (
+        "do_scale_intensity",
+        "intensity_percentile",
+        "do_crop_foreground",
+        "foreground_threshold",
+        "crop_margin",
+    )
+    processors = [fold.processor for run in runs for fold in run.folds]
+    for processor in processors[1:]:
+        if any(getattr(processor, name) != getattr(processors[0], name) for name in settings):
+            raise UsageError("the fold models' image processors preprocess differently; evaluate them apart")
+    return processors[0]
+
+
+# ---------------------------------------------------------------- robustness
+def conditions(notumor_sizes: list[tuple[int, int]], only: set[str] | None, seed: int) -> list[tuple]:
+    """(name, strength, alter(row, image) or None, which rows: 'all' | 'tumor' | 'notumor'), clean first."""
+
+    def rng(name: str, strength, row: int) -> np.random.Generator:
+        return np.random.default_rng([seed, list(CORRUPTIONS).index(name) if name in CORRUPTIONS else 99, row])
+
+    def corruption(name, strength):
+        return lambda row, image: corrupt(image, name, strength, rng(name, strength, row))
+
+    def br35h(row, image):
+        generator = np.random.default_rng([seed, 101, row])
+        return as_br35h(image, notumor_sizes[generator.integers(len(notumor_sizes))], generator)
+
+    def figshare(row, image):
+        return as_figshare(image, np.random.default_rng([seed, 102, row]))
+
+    listed = [("clean", None, None, "all")]
+    for name, strengths in CORRUPTIONS.items():
+        if only is None or name in only:
+            listed += [(name, strength, corruption(name, strength), "all") for strength in strengths]
+    if only is None or "tumor_as_br35h" in only:
+        listed.append(("tumor_as_br35h", None, br35h, "tumor"))
+    if only is None or "notumor_as_figshare" in only:
+        listed.append(("notumor_as_figshare", None, figshare, "notumor"))
+    return listed
+
+
+def shortcut_rates(labels: np.ndarray, clean: np.ndarray, altered: np.ndarray, notumor: int, rows) -> dict:
+    """How re-rendering moves slices across the tumor / notumor line (predictions are class indices)."""
+    rows = np.asarray(rows)
+    if len(rows) == 0:
+        return {"slices": 0}
+    was_notumor, now_notumor = clean[rows] == notumor, altered[rows] == notumor
+    tumor_rows = labels[rows] != notumor
+    if tumor_rows.all():  # tumor slices made to look healthy: how many does the model now call notumor?
+        kept = ~was_notumor
+        return {
+            "slices": int(len(rows)),
+            "called_notumor_clean": float(was_notumor.mean()),
+            "called_notumor_altered": float(now_notumor.mean()),
+            "flip_rate": float((now_notumor & kept).sum() / max(kept.sum(), 1)),
+        }
+    kept = was_notumor  # healthy slices made to look like tumor slices: how many does it now call a tumor?
+    return {
+        "slices": int(len(rows)),
+        "called_tumor_clean": float((~was_notumor).mean()),
+        "called_tumor_altered": float((~now_notumor).mean()),
+        "flip_rate": float((~now_notumor & kept).sum() / max(kept.sum(), 1)),
+    }
+
+
+def fold_accuracies(labels, predictions, folds, rows, fold_ids) -> list[float]:
+    """Accuracy of the out-of-fold predictions on each fold's share of `rows`."""
+    scores = []
+    for fold in fold_ids:
+        mine = rows[folds[rows] == fold]
+        if len(mine):
+            scores.append(float((predictions[mine] == labels[mine]).mean()))
+    return scores
+
+
+def mean_std(values: list[float]) -> dict:
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "folds": values,
+    }
+
+
+def robustness(args: argparse.Namespace) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    runs = [load_run(path, device) for path in args.runs]
+    datasets = {run.settings["dataset"] for run in runs}
+    if len(datasets) > 1:
+        raise UsageError(f"the runs were trained on different datasets ({', '.join(sorted(datasets))})")
+    dataset = args.dataset or datasets.pop()
+    tables = {p: train.load_table(dataset, p, with_test=False) for p in {run.settings["protocol"] for run in runs}}
+    table = next(iter(tables.values()))
+    labels, class_names = table.labels, table.class_names
+    if NOTUMOR not in class_names:
+        raise UsageError(f"the dataset has no {NOTUMOR!r} class (its classes: {', '.join(class_names)})")
+    notumor = class_names.index(NOTUMOR)
+    notumor_sizes = [train.open_image(table.images[i]).size for i in np.flatnonzero(labels == notumor)]
+    sizes = sorted({fold.size for run in runs for fold in run.folds})
+    processor = common_processor(runs)
+    rows_of = {
+        "all": np.arange(len(labels)),
+        "tumor": np.flatnonzero(labels != notumor),
+        "notumor": np.flatnonzero(labels == notumor),
+    }
+
+    listed = conditions(notumor_sizes, args.only, args.seed)
+    clean_predictions = {}
+    report = {run.path: {"corruptions": {}, "shortcut": {}} for run in runs}
+    for index, (name, strength, alter, which) in enumerate(listed, 1):
+        started = time.perf_counter()
+        rows = rows_of[which]
+        caches = decoded(table, rows, processor, sizes, alter, args.workers)
+        for run in runs:
+            folds = tables[run.settings["protocol"]].folds
+            predictions = np.full(len(labels), -1)
+            for fold in run.folds:
+                mine = np.flatnonzero(folds[rows] == fold.fold)  # positions in `rows`
+                probs = predict(fold.model, caches[fold.size][mine], fold.processor, device, args.batch_size)
+                predictions[rows[mine]] = probs.argmax(dim=1).numpy()
+            fold_ids = [fold.fold for fold in run.folds]
+            entry = report[run.path]
+            if name == "clean":
+                clean_predictions[run.path] = predictions
+                entry["clean"] = {"accuracy": mean_std(fold_accuracies(labels, predictions, folds, rows, fold_ids))}
+            elif name in CORRUPTIONS:
+                scores = fold_accuracies(labels, predictions, folds, rows, fold_ids)
+                entry["corruptions"].setdefault(name, []).append({"strength": strength, "accuracy": mean_std(scores)})
+            else:
+                scored = rows[np.isin(folds[rows], fold_ids)]
+                entry["shortcut"][name] = shortcut_rates(
+                    labels, clean_predictions[run.path], predictions, notumor, scored
+                )
+        label = name if strength is None else f"{name} {strength}"
+        print(f"[{index}/{len(listed)}] {label}: {len(rows):,} slices, {time.perf_counter() - started:.1f} s")
+
+    return {
+        "command": shlex.join(["python", *sys.argv]),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dataset": dataset,
+        "seed": args.seed,
+        "corruptions": {name: list(strengths) for name, strengths in CORRUPTIONS.items()},
+        "runs": {
+            str(run.path): {
+                "model": run.settings["model"],
+                "protocol": run.settings["protocol"],
+                "folds": [fold.fold for fold in run.folds],
+                "image_size": sorted({fold.size for fold in run.folds}),
+                **report[run.path],
+                "shortcut_flip_rate": report[run.path]["shortcut"].get("tumor_as_br35h", {}).get("flip_rate"),
+            }
+            for run in runs
+        },
+    }
+
+
+def print_robustness(result: dict) -> None:
+    for path, run in result["runs"].items():
+        clean = run["clean"]["accuracy"]
+        heading = f"{path} ({run['model']}, {run['protocol']} folds)"
+        print(f"\n{heading}: clean accuracy {clean['mean']:.4f} ± {clean['std']:.4f}")
+        for name, points in run["corruptions"].items():
+            cells = ", ".join(f"{p['strength']}: {p['accuracy']['mean']:.4f}" for p in points)
+            print(f"  {name:<15} {cells}")
+        for name, rates in run["shortcut"].items():
+            shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rates.items())
+            print(f"  {name:<20} {shown}")
+
+
+def plot_robustness(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["corruptions"])
+    names = [n for n in names if any(n in run["corruptions"] for run in result["runs"].values())]
+    if not names:
+        return
+    columns = min(4, len(names))
+    rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.0 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        for run_path, run in result["runs"].items():
+            points = run["corruptions"].get(name, [])
+            x = ["clean", *[str(p["strength"]) for p in points]]
+            y = [run["clean"]["accuracy"]["mean"], *[p["accuracy"]["mean"] for p in points]]
+            ax.plot(x, y, marker="o", label=f"{Path(run_path).name} ({run['model']})")
+        ax.set_title(name)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes.flat[0].set_ylabel("held-out accuracy")
+    axes.flat[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------- external data
+def external_files(folder: Path, class_names: list[str]) -> list[tuple[Path, str]]:
+    """(file, folder name) of every image file under DATA_FOLDER/<class>/, checking the class names."""
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: no such folder")
+    allowed = [*class_names, TUMOR]
+    folders = sorted(p for p in folder.iterdir() if p.is_dir())
+    unknown = [p.name for p in folders if p.name not in allowed]
+    if unknown:
+        raise UsageError(f"{folder}: folder {unknown[0]!r} is not a class; name folders {', '.join(allowed)}")
+    files = [(f, d.name) for d in folders for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise UsageError(f"{folder}: no images in class folders ({', '.join(allowed)})")
+    return files
+
+
+def external_metrics(truth: list[str], predicted: list[str]) -> dict:
+    """Accuracy on slices of a named class, tumor slices found, healthy slices called healthy, per folder counts."""
+    truth, predicted = np.array(truth), np.array(predicted)
+    named = truth != TUMOR
+    tumor = truth != NOTUMOR
+    healthy = truth == NOTUMOR
+    metrics = {
+        "slices": int(len(truth)),
+        "accuracy": float((truth[named] == predicted[named]).mean()) if named.any() else None,
+        "tumor_found": float((predicted[tumor] != NOTUMOR).mean()) if tumor.any() else None,
+        "notumor_specificity": float((predicted[healthy] == NOTUMOR).mean()) if healthy.any() else None,
+        "predicted_by_folder": {},
+    }
+    for name in sorted(set(truth)):
+        values, counts = np.unique(predicted[truth == name], return_counts=True)
+        metrics["predicted_by_folder"][name] = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    return metrics
+
+
+def external(args: argparse.Namespace) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    models = [(path, *load_model(path, device)) for path in args.model]
+    class_names = [models[0][1].config.id2label[i] for i in range(models[0][1].config.num_labels)]
+    files = external_files(args.data, class_names)
+    images, kept, unreadable = [], [], []
+    for file, folder in files:
+        try:
+            data = file.read_bytes()
+            train.open_image(data)
+        except Exception as error:  # a broken or non-image file is reported and skipped, not fatal
+            unreadable.append(f"{file}: {error}")
+            continue
+        images.append(data)
+        kept.append((file, folder))
+    truth = [folder for _, folder in kept]
+    for line in unreadable:
+        print(f"skipped (not a readable image): {line}", file=sys.stderr)
+    result = {
+        "command": shlex.join(["python", *sys.argv]),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "data": str(args.data),
+        "skipped": unreadable,
+        "models": {},
+    }
+    for path, model, processor in models:
+        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        (cache,) = train.decode_images(images, processor, [processor.size], args.workers)
+        probs = predict(model, cache, processor, device, args.batch_size)
+        predicted = [names[i] for i in probs.argmax(dim=1).tolist()]
+        result["models"][str(path)] = external_metrics(truth, predicted) | {
+            "predictions": [
+                {
+                    "file": str(file.relative_to(args.data)),
+                    "folder": folder,
+                    "predicted": label,
+                    "score": float(p.max()),
+                }
+                for (file, folder), label, p in zip(kept, predicted, probs, strict=True)
+            ]
+        }
+    return result
+
+
+def print_external(result: dict) -> None:
+    print(f"{'model':<40} {'slices':>7} {'accuracy':>9} {'tumor found':>12} {'notumor spec.':>14}")
+    for path, metrics in result["models"].items():
+        cells = [metrics[k] for k in ("accuracy", "tumor_found", "notumor_specificity")]
+        shown = [f"{v:.4f}" if v is not None else "-" for v in cells]
+        print(f"{path:<40} {metrics['slices']:>7} {shown[0]:>9} {shown[1]:>12} {shown[2]:>14}")
+
+
+# ---------------------------------------------------------------- command line
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--output", type=Path, help="JSON file to write (default: print only)")
+    common.add_argument("--batch-size", type=train.number(int, 1), default=256)
+    common.add_argument("--workers", type=train.number(int, 1), default=None, help="decoding threads (default: CPUs)")
+
+    robust = commands.add_parser("robustness", parents=[common], help="corruptions and shortcut stress tests")
+    robust.add_argument("runs", nargs="+", type=Path, help="train.py output folders of cross-validation runs")
+    robust.add_argument("--dataset", help="the runs' dataset, if it moved since training")
+    robust.add_argument(
+        "--only",
+        type=lambda text: set(text.split(",")),
+        help=f"comma list of tests to run: {', '.join([*CORRUPTIONS, *SHORTCUT_TESTS])} (default: all)",
+    )
+    robust.add_argument("--seed", type=train.number(int, 0), default=0, help="of the per-slice alterations")
+
+    ext = commands.add_parser("external", parents=[common], help="accuracy on slices from another source")
+    ext.add_argument("data", type=Path, help="folder with one folder of slices per class (or 'tumor')")
+    ext.add_argument("--model", type=Path, action="append", required=True, help="model folder (repeatable)")
+
+    args = parser.parse_args(argv)
+    if args.command == "robustness" and args.only is not None:
+        unknown = args.only - {*CORRUPTIONS, *SHORTCUT_TESTS}
+        if unknown:
+            parser.error(f"--only: unknown test {sorted(unknown)[0]!r}")
+    args.workers = args.workers or max(1, min(32, len(os.sched_getaffinity(0))))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = robustness(args) if args.command == "robustness" else external(args)
+    except train.UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    (print_robustness if args.command == "robustness" else print_external)(result)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        train.write_json(args.output, result)
+        if args.command == "robustness":
+            plot_robustness(result, args.output.with_suffix(".png"))
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

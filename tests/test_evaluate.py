@@ -1,0 +1,235 @@
+"""evaluate.py: the corruptions and source re-renderings, the shortcut arithmetic, and both commands end to end on a
+tiny 2-fold train.py run over 40 real slices (CPU, seconds)."""
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import evaluate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
+TINY_CONFIG = {
+    "embedding_size": 16,
+    "hidden_sizes": [16, 32, 64, 128],
+    "depths": [1, 1, 1, 1],
+    "stem_branch_channels": [8, 4, 4],
+    "se_reduction": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, brain_mri_data) -> Path:
+    """A finished `train.py` run: 2 folds of a tiny network, 1 epoch at 64 px, on 10 slices per class."""
+    work = tmp_path_factory.mktemp("evaluate")
+    src = work / "src"
+    for name in CLASSES:
+        files = sorted((brain_mri_data / name).iterdir())
+        (src / name).mkdir(parents=True)
+        for file in files[:: len(files) // 10][:10]:
+            shutil.copy(file, src / name / file.name)
+    (work / "tiny.json").write_text(json.dumps(TINY_CONFIG))
+    commands = [
+        ["prepare_dataset.py", str(src), str(work / "dataset"), "--folds", "2"],
+        ["train.py", "--dataset", str(work / "dataset"), "--output-dir", str(work / "run"), "--folds", "all"]
+        + ["--epochs", "1", "--image-size", "64", "--batch-size", "8", "--model", str(work / "tiny.json")],
+    ]
+    for command in commands:
+        done = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return work / "run"
+
+
+@pytest.fixture
+def slice_image(brain_mri_data) -> Image.Image:
+    return Image.open(sorted((brain_mri_data / "glioma").iterdir())[0]).copy()
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("L"), dtype=np.float64)
+
+
+# ---------------------------------------------------------------- alterations
+def test_every_corruption_is_seeded_and_grows_with_its_strength(slice_image):
+    original = pixels(slice_image)
+    for name, strengths in evaluate.CORRUPTIONS.items():
+        errors = []
+        for strength in strengths:
+            first = evaluate.corrupt(slice_image, name, strength, np.random.default_rng(1))
+            again = evaluate.corrupt(slice_image, name, strength, np.random.default_rng(1))
+            assert np.array_equal(pixels(first), pixels(again)), name
+            if name == "downscale":
+                assert first.size == tuple(round(side * strength) for side in slice_image.size)
+                first = first.resize(slice_image.size, Image.BILINEAR)
+            else:
+                assert first.size == slice_image.size, name
+            errors.append(np.abs(pixels(first) - original).mean())
+        assert min(errors) > 0.2, f"{name} leaves the slice (almost) unchanged: {errors}"
+        if name != "contrast":  # contrast goes down, then up: its strengths are not ordered by effect
+            assert errors == sorted(errors), f"{name}: stronger is not further from the original: {errors}"
+
+
+def test_corruptions_accept_16_bit_and_palette_slices(slice_image):
+    deep = Image.fromarray(pixels(slice_image).astype(np.uint16) * 257)
+    palette = slice_image.convert("P")
+    for image in (deep, palette):
+        for name in evaluate.CORRUPTIONS:
+            assert evaluate.corrupt(image, name, evaluate.CORRUPTIONS[name][0], np.random.default_rng(0)).mode in (
+                "L",
+                "RGB",
+            )
+
+
+def test_as_br35h_gives_the_notumor_sources_look(slice_image):
+    rendered = evaluate.as_br35h(slice_image, (300, 168), np.random.default_rng(3))
+    assert rendered.mode == "RGB" and rendered.size == (300, 168)
+    assert evaluate.as_br35h(slice_image, (300, 168), np.random.default_rng(3)).tobytes() == rendered.tobytes()
+    shown = pixels(rendered)
+    assert shown.max() > 100, "the brain must still be visible"
+
+
+def test_as_figshare_gives_a_square_grayscale_256_px_slice():
+    wide = Image.new("RGB", (300, 168))
+    wide.paste((200, 200, 200), (100, 30, 200, 140))
+    rendered = evaluate.as_figshare(wide, np.random.default_rng(0))
+    assert rendered.mode == "L" and rendered.size == (256, 256)
+    assert pixels(rendered)[128, 128] > 150  # the content is kept, scaled into the square
+
+
+def test_reframe_crops_tighter_and_pads_looser(slice_image):
+    rng = np.random.default_rng(0)
+    assert evaluate.reframe(slice_image, 0.8, rng).size == tuple(round(s * 0.8) for s in slice_image.size)
+    looser = evaluate.reframe(slice_image, 1.25, rng)
+    assert looser.size == tuple(round(s * 1.25) for s in slice_image.size)
+    assert pixels(looser).sum() == pytest.approx(pixels(slice_image).sum())  # a border of black, nothing lost
+
+
+# ---------------------------------------------------------------- the shortcut arithmetic
+def test_shortcut_rates_known_answer():
+    notumor = 2
+    labels = np.array([0, 0, 1, 3, 2, 2, 2])
+    clean = np.array([0, 2, 1, 3, 2, 2, 0])
+    altered = np.array([2, 2, 1, 2, 2, 0, 0])
+    tumor = evaluate.shortcut_rates(labels, clean, altered, notumor, [0, 1, 2, 3])
+    # slice 1 was already called notumor; of the other three, slices 0 and 3 flip
+    assert tumor == {
+        "slices": 4,
+        "called_notumor_clean": 0.25,
+        "called_notumor_altered": 0.75,
+        "flip_rate": pytest.approx(2 / 3),
+    }
+    healthy = evaluate.shortcut_rates(labels, clean, altered, notumor, [4, 5, 6])
+    # slice 6 was already called a tumor; of the other two, slice 5 flips
+    assert healthy == {
+        "slices": 3,
+        "called_tumor_clean": pytest.approx(1 / 3),
+        "called_tumor_altered": pytest.approx(2 / 3),
+        "flip_rate": 0.5,
+    }
+
+
+# ---------------------------------------------------------------- robustness, end to end
+@pytest.fixture(scope="module")
+def robustness_result(run, tmp_path_factory) -> tuple[dict, Path]:
+    output = tmp_path_factory.mktemp("robustness") / "robustness.json"
+    code = evaluate.main(
+        ["robustness", str(run), "--only", "jpeg,rotation,tumor_as_br35h,notumor_as_figshare", "--output", str(output)]
+    )
+    assert code == 0
+    return json.loads(output.read_text()), output
+
+
+def test_clean_rescoring_reproduces_the_accuracy_train_py_recorded(run, robustness_result):
+    result, _ = robustness_result
+    recorded = json.loads((run / "cv_results.json").read_text())["folds"]
+    entry = result["runs"][str(run)]
+    assert entry["folds"] == [0, 1]
+    assert entry["clean"]["accuracy"]["folds"] == pytest.approx([recorded[k]["accuracy"] for k in ("0", "1")])
+
+
+def test_robustness_reports_each_strength_and_the_shortcut_tests(run, robustness_result):
+    result, output = robustness_result
+    entry = result["runs"][str(run)]
+    assert list(entry["corruptions"]) == ["jpeg", "rotation"]
+    assert [p["strength"] for p in entry["corruptions"]["jpeg"]] == list(evaluate.CORRUPTIONS["jpeg"])
+    for points in entry["corruptions"].values():
+        for point in points:
+            assert 0 <= point["accuracy"]["mean"] <= 1 and len(point["accuracy"]["folds"]) == 2
+    tumor = entry["shortcut"]["tumor_as_br35h"]
+    assert tumor["slices"] == 30 and 0 <= tumor["flip_rate"] <= 1
+    assert entry["shortcut"]["notumor_as_figshare"]["slices"] == 10
+    assert entry["shortcut_flip_rate"] == tumor["flip_rate"]
+    assert entry["model"].endswith("tiny.json") and entry["protocol"] == "grouped"
+    assert result["device"] == "cpu" and result["command"].startswith("python ")
+    assert output.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_robustness_rejects_what_is_not_a_run(tmp_path, capsys):
+    assert evaluate.main(["robustness", str(tmp_path)]) == 2
+    assert "not a train.py run" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(["robustness", str(tmp_path), "--only", "snow"])
+    assert stop.value.code == 2
+    assert "unknown test 'snow'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- external data
+@pytest.fixture
+def external_folder(tmp_path, brain_mri_data) -> Path:
+    folder = tmp_path / "external"
+    for name, source in (("glioma", "glioma"), ("tumor", "pituitary"), ("notumor", "notumor")):
+        (folder / name).mkdir(parents=True)
+        for file in sorted((brain_mri_data / source).iterdir())[:3]:
+            shutil.copy(file, folder / name / file.name)
+    (folder / "glioma" / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "notumor" / "notes.txt").write_text("ignored: not an image file")
+    return folder
+
+
+def test_external_scores_named_classes_tumor_folders_and_skips_broken_files(run, external_folder, tmp_path, capsys):
+    output = tmp_path / "external.json"
+    model = run / "fold-0"
+    assert evaluate.main(["external", str(external_folder), "--model", str(model), "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert len(result["skipped"]) == 1 and "broken.jpg" in result["skipped"][0]
+    assert "broken.jpg" in capsys.readouterr().err
+    metrics = result["models"][str(model)]
+    predictions = metrics["predictions"]
+    assert metrics["slices"] == len(predictions) == 9
+    by_folder = {name: [p["predicted"] for p in predictions if p["folder"] == name] for name in ("glioma", "tumor")}
+    tumor_calls = by_folder["glioma"] + by_folder["tumor"]
+    assert metrics["tumor_found"] == pytest.approx(np.mean([p != "notumor" for p in tumor_calls]))
+    healthy = [p["predicted"] for p in predictions if p["folder"] == "notumor"]
+    assert metrics["notumor_specificity"] == pytest.approx(np.mean([p == "notumor" for p in healthy]))
+    named = [p for p in predictions if p["folder"] != "tumor"]
+    assert metrics["accuracy"] == pytest.approx(np.mean([p["predicted"] == p["folder"] for p in named]))
+
+
+def test_external_rejects_folders_that_are_not_classes(run, tmp_path, capsys):
+    (tmp_path / "data" / "yes").mkdir(parents=True)
+    Image.new("L", (64, 64)).save(tmp_path / "data" / "yes" / "a.png")
+    assert evaluate.main(["external", str(tmp_path / "data"), "--model", str(run / "fold-0")]) == 2
+    error = capsys.readouterr().err
+    assert "'yes' is not a class" in error and "glioma, meningioma, notumor, pituitary, tumor" in error
+
+
+def test_external_reads_what_the_space_accepts(run, tmp_path):
+    """A 16-bit PNG and an RGB WebP are external slices like any other."""
+    folder = tmp_path / "data"
+    (folder / "notumor").mkdir(parents=True)
+    gray = (np.linspace(0, 65535, 96 * 96).reshape(96, 96)).astype(np.uint16)
+    Image.fromarray(gray).save(folder / "notumor" / "deep.png")
+    buffer = io.BytesIO()
+    Image.new("RGB", (80, 60), (90, 90, 90)).save(buffer, format="WEBP")
+    (folder / "notumor" / "colour.webp").write_bytes(buffer.getvalue())
+    output = tmp_path / "external.json"
+    assert evaluate.main(["external", str(folder), "--model", str(run / "fold-0"), "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["skipped"] == [] and result["models"][str(run / "fold-0")]["slices"] == 2

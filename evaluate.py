@@ -2,6 +2,7 @@
 
     python evaluate.py robustness runs/improved runs/resnet34 --output results/robustness.json
     python evaluate.py external DATA_FOLDER --model release --model runs/cv/fold-0 --output results/external.json
+    python evaluate.py summary runs/* --robustness results/robustness.json --output results/summary.json
 
 `robustness` re-scores every fold model of train.py cross-validation runs on its own held-out fold (the runs must
 share one dataset; each keeps its own protocol, model and image size). Each held-out slice is altered *before* the
@@ -24,7 +25,12 @@ model's labels, or `tumor` for tumor slices of unknown type. It reports accuracy
 tumor slices found (not called "notumor") and the share of healthy slices called "notumor", with every slice's
 prediction.
 
-Both print a table and write JSON (and, for robustness, a plot beside it).
+`summary` gathers finished cross-validation runs (and robustness files) into one machine-readable table: per
+protocol ("stratified" is train.py's `--protocol random`, the paper's; "grouped" keeps near-duplicates together)
+and variant, the mean and std of accuracy and macro-F1 over every fold of every seed, per-class recall, parameters,
+forward FLOPs, training images/s and wall time, with the device and command of each run.
+
+Each prints a table and writes JSON (robustness also a plot beside it).
 """
 
 import argparse
@@ -39,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from torch.utils.flop_counter import FlopCounterMode
 
 import train
 from modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
@@ -56,6 +63,7 @@ CORRUPTIONS = {
     "rotation": (5, 10, 20),
 }
 SHORTCUT_TESTS = ("tumor_as_br35h", "notumor_as_figshare")
+PROTOCOL_NAMES = {"random": "stratified", "grouped": "grouped"}  # train.py's --protocol -> the name results use
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -488,6 +496,95 @@ def print_external(result: dict) -> None:
         print(f"{path:<40} {metrics['slices']:>7} {shown[0]:>9} {shown[1]:>12} {shown[2]:>14}")
 
 
+# ---------------------------------------------------------------- summary of runs
+def forward_flops(model: torch.nn.Module, image_size: int, num_channels: int) -> int:
+    """Forward FLOPs (multiply-adds counted as 2) of one image, on the CPU in float32."""
+    model = model.to("cpu", torch.float32).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, num_channels, image_size, image_size))
+    return counter.get_total_flops()
+
+
+def variant_name(model: str) -> str:
+    """A VARIANTS name as given, or a CONFIG.json's file name without its suffix."""
+    return model if model in train.VARIANTS else Path(model).stem
+
+
+def summarize_runs(paths: list[Path], robustness_files: list[Path]) -> dict:
+    groups = {}  # (protocol, variant) -> finished runs
+    for path in paths:
+        results = train.read_json(path / "cv_results.json")
+        if results is None or not results.get("folds"):
+            raise UsageError(f"{path} is not a finished train.py cross-validation run (no folds in cv_results.json)")
+        settings = results["args"]["settings"]
+        key = (PROTOCOL_NAMES[settings["protocol"]], variant_name(settings["model"]))
+        groups.setdefault(key, []).append((path, results))
+    shortcut = {}  # run path -> robustness entry
+    for file in robustness_files:
+        report = train.read_json(file)
+        if report is None or "runs" not in report:
+            raise UsageError(f"{file} is not an `evaluate.py robustness` output")
+        shortcut |= {str(Path(run).resolve()): entry for run, entry in report["runs"].items()}
+
+    protocols, devices = {}, set()
+    for (protocol, variant), runs in sorted(groups.items()):
+        folds = [fold for _, results in runs for fold in results["folds"].values()]
+        first = runs[0][1]
+        settings = first["args"]["settings"]
+        config = train.model_config(settings["model"], first["class_names"])
+        flops = forward_flops(BrainResNetForImageClassification(config), settings["image_size"], config.num_channels)
+        entry = {
+            "runs": [str(path) for path, _ in runs],
+            "seeds": [results["args"]["settings"]["seed"] for _, results in runs],
+            "folds": len(folds),
+            "epochs": settings["epochs"],
+            "image_size": settings["image_size"],
+            "params": first["params"],
+            "forward_gflops": flops / 1e9,
+            "device": sorted({results["device"] for _, results in runs}),
+            "commands": [results["args"]["command"] for _, results in runs],
+        }
+        for metric in ("accuracy", "macro_f1", "roc_auc_macro"):
+            values = [fold[metric] for fold in folds if fold.get(metric) is not None]
+            entry[f"{metric}_mean"] = float(np.mean(values))
+            entry[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        entry["recall"] = {
+            name: float(np.mean([fold["recall"][name] for fold in folds])) for name in first["class_names"]
+        }
+        entry["train_images_per_s"] = float(np.median([fold["train_images_per_s"] for fold in folds]))
+        entry["wall_seconds_per_run"] = float(np.mean([results["summary"]["wall_seconds"] for _, results in runs]))
+        flip_rates = [
+            shortcut[str(path.resolve())]["shortcut_flip_rate"] for path, _ in runs if str(path.resolve()) in shortcut
+        ]
+        if flip_rates:
+            entry["shortcut_flip_rate"] = float(np.mean(flip_rates))
+        protocols.setdefault(protocol, {})[variant] = entry
+        devices.update(entry["device"])
+
+    improved = [protocols.get(p, {}).get("improved", {}).get("shortcut_flip_rate") for p in ("grouped", "stratified")]
+    return {
+        "device": ", ".join(sorted(devices)),
+        "protocols": protocols,
+        # the improved model's, under the honest protocol when it was measured there
+        "shortcut_flip_rate": next((rate for rate in improved if rate is not None), None),
+        "command": shlex.join(["python", *sys.argv]),
+    }
+
+
+def print_summary(result: dict) -> None:
+    print(f"device: {result['device']}")
+    heading = f"{'protocol':<11} {'variant':<14} {'folds':>5} {'accuracy':>17} {'macro-F1':>8} {'params':>11}"
+    print(heading + f" {'GFLOPs':>7} {'img/s':>8} {'flip':>6}")
+    for protocol, variants in result["protocols"].items():
+        for variant, e in variants.items():
+            flip = e.get("shortcut_flip_rate")
+            print(
+                f"{protocol:<11} {variant:<14} {e['folds']:>5} {e['accuracy_mean']:>8.4f} ± {e['accuracy_std']:.4f} "
+                f"{e['macro_f1_mean']:>8.4f} {e['params']:>11,} {e['forward_gflops']:>7.2f} "
+                f"{e['train_images_per_s']:>8,.0f} {'-' if flip is None else f'{flip:.4f}':>6}"
+            )
+
+
 # ---------------------------------------------------------------- command line
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -511,23 +608,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ext.add_argument("data", type=Path, help="folder with one folder of slices per class (or 'tumor')")
     ext.add_argument("--model", type=Path, action="append", required=True, help="model folder (repeatable)")
 
+    summary = commands.add_parser("summary", help="one table of finished cross-validation runs")
+    summary.add_argument("runs", nargs="+", type=Path, help="train.py output folders of cross-validation runs")
+    summary.add_argument("--robustness", type=Path, action="append", default=[], help="robustness JSON (repeatable)")
+    summary.add_argument("--output", type=Path, help="JSON file to write (default: print only)")
+
     args = parser.parse_args(argv)
     if args.command == "robustness" and args.only is not None:
         unknown = args.only - {*CORRUPTIONS, *SHORTCUT_TESTS}
         if unknown:
             parser.error(f"--only: unknown test {sorted(unknown)[0]!r}")
-    args.workers = args.workers or max(1, min(32, len(os.sched_getaffinity(0))))
+    if args.command != "summary":
+        args.workers = args.workers or max(1, min(32, len(os.sched_getaffinity(0))))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    commands = {
+        "robustness": (robustness, print_robustness),
+        "external": (external, print_external),
+        "summary": (lambda a: summarize_runs(a.runs, a.robustness), print_summary),
+    }
+    compute, show = commands[args.command]
     try:
-        result = robustness(args) if args.command == "robustness" else external(args)
+        result = compute(args)
     except train.UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    (print_robustness if args.command == "robustness" else print_external)(result)
+    show(result)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         train.write_json(args.output, result)

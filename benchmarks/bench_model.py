@@ -12,20 +12,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from evaluate import forward_flops  # noqa: E402
 from modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification  # noqa: E402
 
 COMPARED = ("improved", "resnet34")
-
-
-def forward_flops(model: torch.nn.Module, image_size: int, num_channels: int) -> int:
-    """Forward FLOPs (multiply-adds counted as 2) of one image, on the CPU in float32."""
-    model = model.to("cpu", torch.float32).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, num_channels, image_size, image_size))
-    return counter.get_total_flops()
 
 
 def images_per_second(model, device, batch_size, image_size, num_channels, steps, warmup) -> float:

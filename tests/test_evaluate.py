@@ -233,3 +233,27 @@ def test_external_reads_what_the_space_accepts(run, tmp_path):
     assert evaluate.main(["external", str(folder), "--model", str(run / "fold-0"), "--output", str(output)]) == 0
     result = json.loads(output.read_text())
     assert result["skipped"] == [] and result["models"][str(run / "fold-0")]["slices"] == 2
+
+
+# ---------------------------------------------------------------- summary
+def test_summary_gathers_runs_by_protocol_and_variant(run, robustness_result, tmp_path):
+    _, robustness_file = robustness_result
+    output = tmp_path / "summary.json"
+    assert evaluate.main(["summary", str(run), "--robustness", str(robustness_file), "--output", str(output)]) == 0
+    summary = json.loads(output.read_text())
+    recorded = json.loads((run / "cv_results.json").read_text())
+    entry = summary["protocols"]["grouped"]["tiny"]
+    accuracies = [fold["accuracy"] for fold in recorded["folds"].values()]
+    assert entry["accuracy_mean"] == pytest.approx(np.mean(accuracies))
+    assert entry["accuracy_std"] == pytest.approx(np.std(accuracies, ddof=1))
+    assert entry["params"] == recorded["params"] and entry["folds"] == 2 and entry["seeds"] == [42]
+    assert 0 < entry["forward_gflops"] < 1 and entry["train_images_per_s"] > 0
+    assert set(entry["recall"]) == set(CLASSES)
+    flip = json.loads(robustness_file.read_text())["runs"][str(run)]["shortcut_flip_rate"]
+    assert entry["shortcut_flip_rate"] == flip
+    assert summary["device"] == "cpu"
+
+
+def test_summary_rejects_an_unfinished_run(tmp_path, capsys):
+    assert evaluate.main(["summary", str(tmp_path)]) == 2
+    assert "not a finished train.py cross-validation run" in capsys.readouterr().err

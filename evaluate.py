@@ -181,11 +181,11 @@ def load_run(path: Path, device: torch.device) -> Run:
         raise UsageError(f"{path} is not a train.py run (no run_args.json)")
     folds = []
     for folder in sorted(path.glob("fold-*"), key=lambda p: int(p.name.split("-")[1])):
-        if (folder / "model.safetensors").exists():
+        if train.has_weights(folder):
             model, processor = load_model(folder, device)
             folds.append(FoldModel(int(folder.name.split("-")[1]), model, processor))
     if not folds:
-        raise UsageError(f"{path} has no finished fold (fold-K/model.safetensors)")
+        raise UsageError(f"{path} has no finished fold (no weights in fold-K/)")
     return Run(path, saved["settings"], folds)
 
 

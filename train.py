@@ -18,7 +18,8 @@ DIR holds:
     run_args.json          the settings of the run; --resume continues it only with the same settings
     log.jsonl              metrics of every epoch of every fold
     cv_results.json        every finished fold's metrics, their mean and std, throughput, device
-    fold-K/, full/         Hub-ready model folders: config.json (auto_map, training_info), model.safetensors,
+    fold-K/, full/         Hub-ready model folders: config.json (auto_map, training_info), model.safetensors
+                           (full/: float16 shards of <= 15 MB),
                            remote code, preprocessor_config.json, README.md (model_card.md with this run's results)
     learning_curves.png    losses and held-out accuracy per epoch
     confusion_matrix.png   out-of-fold confusion matrix of the cross-validation
@@ -65,6 +66,9 @@ DATASET_COLUMNS = ("image", "label", "source", "group", "fold", "fold_random")
 METRICS = ("accuracy", "macro_f1", "roc_auc_macro")  # the headline metrics, in tables and summaries
 FULL = "full"  # the fold name of the model trained on all the data
 NO_FOLD = -1  # the fold of test-split rows, as in prepare_dataset.py
+# The release folder is committed to git and copied off training machines that take files up to 16 MiB.
+RELEASE_SHARD_SIZE = "15MB"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # one file, or shards and their index
 # Training crops are cut from a cache this much larger than --image-size, so that zooming in keeps detail.
 CACHE_MARGIN = 1.15
 # The settings that define what a run computes: --resume continues a run only when they are unchanged.
@@ -263,7 +267,11 @@ def check_resume(args: argparse.Namespace) -> dict | None:
 def is_finished(out: Path, results: dict, fold) -> bool:
     """A fold is finished once its model folder is saved and cv_results.json records it."""
     entry = results.get(FULL) if fold == FULL else results.get("folds", {}).get(str(fold))
-    return entry is not None and (out / fold_name(fold) / "model.safetensors").exists()
+    return entry is not None and has_weights(out / fold_name(fold))
+
+
+def has_weights(folder: Path) -> bool:
+    return any((folder / name).exists() for name in WEIGHT_FILES)
 
 
 # ---------------------------------------------------------------- dataset
@@ -846,11 +854,13 @@ def save_fold(fold, args, model, processor, entry: dict, results: dict) -> None:
 
 def save_model_folder(model, processor, folder: Path, half_storage: bool) -> None:
     """A Hub-ready folder. The release (full) model stores float16 weights, half the size (the Space and the Hub
-    repo hold it), while config.json keeps dtype float32, so that from_pretrained's default dtype="auto" loads a
-    float32 model that runs on any CPU."""
+    repo hold it), in shards of at most RELEASE_SHARD_SIZE, while config.json keeps dtype float32, so that
+    from_pretrained's default dtype="auto" loads a float32 model that runs on any CPU."""
     if half_storage:
         model = copy.deepcopy(model).to(device="cpu", dtype=torch.float16)
-    model.save_pretrained(folder)
+        model.save_pretrained(folder, max_shard_size=RELEASE_SHARD_SIZE)
+    else:
+        model.save_pretrained(folder)
     if half_storage:
         config_path = folder / "config.json"
         write_json(config_path, read_json(config_path) | {"dtype": "float32"})

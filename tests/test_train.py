@@ -236,6 +236,26 @@ def test_full_run_makes_a_half_size_release_that_loads_as_float32(workdir, datas
     assert (out / "full" / "README.md").read_text().startswith("---\n")
 
 
+def test_release_folder_of_the_real_model_is_sharded_below_15_mb_and_loads_exactly(tmp_path):
+    """The improved model's release folder: float16 shards of <= 15 MB each (git and the GPU machine's transfer
+    limit take them), found by train.py and loaded as float32 weights equal to the float16-rounded originals."""
+    from modeling import BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
+
+    torch.manual_seed(0)
+    model = BrainResNetForImageClassification(BrainResNetConfig())
+    folder = tmp_path / "full"
+    train.save_model_folder(model, BrainResNetImageProcessor(size=128), folder, half_storage=True)
+    shards = sorted(folder.glob("*.safetensors"))
+    assert len(shards) >= 2 and all(shard.stat().st_size <= 15_000_000 for shard in shards)
+    assert sum(shard.stat().st_size for shard in shards) <= 40 * 2**20
+    assert train.has_weights(folder)
+    loaded = BrainResNetForImageClassification.from_pretrained(folder)
+    assert loaded.dtype == torch.float32
+    for name, tensor in model.state_dict().items():
+        expected = tensor.half().float() if tensor.is_floating_point() else tensor
+        assert torch.equal(loaded.state_dict()[name], expected), name
+
+
 def test_stopped_run_resumes_and_finishes_with_the_same_folds(workdir, common, env, python_run):
     """SIGTERM (what a slot's time limit sends) during fold 0's second epoch: a checkpoint, exit 143; --resume
     then finishes both folds exactly as the uninterrupted run did."""

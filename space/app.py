@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -43,6 +43,13 @@ EXAMPLES = (  # (class, file in space/examples/): real slices of the training da
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a 16-bit 2048x2048 TIFF or an uncompressed DICOM slice fits easily
 MAX_PIXELS = 25_000_000  # 5000x5000; anything larger is no MRI slice and could be a decompression bomb
+# Mean spread between a pixel's R, G and B (8-bit units) above which an upload is a colour picture, not an MRI
+# slice: the training data's slices saved as RGB, colour annotations included, stay under 6.
+COLOUR_SPREAD = 20
+COLOUR_NOTE = (
+    "This image is in colour, but MRI slices are grayscale: is it a photo or a colour-coded map? The model reads "
+    "it as a grayscale slice anyway, and its answer means little for anything but an MRI slice."
+)
 MIN_SIDE = 32  # below this there is no anatomy left to classify
 PIL_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # only these decoders ever see an upload
 SUPPORTED = "a JPEG, PNG, WebP, BMP or TIFF image (8- or 16-bit, grayscale or colour) or a DICOM file (.dcm)"
@@ -204,6 +211,22 @@ def load_slice(path: str | Path) -> Image.Image | np.ndarray:
         ) from None
 
 
+def colour_note(image: Image.Image | np.ndarray) -> str | None:
+    """COLOUR_NOTE for colour pictures (photos, colour-coded maps), None for grayscale slices in any format."""
+    if isinstance(image, Image.Image):
+        if image.mode in ("1", "L", "LA", "F") or image.mode.startswith("I"):  # palettes (P, PA) may hold colour
+            return None
+        small = image.copy()
+        small.thumbnail((256, 256))
+        rgb = np.asarray(small.convert("RGB"), dtype=np.float32)
+    elif image.ndim == 3 and image.shape[-1] >= 3:  # a colour DICOM
+        rgb = image[..., :3].astype(np.float32)
+        rgb = (rgb - rgb.min()) * 255 / max(float(np.ptp(rgb)), 1e-6)
+    else:
+        return None
+    return COLOUR_NOTE if (rgb.max(axis=2) - rgb.min(axis=2)).mean() > COLOUR_SPREAD else None
+
+
 def load_model(model_id: str):
     """The model and image processor, through the Auto classes, set up for CPU inference."""
     torch.set_flush_denormal(True)  # denormal floats in trained weights would slow CPU maths many times over
@@ -325,6 +348,7 @@ class Analysis:
     se_plot: np.ndarray | None
     stage_maps: list[tuple[np.ndarray, str]]
     stem_maps: list[tuple[np.ndarray, str]]
+    notes: list[str] = field(default_factory=list)  # warnings about the upload, shown beside the answer
 
 
 class SliceAnalyser:
@@ -372,6 +396,7 @@ class SliceAnalyser:
                 (HEAT_COLOURS[to_uint8(stem_map)], caption)
                 for stem_map, caption in zip(explanation.stem_maps, stem_captions, strict=False)
             ],  # a single-conv stem has no branch maps
+            notes=[note] if (note := colour_note(image)) else [],
         )
 
     def warm_up(self) -> None:
@@ -403,6 +428,8 @@ def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
             analysis = analyser.analyse(path)
         except UnusableUpload as error:
             raise gr.Error(str(error), title="Cannot analyse this file", print_exception=False) from None
+        for note in analysis.notes:
+            gr.Warning(note, title="Not an MRI slice?")
         pngs.prune()
         return predict_outputs(analysis, pngs)
 

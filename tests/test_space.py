@@ -232,6 +232,26 @@ def test_release_model_analyses_an_example():
     assert analysis.grad_cams.overlay().shape == (224, 224, 3)
 
 
+def test_colour_pictures_get_a_note_and_grayscale_slices_in_any_format_do_not(tmp_path):
+    """Photos and colour maps are flagged; MRI slices are not, whether stored as L, RGB (Br35H), 16 bit or DICOM."""
+    slices = [Image.open(path) for path in EXAMPLES]  # figshare slices are L, Br35H slices RGB
+    assert {image.mode for image in slices} == {"L", "RGB"}
+    brain = brain_like(256)
+    grayscale = [*slices, Image.fromarray((brain * 65535).astype(np.uint16)), np.stack([brain] * 3, axis=-1)]
+    assert [app.colour_note(image) for image in grayscale] == [None] * len(grayscale)
+
+    photo = np.zeros((120, 160, 3), np.uint8)
+    photo[..., 0], photo[..., 1] = np.linspace(0, 255, 160), 90  # a red-to-yellow gradient
+    coloured = [Image.fromarray(photo), Image.fromarray(photo).convert("P"), photo.astype(np.uint16) * 257]
+    assert [app.colour_note(image) for image in coloured] == [app.COLOUR_NOTE] * len(coloured)
+
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    model_dir = save_random_model(tmp_path / "model")
+    analyser = app.SliceAnalyser(*app.load_model(str(model_dir)))
+    assert analyser.analyse(tmp_path / "photo.png").notes == [app.COLOUR_NOTE]
+    assert analyser.analyse(EXAMPLES[0]).notes == []
+
+
 def test_a_model_without_multiscale_stem_or_se_still_gets_its_maps(tmp_path):
     config = BrainResNetConfig(stem_type="conv", attention_type="none")
     BrainResNetForImageClassification(config).save_pretrained(tmp_path)

@@ -7,7 +7,9 @@ import base64
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 from test_space import EXAMPLES, LABELS, app, launch_space, save_random_model, stop
 
@@ -135,3 +137,17 @@ def test_bad_upload_shows_its_message_on_the_page(page, tmp_path, write_file, me
 
     expect(page.get_by_text(message)).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
     expect(page.locator(CAM_IMAGE)).to_have_count(0)
+
+
+def test_colour_photo_is_answered_with_a_visible_warning(page, tmp_path):
+    photo = tmp_path / "holiday.png"
+    pixels = np.zeros((120, 160, 3), np.uint8)
+    pixels[..., 0], pixels[..., 1] = np.linspace(0, 255, 160), 90
+    Image.fromarray(pixels).save(photo)
+
+    page.set_input_files(UPLOAD_INPUT, str(photo))
+
+    expect(page.get_by_text("This image is in colour, but MRI slices are grayscale")).to_be_visible(
+        timeout=ANSWER_TIMEOUT_MS
+    )
+    expect_four_probabilities(page)

@@ -11,18 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_train import CLASSES, TINY_CONFIG
 
 import evaluate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
-TINY_CONFIG = {
-    "embedding_size": 16,
-    "hidden_sizes": [16, 32, 64, 128],
-    "depths": [1, 1, 1, 1],
-    "stem_branch_channels": [8, 4, 4],
-    "se_reduction": 4,
-}
 
 
 @pytest.fixture(scope="module")

@@ -227,11 +227,10 @@ def common_processor(runs: list[Run]) -> BrainResNetImageProcessor:
 def conditions(notumor_sizes: list[tuple[int, int]], only: set[str] | None, seed: int) -> list[tuple]:
     """(name, strength, alter(row, image) or None, which rows: 'all' | 'tumor' | 'notumor'), clean first."""
 
-    def rng(name: str, strength, row: int) -> np.random.Generator:
-        return np.random.default_rng([seed, list(CORRUPTIONS).index(name) if name in CORRUPTIONS else 99, row])
-
-    def corruption(name, strength):
-        return lambda row, image: corrupt(image, name, strength, rng(name, strength, row))
+    def corruption(name: str, strength):
+        # The same draws for every strength of a corruption: strengths differ in strength alone.
+        code = list(CORRUPTIONS).index(name)
+        return lambda row, image: corrupt(image, name, strength, np.random.default_rng([seed, code, row]))
 
     def br35h(row, image):
         generator = np.random.default_rng([seed, 101, row])
@@ -251,27 +250,22 @@ def conditions(notumor_sizes: list[tuple[int, int]], only: set[str] | None, seed
     return listed
 
 
-def shortcut_rates(labels: np.ndarray, clean: np.ndarray, altered: np.ndarray, notumor: int, rows) -> dict:
-    """How re-rendering moves slices across the tumor / notumor line (predictions are class indices)."""
+def shortcut_rates(clean: np.ndarray, altered: np.ndarray, notumor: int, rows, to_notumor: bool) -> dict:
+    """How re-rendering moves `rows` across the tumor / notumor line (predictions are class indices).
+
+    to_notumor: the rows are tumor slices made to look healthy, and the flip rate is the share of those the model
+    did not call "notumor" as they were but does now; else healthy slices made to look like tumor slices, and the
+    flip rate is the share of those it called "notumor" but now calls a tumor."""
     rows = np.asarray(rows)
-    if len(rows) == 0:
-        return {"slices": 0}
-    was_notumor, now_notumor = clean[rows] == notumor, altered[rows] == notumor
-    tumor_rows = labels[rows] != notumor
-    if tumor_rows.all():  # tumor slices made to look healthy: how many does the model now call notumor?
-        kept = ~was_notumor
-        return {
-            "slices": int(len(rows)),
-            "called_notumor_clean": float(was_notumor.mean()),
-            "called_notumor_altered": float(now_notumor.mean()),
-            "flip_rate": float((now_notumor & kept).sum() / max(kept.sum(), 1)),
-        }
-    kept = was_notumor  # healthy slices made to look like tumor slices: how many does it now call a tumor?
+    was, now = clean[rows] == notumor, altered[rows] == notumor
+    if not to_notumor:
+        was, now = ~was, ~now
+    called = "called_notumor" if to_notumor else "called_tumor"
     return {
         "slices": int(len(rows)),
-        "called_tumor_clean": float((~was_notumor).mean()),
-        "called_tumor_altered": float((~now_notumor).mean()),
-        "flip_rate": float((~now_notumor & kept).sum() / max(kept.sum(), 1)),
+        f"{called}_clean": float(was.mean()) if len(rows) else None,
+        f"{called}_altered": float(now.mean()) if len(rows) else None,
+        "flip_rate": float((now & ~was).sum() / (~was).sum()) if (~was).any() else None,
     }
 
 
@@ -340,7 +334,7 @@ def robustness(args: argparse.Namespace) -> dict:
             else:
                 scored = rows[np.isin(folds[rows], fold_ids)]
                 entry["shortcut"][name] = shortcut_rates(
-                    labels, clean_predictions[run.path], predictions, notumor, scored
+                    clean_predictions[run.path], predictions, notumor, scored, to_notumor=which == "tumor"
                 )
         label = name if strength is None else f"{name} {strength}"
         print(f"[{index}/{len(listed)}] {label}: {len(rows):,} slices, {time.perf_counter() - started:.1f} s")
@@ -553,9 +547,8 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path]) -> dict:
         }
         entry["train_images_per_s"] = float(np.median([fold["train_images_per_s"] for fold in folds]))
         entry["wall_seconds_per_run"] = float(np.mean([results["summary"]["wall_seconds"] for _, results in runs]))
-        flip_rates = [
-            shortcut[str(path.resolve())]["shortcut_flip_rate"] for path, _ in runs if str(path.resolve()) in shortcut
-        ]
+        measured = [shortcut.get(str(path.resolve()), {}).get("shortcut_flip_rate") for path, _ in runs]
+        flip_rates = [rate for rate in measured if rate is not None]
         if flip_rates:
             entry["shortcut_flip_rate"] = float(np.mean(flip_rates))
         protocols.setdefault(protocol, {})[variant] = entry

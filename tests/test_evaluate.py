@@ -107,10 +107,9 @@ def test_reframe_crops_tighter_and_pads_looser(slice_image):
 # ---------------------------------------------------------------- the shortcut arithmetic
 def test_shortcut_rates_known_answer():
     notumor = 2
-    labels = np.array([0, 0, 1, 3, 2, 2, 2])
     clean = np.array([0, 2, 1, 3, 2, 2, 0])
     altered = np.array([2, 2, 1, 2, 2, 0, 0])
-    tumor = evaluate.shortcut_rates(labels, clean, altered, notumor, [0, 1, 2, 3])
+    tumor = evaluate.shortcut_rates(clean, altered, notumor, [0, 1, 2, 3], to_notumor=True)
     # slice 1 was already called notumor; of the other three, slices 0 and 3 flip
     assert tumor == {
         "slices": 4,
@@ -118,7 +117,7 @@ def test_shortcut_rates_known_answer():
         "called_notumor_altered": 0.75,
         "flip_rate": pytest.approx(2 / 3),
     }
-    healthy = evaluate.shortcut_rates(labels, clean, altered, notumor, [4, 5, 6])
+    healthy = evaluate.shortcut_rates(clean, altered, notumor, [4, 5, 6], to_notumor=False)
     # slice 6 was already called a tumor; of the other two, slice 5 flips
     assert healthy == {
         "slices": 3,
@@ -126,6 +125,8 @@ def test_shortcut_rates_known_answer():
         "called_tumor_altered": pytest.approx(2 / 3),
         "flip_rate": 0.5,
     }
+    everything_notumor = evaluate.shortcut_rates(np.full(3, 2), np.full(3, 2), notumor, [0, 1, 2], to_notumor=True)
+    assert everything_notumor["flip_rate"] is None  # nothing could flip: no rate, rather than a perfect 0
 
 
 # ---------------------------------------------------------------- robustness, end to end

@@ -200,7 +200,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--push-to-hub", metavar="REPO_ID", type=hub_repo_id, help="upload full/ (else the first fold) with its card"
     )
+    parser.add_argument(
+        "--hub-model-id",
+        metavar="REPO_ID",
+        type=hub_repo_id,
+        help="the Hub repo full/ is to be published at, named by its model card (default: --push-to-hub's)",
+    )
     args = parser.parse_args(argv)
+    if args.hub_model_id and args.push_to_hub and args.hub_model_id != args.push_to_hub:
+        parser.error("--hub-model-id and --push-to-hub name different repos")
+    args.hub_model_id = args.hub_model_id or args.push_to_hub
     args.command = shlex.join(["train.py", *(sys.argv[1:] if argv is None else argv)])
     return args
 
@@ -848,7 +857,7 @@ def save_fold(fold, args, model, processor, entry: dict, results: dict) -> None:
     save_model_folder(model, processor, out / fold_name(fold), half_storage=fold == FULL)
     write_json(out / "cv_results.json", results)
     shutil.rmtree(out / fold_name(fold) / "checkpoints", ignore_errors=True)
-    write_reports(out, results)
+    write_reports(out, results, args.hub_model_id)
     print(fold_summary(fold, entry))
 
 
@@ -930,7 +939,8 @@ def fold_summary(fold, entry: dict) -> str:
 
 
 # ---------------------------------------------------------------- reports: plots, model cards, the Hub
-def write_reports(out: Path, results: dict) -> None:
+def write_reports(out: Path, results: dict, release_id: str | None = None) -> None:
+    """Plots of the run, and each model folder's card, naming full/ by `release_id` (its Hub repo) when given."""
     plot_learning_curves(epoch_records(out / "log.jsonl"), out / "learning_curves.png")
     matrix, title = None, None
     if "confusion_matrix" in results.get("summary", {}):
@@ -945,7 +955,8 @@ def write_reports(out: Path, results: dict) -> None:
     template = MODEL_CARD_TEMPLATE.read_text()
     for fold in [*results.get("folds", {}), *([FULL] if FULL in results else [])]:
         folder = out / fold_name(fold if fold == FULL else int(fold))
-        (folder / "README.md").write_text(render_model_card(template, results, fold, str(folder)))
+        model_id = release_id if fold == FULL and release_id else str(folder)
+        (folder / "README.md").write_text(render_model_card(template, results, fold, model_id))
 
 
 def plot_learning_curves(records: dict, path: Path) -> None:
@@ -963,7 +974,9 @@ def plot_learning_curves(records: dict, path: Path) -> None:
                 xs, [epochs[e]["eval_loss"] for e in xs], "--", color=color, label=f"{fold_name(fold)} held out"
             )
             accuracy_axis.plot(xs, [epochs[e]["eval_accuracy"] for e in xs], color=color, label=fold_name(fold))
-        accuracy_axis.plot(xs, [epochs[e]["train_accuracy"] for e in xs], ":", color=color, alpha=0.6)
+        accuracy_axis.plot(
+            xs, [epochs[e]["train_accuracy"] for e in xs], ":", color=color, alpha=0.6, label=f"{fold_name(fold)} train"
+        )
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="Loss (train: label-smoothed, augmented)")
     accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="Accuracy (held out; dotted: train)")
     for axis in (loss_axis, accuracy_axis):
@@ -1003,11 +1016,12 @@ def results_markdown(results: dict, fold, model_id: str) -> str:
     """The model card's results section: the cross-validation table and what these weights are."""
     settings, class_names = results["args"]["settings"], results["class_names"]
     folds, summary = results.get("folds", {}), results.get("summary", {})
+    scheme = f"{settings['protocol']} {results['num_folds']}-fold cross-validation of" if folds else "trained on"
     lines = [
         f"Trained with `{results['args']['command']}` on {results['device']}: {settings['model']} model, "
-        f"{settings['protocol']} {results['num_folds']}-fold cross-validation of `{settings['dataset']}`, "
-        f"{settings['epochs']} epochs, {settings['image_size']} px, batch {settings['batch_size']}, "
-        f"peak lr {settings['lr']}, seed {settings['seed']}.",
+        f"{scheme} `{settings['dataset']}`, {settings['epochs']} epoch{'s' if settings['epochs'] != 1 else ''}, "
+        f"{settings['image_size']} px, batch {settings['batch_size']}, peak lr {settings['lr']}, "
+        f"seed {settings['seed']}.",
         "",
     ]
     if folds:

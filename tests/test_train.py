@@ -223,6 +223,7 @@ def test_full_run_makes_a_half_size_release_that_loads_as_float32(workdir, datas
 
     out = workdir / "full-run"
     args = ["--dataset", str(dataset), "--output-dir", str(out), "--folds", "full", "--epochs", "1"]
+    args += ["--hub-model-id", "someone/brain-release"]  # the card names the repo it is meant for, not the folder
     done = run_train([*args, "--image-size", "64", "--batch-size", "8", "--model", str(tiny_config)], env)
     assert done.returncode == 0, done.stderr[-3000:]
     results = read_results(out)
@@ -233,7 +234,9 @@ def test_full_run_makes_a_half_size_release_that_loads_as_float32(workdir, datas
     model = AutoModelForImageClassification.from_pretrained(out / "full", trust_remote_code=True)
     assert model.dtype == torch.float32
     assert model.config.training_info["trained_on"] == "all folds"
-    assert (out / "full" / "README.md").read_text().startswith("---\n")
+    card = ModelCard((out / "full" / "README.md").read_text())
+    assert 'from_pretrained("someone/brain-release", trust_remote_code=True)' in card.text
+    assert f'from_pretrained("{out / "full"}"' not in card.text
 
 
 def test_release_folder_of_the_real_model_is_sharded_below_15_mb_and_loads_exactly(tmp_path):
@@ -315,6 +318,7 @@ def test_resume_needs_the_runs_own_settings(python_run, common, capsys):
         (["--epochs", "0"], "argument --epochs: 0 is out of range: must be at least 1"),
         (["--lr", "fast"], "argument --lr: 'fast' is not a number"),
         (["--push-to-hub", "not a repo id"], "argument --push-to-hub:"),
+        (["--push-to-hub", "a/b", "--hub-model-id", "a/c"], "--hub-model-id and --push-to-hub name different repos"),
     ],
 )
 def test_bad_flags_fail_with_a_usage_message(flags, message, capsys, tmp_path):

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torch.utils.flop_counter import FlopCounterMode
+from transformers.utils import logging as transformers_logging
 
 import train
 from modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
@@ -618,6 +619,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    transformers_logging.disable_progress_bar()  # one "Loading weights" bar per fold model would drown the report
     commands = {
         "robustness": (robustness, print_robustness),
         "external": (external, print_external),

@@ -21,7 +21,8 @@ flip rate is the share of tumor slices that the model does not call "notumor" as
 re-rendered. Every alteration is seeded per image, so every model sees the same altered slices.
 
 `external` scores models on slices from another source: DATA_FOLDER holds one folder per class, named as the
-model's labels, or `tumor` for tumor slices of unknown type. It reports accuracy on the named classes, the share of
+model's labels, or `tumor` for tumor slices of unknown type (Br35H's yes/no and Kaggle's glioma_tumor, ...,
+no_tumor folder names are understood too). It reports accuracy on the named classes, the share of
 tumor slices found (not called "notumor") and the share of healthy slices called "notumor", with every slice's
 prediction.
 
@@ -66,6 +67,16 @@ CORRUPTIONS = {
 SHORTCUT_TESTS = ("tumor_as_br35h", "notumor_as_figshare")
 PROTOCOL_NAMES = {"random": "stratified", "grouped": "grouped"}  # train.py's --protocol -> the name results use
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+# Folder names of public brain-MRI sets, read as the model's labels: Br35H's yes/no and the *_tumor / no_tumor
+# folders of Kaggle's "Brain Tumor Classification (MRI)".
+FOLDER_ALIASES = {
+    "yes": TUMOR,
+    "no": NOTUMOR,
+    "no_tumor": NOTUMOR,
+    "glioma_tumor": "glioma",
+    "meningioma_tumor": "meningioma",
+    "pituitary_tumor": "pituitary",
+}
 
 
 class UsageError(train.UsageError):
@@ -406,22 +417,26 @@ def plot_robustness(result: dict, path: Path) -> None:
 
 # ---------------------------------------------------------------- external data
 def external_files(folder: Path, class_names: list[str]) -> list[tuple[Path, str]]:
-    """(file, folder name) of every image file under DATA_FOLDER/<class>/, checking the class names."""
+    """(file, class) of every image file under DATA_FOLDER/<class>/: a label, TUMOR, or a FOLDER_ALIASES name."""
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such folder")
     allowed = [*class_names, TUMOR]
     folders = sorted(p for p in folder.iterdir() if p.is_dir())
-    unknown = [p.name for p in folders if p.name not in allowed]
+    classes = {d: FOLDER_ALIASES.get(d.name.lower(), d.name.lower()) for d in folders}
+    unknown = [d.name for d, name in classes.items() if name not in allowed]
     if unknown:
-        raise UsageError(f"{folder}: folder {unknown[0]!r} is not a class; name folders {', '.join(allowed)}")
-    files = [(f, d.name) for d in folders for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+        raise UsageError(
+            f"{folder}: folder {unknown[0]!r} is not a class; name folders {', '.join(allowed)} "
+            f"(or {', '.join(FOLDER_ALIASES)})"
+        )
+    files = [(f, classes[d]) for d in folders for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise UsageError(f"{folder}: no images in class folders ({', '.join(allowed)})")
     return files
 
 
 def external_metrics(truth: list[str], predicted: list[str]) -> dict:
-    """Accuracy on slices of a named class, tumor slices found, healthy slices called healthy, per folder counts."""
+    """Accuracy on slices of a named class, tumor slices found, healthy slices called healthy, per class counts."""
     truth, predicted = np.array(truth), np.array(predicted)
     named = truth != TUMOR
     tumor = truth != NOTUMOR
@@ -431,11 +446,11 @@ def external_metrics(truth: list[str], predicted: list[str]) -> dict:
         "accuracy": float((truth[named] == predicted[named]).mean()) if named.any() else None,
         "tumor_found": float((predicted[tumor] != NOTUMOR).mean()) if tumor.any() else None,
         "notumor_specificity": float((predicted[healthy] == NOTUMOR).mean()) if healthy.any() else None,
-        "predicted_by_folder": {},
+        "predicted_by_class": {},
     }
     for name in sorted(set(truth)):
         values, counts = np.unique(predicted[truth == name], return_counts=True)
-        metrics["predicted_by_folder"][name] = dict(zip(values.tolist(), counts.tolist(), strict=True))
+        metrics["predicted_by_class"][name] = dict(zip(values.tolist(), counts.tolist(), strict=True))
     return metrics
 
 
@@ -445,7 +460,7 @@ def external(args: argparse.Namespace) -> dict:
     class_names = [models[0][1].config.id2label[i] for i in range(models[0][1].config.num_labels)]
     files = external_files(args.data, class_names)
     images, kept, unreadable = [], [], []
-    for file, folder in files:
+    for file, truth in files:
         try:
             data = file.read_bytes()
             train.open_image(data)
@@ -453,8 +468,8 @@ def external(args: argparse.Namespace) -> dict:
             unreadable.append(f"{file}: {error}")
             continue
         images.append(data)
-        kept.append((file, folder))
-    truth = [folder for _, folder in kept]
+        kept.append((file, truth))
+    truths = [truth for _, truth in kept]
     for line in unreadable:
         print(f"skipped (not a readable image): {line}", file=sys.stderr)
     result = {
@@ -469,15 +484,10 @@ def external(args: argparse.Namespace) -> dict:
         (cache,) = train.decode_images(images, processor, [processor.size], args.workers)
         probs = predict(model, cache, processor, device, args.batch_size)
         predicted = [names[i] for i in probs.argmax(dim=1).tolist()]
-        result["models"][str(path)] = external_metrics(truth, predicted) | {
+        result["models"][str(path)] = external_metrics(truths, predicted) | {
             "predictions": [
-                {
-                    "file": str(file.relative_to(args.data)),
-                    "folder": folder,
-                    "predicted": label,
-                    "score": float(p.max()),
-                }
-                for (file, folder), label, p in zip(kept, predicted, probs, strict=True)
+                {"file": str(file.relative_to(args.data)), "truth": truth, "predicted": label, "score": float(p.max())}
+                for (file, truth), label, p in zip(kept, predicted, probs, strict=True)
             ]
         }
     return result

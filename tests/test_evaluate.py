@@ -197,21 +197,39 @@ def test_external_scores_named_classes_tumor_folders_and_skips_broken_files(run,
     metrics = result["models"][str(model)]
     predictions = metrics["predictions"]
     assert metrics["slices"] == len(predictions) == 9
-    by_folder = {name: [p["predicted"] for p in predictions if p["folder"] == name] for name in ("glioma", "tumor")}
+    by_folder = {name: [p["predicted"] for p in predictions if p["truth"] == name] for name in ("glioma", "tumor")}
     tumor_calls = by_folder["glioma"] + by_folder["tumor"]
     assert metrics["tumor_found"] == pytest.approx(np.mean([p != "notumor" for p in tumor_calls]))
-    healthy = [p["predicted"] for p in predictions if p["folder"] == "notumor"]
+    healthy = [p["predicted"] for p in predictions if p["truth"] == "notumor"]
     assert metrics["notumor_specificity"] == pytest.approx(np.mean([p == "notumor" for p in healthy]))
-    named = [p for p in predictions if p["folder"] != "tumor"]
-    assert metrics["accuracy"] == pytest.approx(np.mean([p["predicted"] == p["folder"] for p in named]))
+    named = [p for p in predictions if p["truth"] != "tumor"]
+    assert metrics["accuracy"] == pytest.approx(np.mean([p["predicted"] == p["truth"] for p in named]))
 
 
 def test_external_rejects_folders_that_are_not_classes(run, tmp_path, capsys):
-    (tmp_path / "data" / "yes").mkdir(parents=True)
-    Image.new("L", (64, 64)).save(tmp_path / "data" / "yes" / "a.png")
+    (tmp_path / "data" / "maybe").mkdir(parents=True)
+    Image.new("L", (64, 64)).save(tmp_path / "data" / "maybe" / "a.png")
     assert evaluate.main(["external", str(tmp_path / "data"), "--model", str(run / "fold-0")]) == 2
     error = capsys.readouterr().err
-    assert "'yes' is not a class" in error and "glioma, meningioma, notumor, pituitary, tumor" in error
+    assert "'maybe' is not a class" in error and "glioma, meningioma, notumor, pituitary, tumor" in error
+
+
+def test_external_understands_the_folder_names_of_public_sets(run, tmp_path, brain_mri_data):
+    """Br35H's yes/no and Kaggle's *_tumor/no_tumor trees evaluate as they are downloaded."""
+    folder = tmp_path / "data"
+    for name, source in (
+        ("yes", "glioma"),
+        ("no", "notumor"),
+        ("Pituitary_Tumor", "pituitary"),
+        ("no_tumor", "notumor"),
+    ):
+        (folder / name).mkdir(parents=True)
+        shutil.copy(sorted((brain_mri_data / source).iterdir())[0], folder / name / "slice.jpg")
+    output = tmp_path / "external.json"
+    assert evaluate.main(["external", str(folder), "--model", str(run / "fold-0"), "--output", str(output)]) == 0
+    predictions = json.loads(output.read_text())["models"][str(run / "fold-0")]["predictions"]
+    truth = {p["file"].split("/")[0]: p["truth"] for p in predictions}
+    assert truth == {"yes": "tumor", "no": "notumor", "Pituitary_Tumor": "pituitary", "no_tumor": "notumor"}
 
 
 def test_external_reads_what_the_space_accepts(run, tmp_path):

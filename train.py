@@ -418,7 +418,7 @@ def decode_images(
 ) -> list:
     """Every image through processor.preprocess_one once per size: uint8 tensors (N, 1, size, size).
 
-    `transform(i, image) -> image`, if given, alters the i-th decoded image before the processor (evaluate.py's
+    `transform(i, image) -> image`, if given, alters the i-th decoded image before the processor (evaluation.py's
     corruptions)."""
     caches = [torch.empty(len(images), 1, size, size, dtype=torch.uint8) for size in sizes]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluate import forward_flops  # noqa: E402
+from evaluation import forward_flops  # noqa: E402
 from modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification  # noqa: E402
 
 COMPARED = ("improved", "resnet34")

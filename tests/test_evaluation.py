@@ -1,4 +1,4 @@
-"""evaluate.py: the corruptions and source re-renderings, the shortcut arithmetic, and both commands end to end on a
+"""evaluation.py: the corruptions and source re-renderings, the shortcut arithmetic, and both commands end to end on a
 tiny 2-fold train.py run over 40 real slices (CPU, seconds)."""
 
 import io
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from test_train import CLASSES, TINY_CONFIG
 
-import evaluate
+import evaluation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, brain_mri_data) -> Path:
     """A finished `train.py` run: 2 folds of a tiny network, 1 epoch at 64 px, on 10 slices per class."""
-    work = tmp_path_factory.mktemp("evaluate")
+    work = tmp_path_factory.mktemp("evaluation")
     src = work / "src"
     for name in CLASSES:
         files = sorted((brain_mri_data / name).iterdir())
@@ -52,11 +52,11 @@ def pixels(image: Image.Image) -> np.ndarray:
 # ---------------------------------------------------------------- alterations
 def test_every_corruption_is_seeded_and_grows_with_its_strength(slice_image):
     original = pixels(slice_image)
-    for name, strengths in evaluate.CORRUPTIONS.items():
+    for name, strengths in evaluation.CORRUPTIONS.items():
         errors = []
         for strength in strengths:
-            first = evaluate.corrupt(slice_image, name, strength, np.random.default_rng(1))
-            again = evaluate.corrupt(slice_image, name, strength, np.random.default_rng(1))
+            first = evaluation.corrupt(slice_image, name, strength, np.random.default_rng(1))
+            again = evaluation.corrupt(slice_image, name, strength, np.random.default_rng(1))
             assert np.array_equal(pixels(first), pixels(again)), name
             if name == "downscale":
                 assert first.size == tuple(round(side * strength) for side in slice_image.size)
@@ -73,17 +73,17 @@ def test_corruptions_accept_16_bit_and_palette_slices(slice_image):
     deep = Image.fromarray(pixels(slice_image).astype(np.uint16) * 257)
     palette = slice_image.convert("P")
     for image in (deep, palette):
-        for name in evaluate.CORRUPTIONS:
-            assert evaluate.corrupt(image, name, evaluate.CORRUPTIONS[name][0], np.random.default_rng(0)).mode in (
+        for name in evaluation.CORRUPTIONS:
+            assert evaluation.corrupt(image, name, evaluation.CORRUPTIONS[name][0], np.random.default_rng(0)).mode in (
                 "L",
                 "RGB",
             )
 
 
 def test_as_br35h_gives_the_notumor_sources_look(slice_image):
-    rendered = evaluate.as_br35h(slice_image, (300, 168), np.random.default_rng(3))
+    rendered = evaluation.as_br35h(slice_image, (300, 168), np.random.default_rng(3))
     assert rendered.mode == "RGB" and rendered.size == (300, 168)
-    assert evaluate.as_br35h(slice_image, (300, 168), np.random.default_rng(3)).tobytes() == rendered.tobytes()
+    assert evaluation.as_br35h(slice_image, (300, 168), np.random.default_rng(3)).tobytes() == rendered.tobytes()
     shown = pixels(rendered)
     assert shown.max() > 100, "the brain must still be visible"
 
@@ -91,15 +91,15 @@ def test_as_br35h_gives_the_notumor_sources_look(slice_image):
 def test_as_figshare_gives_a_square_grayscale_256_px_slice():
     wide = Image.new("RGB", (300, 168))
     wide.paste((200, 200, 200), (100, 30, 200, 140))
-    rendered = evaluate.as_figshare(wide, np.random.default_rng(0))
+    rendered = evaluation.as_figshare(wide, np.random.default_rng(0))
     assert rendered.mode == "L" and rendered.size == (256, 256)
     assert pixels(rendered)[128, 128] > 150  # the content is kept, scaled into the square
 
 
 def test_reframe_crops_tighter_and_pads_looser(slice_image):
     rng = np.random.default_rng(0)
-    assert evaluate.reframe(slice_image, 0.8, rng).size == tuple(round(s * 0.8) for s in slice_image.size)
-    looser = evaluate.reframe(slice_image, 1.25, rng)
+    assert evaluation.reframe(slice_image, 0.8, rng).size == tuple(round(s * 0.8) for s in slice_image.size)
+    looser = evaluation.reframe(slice_image, 1.25, rng)
     assert looser.size == tuple(round(s * 1.25) for s in slice_image.size)
     assert pixels(looser).sum() == pytest.approx(pixels(slice_image).sum())  # a border of black, nothing lost
 
@@ -109,7 +109,7 @@ def test_shortcut_rates_known_answer():
     notumor = 2
     clean = np.array([0, 2, 1, 3, 2, 2, 0])
     altered = np.array([2, 2, 1, 2, 2, 0, 0])
-    tumor = evaluate.shortcut_rates(clean, altered, notumor, [0, 1, 2, 3], to_notumor=True)
+    tumor = evaluation.shortcut_rates(clean, altered, notumor, [0, 1, 2, 3], to_notumor=True)
     # slice 1 was already called notumor; of the other three, slices 0 and 3 flip
     assert tumor == {
         "slices": 4,
@@ -117,7 +117,7 @@ def test_shortcut_rates_known_answer():
         "called_notumor_altered": 0.75,
         "flip_rate": pytest.approx(2 / 3),
     }
-    healthy = evaluate.shortcut_rates(clean, altered, notumor, [4, 5, 6], to_notumor=False)
+    healthy = evaluation.shortcut_rates(clean, altered, notumor, [4, 5, 6], to_notumor=False)
     # slice 6 was already called a tumor; of the other two, slice 5 flips
     assert healthy == {
         "slices": 3,
@@ -125,7 +125,7 @@ def test_shortcut_rates_known_answer():
         "called_tumor_altered": pytest.approx(2 / 3),
         "flip_rate": 0.5,
     }
-    everything_notumor = evaluate.shortcut_rates(np.full(3, 2), np.full(3, 2), notumor, [0, 1, 2], to_notumor=True)
+    everything_notumor = evaluation.shortcut_rates(np.full(3, 2), np.full(3, 2), notumor, [0, 1, 2], to_notumor=True)
     assert everything_notumor["flip_rate"] is None  # nothing could flip: no rate, rather than a perfect 0
 
 
@@ -133,7 +133,7 @@ def test_shortcut_rates_known_answer():
 @pytest.fixture(scope="module")
 def robustness_result(run, tmp_path_factory) -> tuple[dict, Path]:
     output = tmp_path_factory.mktemp("robustness") / "robustness.json"
-    code = evaluate.main(
+    code = evaluation.main(
         ["robustness", str(run), "--only", "jpeg,rotation,tumor_as_br35h,notumor_as_figshare", "--output", str(output)]
     )
     assert code == 0
@@ -152,7 +152,7 @@ def test_robustness_reports_each_strength_and_the_shortcut_tests(run, robustness
     result, output = robustness_result
     entry = result["runs"][str(run)]
     assert list(entry["corruptions"]) == ["jpeg", "rotation"]
-    assert [p["strength"] for p in entry["corruptions"]["jpeg"]] == list(evaluate.CORRUPTIONS["jpeg"])
+    assert [p["strength"] for p in entry["corruptions"]["jpeg"]] == list(evaluation.CORRUPTIONS["jpeg"])
     for points in entry["corruptions"].values():
         for point in points:
             assert 0 <= point["accuracy"]["mean"] <= 1 and len(point["accuracy"]["folds"]) == 2
@@ -166,10 +166,10 @@ def test_robustness_reports_each_strength_and_the_shortcut_tests(run, robustness
 
 
 def test_robustness_rejects_what_is_not_a_run(tmp_path, capsys):
-    assert evaluate.main(["robustness", str(tmp_path)]) == 2
+    assert evaluation.main(["robustness", str(tmp_path)]) == 2
     assert "not a train.py run" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
-        evaluate.main(["robustness", str(tmp_path), "--only", "snow"])
+        evaluation.main(["robustness", str(tmp_path), "--only", "snow"])
     assert stop.value.code == 2
     assert "unknown test 'snow'" in capsys.readouterr().err
 
@@ -190,7 +190,7 @@ def external_folder(tmp_path, brain_mri_data) -> Path:
 def test_external_scores_named_classes_tumor_folders_and_skips_broken_files(run, external_folder, tmp_path, capsys):
     output = tmp_path / "external.json"
     model = run / "fold-0"
-    assert evaluate.main(["external", str(external_folder), "--model", str(model), "--output", str(output)]) == 0
+    assert evaluation.main(["external", str(external_folder), "--model", str(model), "--output", str(output)]) == 0
     result = json.loads(output.read_text())
     assert len(result["skipped"]) == 1 and "broken.jpg" in result["skipped"][0]
     assert "broken.jpg" in capsys.readouterr().err
@@ -209,7 +209,7 @@ def test_external_scores_named_classes_tumor_folders_and_skips_broken_files(run,
 def test_external_rejects_folders_that_are_not_classes(run, tmp_path, capsys):
     (tmp_path / "data" / "maybe").mkdir(parents=True)
     Image.new("L", (64, 64)).save(tmp_path / "data" / "maybe" / "a.png")
-    assert evaluate.main(["external", str(tmp_path / "data"), "--model", str(run / "fold-0")]) == 2
+    assert evaluation.main(["external", str(tmp_path / "data"), "--model", str(run / "fold-0")]) == 2
     error = capsys.readouterr().err
     assert "'maybe' is not a class" in error and "glioma, meningioma, notumor, pituitary, tumor" in error
 
@@ -226,7 +226,7 @@ def test_external_understands_the_folder_names_of_public_sets(run, tmp_path, bra
         (folder / name).mkdir(parents=True)
         shutil.copy(sorted((brain_mri_data / source).iterdir())[0], folder / name / "slice.jpg")
     output = tmp_path / "external.json"
-    assert evaluate.main(["external", str(folder), "--model", str(run / "fold-0"), "--output", str(output)]) == 0
+    assert evaluation.main(["external", str(folder), "--model", str(run / "fold-0"), "--output", str(output)]) == 0
     predictions = json.loads(output.read_text())["models"][str(run / "fold-0")]["predictions"]
     truth = {p["file"].split("/")[0]: p["truth"] for p in predictions}
     assert truth == {"yes": "tumor", "no": "notumor", "Pituitary_Tumor": "pituitary", "no_tumor": "notumor"}
@@ -242,7 +242,7 @@ def test_external_reads_what_the_space_accepts(run, tmp_path):
     Image.new("RGB", (80, 60), (90, 90, 90)).save(buffer, format="WEBP")
     (folder / "notumor" / "colour.webp").write_bytes(buffer.getvalue())
     output = tmp_path / "external.json"
-    assert evaluate.main(["external", str(folder), "--model", str(run / "fold-0"), "--output", str(output)]) == 0
+    assert evaluation.main(["external", str(folder), "--model", str(run / "fold-0"), "--output", str(output)]) == 0
     result = json.loads(output.read_text())
     assert result["skipped"] == [] and result["models"][str(run / "fold-0")]["slices"] == 2
 
@@ -251,7 +251,7 @@ def test_external_reads_what_the_space_accepts(run, tmp_path):
 def test_summary_gathers_runs_by_protocol_and_variant(run, robustness_result, tmp_path):
     _, robustness_file = robustness_result
     output = tmp_path / "summary.json"
-    assert evaluate.main(["summary", str(run), "--robustness", str(robustness_file), "--output", str(output)]) == 0
+    assert evaluation.main(["summary", str(run), "--robustness", str(robustness_file), "--output", str(output)]) == 0
     summary = json.loads(output.read_text())
     recorded = json.loads((run / "cv_results.json").read_text())
     entry = summary["protocols"]["grouped"]["tiny"]
@@ -267,5 +267,5 @@ def test_summary_gathers_runs_by_protocol_and_variant(run, robustness_result, tm
 
 
 def test_summary_rejects_an_unfinished_run(tmp_path, capsys):
-    assert evaluate.main(["summary", str(tmp_path)]) == 2
+    assert evaluation.main(["summary", str(tmp_path)]) == 2
     assert "not a finished train.py cross-validation run" in capsys.readouterr().err

@@ -1,8 +1,8 @@
 """Robustness, source-shortcut and external-data checks of trained models.
 
-    python evaluate.py robustness runs/improved runs/resnet34 --output results/robustness.json
-    python evaluate.py external DATA_FOLDER --model release --model runs/cv/fold-0 --output results/external.json
-    python evaluate.py summary runs/* --robustness results/robustness.json --output results/summary.json
+    python evaluation.py robustness runs/improved runs/resnet34 --output results/robustness.json
+    python evaluation.py external DATA_FOLDER --model release --model runs/cv/fold-0 --output results/external.json
+    python evaluation.py summary runs/* --robustness results/robustness.json --output results/summary.json
 
 `robustness` re-scores every fold model of train.py cross-validation runs on its own held-out fold (the runs must
 share one dataset; each keeps its own protocol, model and image size). Each held-out slice is altered *before* the
@@ -528,7 +528,7 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path]) -> dict:
     for file in robustness_files:
         report = train.read_json(file)
         if report is None or "runs" not in report:
-            raise UsageError(f"{file} is not an `evaluate.py robustness` output")
+            raise UsageError(f"{file} is not an `evaluation.py robustness` output")
         shortcut |= {str(Path(run).resolve()): entry for run, entry in report["runs"].items()}
 
     protocols, devices = {}, set()

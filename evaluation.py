@@ -51,6 +51,7 @@ from transformers.utils import logging as transformers_logging
 
 import train
 from modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
+from train import UsageError
 
 NOTUMOR = "notumor"
 TUMOR = "tumor"  # an external folder of tumor slices of unknown type
@@ -77,10 +78,6 @@ FOLDER_ALIASES = {
     "meningioma_tumor": "meningioma",
     "pituitary_tumor": "pituitary",
 }
-
-
-class UsageError(train.UsageError):
-    pass
 
 
 # ---------------------------------------------------------------- alterations of one raw slice (PIL, seeded)
@@ -479,10 +476,13 @@ def external(args: argparse.Namespace) -> dict:
         "skipped": unreadable,
         "models": {},
     }
+    caches = {}  # processor settings -> decoded slices: models preprocessing alike share one decoding
     for path, model, processor in models:
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        (cache,) = train.decode_images(images, processor, [processor.size], args.workers)
-        probs = predict(model, cache, processor, device, args.batch_size)
+        key = processor.to_json_string()
+        if key not in caches:
+            (caches[key],) = train.decode_images(images, processor, [processor.size], args.workers)
+        probs = predict(model, caches[key], processor, device, args.batch_size)
         predicted = [names[i] for i in probs.argmax(dim=1).tolist()]
         result["models"][str(path)] = external_metrics(truths, predicted) | {
             "predictions": [
@@ -638,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     compute, show = commands[args.command]
     try:
         result = compute(args)
-    except train.UsageError as error:
+    except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     show(result)

@@ -866,13 +866,13 @@ def save_model_folder(model, processor, folder: Path, half_storage: bool) -> Non
     repo hold it), in shards of at most RELEASE_SHARD_SIZE, while config.json keeps dtype float32, so that
     from_pretrained's default dtype="auto" loads a float32 model that runs on any CPU."""
     if half_storage:
-        model = copy.deepcopy(model).to(device="cpu", dtype=torch.float16)
-        model.save_pretrained(folder, max_shard_size=RELEASE_SHARD_SIZE)
-    else:
-        model.save_pretrained(folder)
-    if half_storage:
+        copy.deepcopy(model).to(device="cpu", dtype=torch.float16).save_pretrained(
+            folder, max_shard_size=RELEASE_SHARD_SIZE
+        )
         config_path = folder / "config.json"
         write_json(config_path, read_json(config_path) | {"dtype": "float32"})
+    else:
+        model.save_pretrained(folder)
     processor.save_pretrained(folder)
 
 

@@ -201,7 +201,7 @@ def load_run(path: Path, device: torch.device) -> Run:
 @torch.no_grad()
 def predict(model, images: torch.Tensor, processor, device, batch_size: int) -> torch.Tensor:
     """Class probabilities of uint8 (N, 1, S, S) slices, as train.py's evaluation computes them."""
-    forward = train.logits_function(model, device, bf16=device.type == "cuda")
+    forward = train.logits_function(model, device, bf16=train.native_bf16())  # as train.py's default evaluates
     probs = [
         torch.softmax(forward(train.model_input(batch.to(device).float().div_(255), processor)), dim=1).cpu()
         for batch in images.split(batch_size)

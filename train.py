@@ -83,6 +83,7 @@ RUN_SETTINGS = (
     "weight_decay",
     "warmup",
     "label_smoothing",
+    "remap_prob",
     "seed",
     "mixed_precision",
 )
@@ -180,9 +181,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=number(float, 0), default=0.05, help="AdamW decay of the weights")
     parser.add_argument("--warmup", type=number(float, 0, 1), default=0.05, help="fraction of steps warming up")
     parser.add_argument("--label-smoothing", type=number(float, 0, 1), default=0.1, help="of the training loss")
+    parser.add_argument(
+        "--remap-prob",
+        type=number(float, 0, 1),
+        default=0.0,
+        help="share of training views whose intensities go through a random non-monotonic curve, so that the "
+        "MRI sequence (which gives away the source in the 4k data) stops being a cue",
+    )
     parser.add_argument("--seed", type=number(int, 0), default=42, help="of weights, batches and augmentation")
     parser.add_argument(
-        "--mixed-precision", choices=("auto", "bf16", "no"), default="auto", help="auto: bf16 on CUDA, else no"
+        "--mixed-precision",
+        choices=("auto", "bf16", "no"),
+        default="auto",
+        help="auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else float32",
     )
     parser.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the training step (default: on CUDA)"
@@ -463,12 +474,13 @@ class DeviceData:
 
 
 # ---------------------------------------------------------------- augmentation (batched, on the device)
-def augment(images: torch.Tensor, size: int) -> torch.Tensor:
+def augment(images: torch.Tensor, size: int, remap_prob: float = 0.0) -> torch.Tensor:
     """Random views of cached uint8 (B, 1, S, S) slices as float (B, 1, size, size) in [0, 1], all on the device.
 
-    Geometry (zoom, aspect, rotation, shift, left-right flip) is one affine resampling; then gamma, contrast and
-    brightness jitter, blur, a lower acquisition resolution and noise, each drawn per image. Intensity, sharpness
-    and resolution differ between the sources of the data, so randomising them leaves anatomy as the cue.
+    Geometry (zoom, aspect, rotation, shift, left-right flip) is one affine resampling; then, with probability
+    `remap_prob`, a random non-monotonic intensity curve (remap_intensity); then gamma, contrast and brightness
+    jitter, blur, a lower acquisition resolution and noise, each drawn per image. Intensity, sharpness and
+    resolution differ between the sources of the data, so randomising them leaves anatomy as the cue.
     """
     batch, device = images.shape[0], images.device
 
@@ -497,12 +509,34 @@ def augment(images: torch.Tensor, size: int) -> torch.Tensor:
     x = F.grid_sample(images.float().div_(255), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     per_image = (batch, 1, 1, 1)
-    x = x.clamp_(0, 1).pow_(torch.exp(uniform(-0.35, 0.35)).view(per_image))  # gamma 0.70-1.42
+    x = x.clamp_(0, 1)
+    if remap_prob > 0:
+        x = torch.where(chance(remap_prob).view(per_image), remap_intensity(x), x)
+    x = x.pow_(torch.exp(uniform(-0.35, 0.35)).view(per_image))  # gamma 0.70-1.42
     x = x.mul_(uniform(0.8, 1.2).view(per_image)).add_(uniform(-0.05, 0.05).view(per_image))
     x = gaussian_blur(x, torch.where(chance(0.25), uniform(0.4, 1.2), 0.0))
     x = torch.where(chance(0.2).view(per_image), low_resolution(x, float(np.random.uniform(0.35, 0.8))), x)
     noise = torch.where(chance(0.4), uniform(0.0, 0.04), 0.0).view(per_image)
     return x.add_(torch.randn_like(x) * noise).clamp_(0, 1)
+
+
+def remap_intensity(x: torch.Tensor, knots: int = 6) -> torch.Tensor:
+    """Each image of (B, 1, H, W) in [0, 1] through its own random piecewise-linear curve, black kept black.
+
+    The curves are non-monotonic (SynthSeg-style): tissue contrasts change as between MRI sequences (in the
+    4k data every tumour is T1 contrast-enhanced and most healthy slices are other sequences), while the
+    shapes of anatomy and lesions stay; the background stays 0, so framing and brain outline do not change.
+    """
+    batch = x.shape[0]
+    levels = torch.rand(batch, knots, device=x.device, dtype=x.dtype)
+    levels = levels / levels.amax(dim=1, keepdim=True)  # the brightest tissue keeps full range
+    levels = torch.cat([levels.new_zeros(batch, 1), levels], dim=1)  # knots + 1 levels, the first at 0
+    position = x.flatten(1) * knots
+    lower = position.floor().clamp_(max=knots - 1)
+    weight = position - lower
+    lower = lower.long()
+    start, end = levels.gather(1, lower), levels.gather(1, lower + 1)
+    return torch.lerp(start, end, weight).view_as(x)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 2) -> torch.Tensor:
@@ -542,14 +576,17 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, fuse
 
 
 def model_input(images: torch.Tensor, processor: BrainResNetImageProcessor) -> torch.Tensor:
-    """Float (B, 1, H, W) in [0, 1] -> normalised model input, in the model's memory format."""
-    return processor.normalize_pixel_values(images).contiguous(memory_format=memory_format(images.device))
+    """Float (B, 1, H, W) in [0, 1] -> normalised model input, channels_last like the model."""
+    return processor.normalize_pixel_values(images).contiguous(memory_format=torch.channels_last)
 
 
-def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last on CUDA, where tensor-core convolutions want it; on the CPU, oneDNN's warm-up for it costs
-    seconds per shape, more than it saves in a short run."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+def native_bf16() -> bool:
+    """Whether bf16 autocast speeds training up here: on CUDA, and on CPUs with bf16 instructions (on others
+    oneDNN emulates bf16, slower than float32)."""
+    if torch.cuda.is_available():
+        return True
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def logits_function(model: torch.nn.Module, device: torch.device, bf16: bool):
@@ -568,7 +605,7 @@ def logits_function(model: torch.nn.Module, device: torch.device, bf16: bool):
 
 def train_step(forward, optimizer, scheduler, accelerator, images, labels, args, processor):
     """One optimisation step on cached uint8 slices; returns loss and correct count as device tensors (no sync)."""
-    logits = forward(model_input(augment(images, args.image_size), processor))
+    logits = forward(model_input(augment(images, args.image_size, args.remap_prob), processor))
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
     accelerator.backward(loss)
     optimizer.step()
@@ -760,7 +797,8 @@ def train_fold(fold, args, accelerator, data: DeviceData, config, processor, sto
 
     torch.manual_seed(derive_seed(args.seed, fold, "init"))
     model = BrainResNetForImageClassification(config)
-    model.to(accelerator.device, memory_format=memory_format(accelerator.device))
+    # channels_last: tensor-core convolutions on CUDA and oneDNN's bf16 ones on the CPU both run faster in it.
+    model.to(accelerator.device, memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args.lr, args.weight_decay, fused=accelerator.device.type == "cuda")
     total_steps = steps_per_epoch * args.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(args.warmup * total_steps), total_steps)
@@ -1183,7 +1221,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
 
     # Precision is this script's --mixed-precision (see logits_function), not `accelerate launch`'s.
-    args.bf16 = args.mixed_precision == "bf16" or (args.mixed_precision == "auto" and torch.cuda.is_available())
+    args.bf16 = args.mixed_precision == "bf16" or (args.mixed_precision == "auto" and native_bf16())
     accelerator = Accelerator(mixed_precision="no", step_scheduler_with_optimizer=False)
     try:
         return train_folds(args, accelerator, saved, results)

@@ -143,7 +143,9 @@ def check_cv_results(out: Path, model_params: int | None = None) -> dict:
         assert np.trace(matrix) / matrix.sum() == pytest.approx(entry["accuracy"])
         assert sorted(entry["accuracy_by_source"]) == ["br35h", "figshare"]
         assert entry["train_images_per_s"] > 0 and entry["wall_seconds"] > 0 and entry["train_seconds"] > 0
-        assert entry["device"] == "cpu" and entry["mixed_precision"] == "no" and entry["compile"] is False
+        assert entry["device"] == "cpu" and entry["compile"] is False
+        # --mixed-precision auto: bf16 where the CPU has bf16 instructions, float32 elsewhere
+        assert entry["mixed_precision"] == ("bf16" if train.native_bf16() else "no")
     summary = results["summary"]
     assert summary["folds"] == [0, 1]
     accuracies = [results["folds"][k]["accuracy"] for k in ("0", "1")]
@@ -388,6 +390,27 @@ def test_augment_gives_random_views_in_range():
     assert not torch.equal(first, train.augment(images, 64))
     still = torch.rand(3, 1, 16, 16)
     assert torch.allclose(train.gaussian_blur(still, torch.zeros(3)), still, atol=1e-6)
+
+
+def test_intensity_remap_changes_contrast_but_not_background_or_shape():
+    torch.manual_seed(0)
+    ramp = torch.linspace(0, 1, 61).expand(8, 1, 61, 61).clone()  # every intensity level, the curves' knots too
+    ramp[:, :, :8] = 0  # a black border, like the background around a cropped brain
+    remapped = train.remap_intensity(ramp)
+    assert remapped.shape == ramp.shape and remapped.min() >= 0 and remapped.max() <= 1
+    assert torch.equal(remapped[:, :, :8], ramp[:, :, :8])  # background stays black: framing is not a cue
+    assert torch.allclose(remapped.amax(dim=(1, 2, 3)), torch.ones(8))  # the full range is used
+    steps = remapped[:, 0, 30].diff(dim=1)
+    assert ((steps > 1e-6).any(dim=1) & (steps < -1e-6).any(dim=1)).any()  # curves can reverse a contrast
+    assert not torch.allclose(remapped[0], remapped[1])  # each image has its own curve
+    images = torch.randint(0, 256, (6, 1, 74, 74), dtype=torch.uint8)
+    torch.manual_seed(1)
+    np.random.seed(1)
+    plain = train.augment(images, 64)
+    torch.manual_seed(1)
+    np.random.seed(1)
+    assert torch.equal(plain, train.augment(images, 64, remap_prob=0.0))  # off: the same random stream as before
+    assert not torch.equal(plain, train.augment(images, 64, remap_prob=1.0))
 
 
 SHARDS = """

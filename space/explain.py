@@ -22,7 +22,8 @@ from torch import nn
 class Explanation:
     """Everything the Space shows for one slice, from a single forward pass."""
 
-    probabilities: np.ndarray  # (num_labels,)
+    probabilities: np.ndarray  # (num_labels,), calibrated when the model carries a calibration temperature
+    unfamiliarity: float | None  # above 1: unlike the training data; None for a model without the detector
     grad_cams: np.ndarray  # (num_labels, H, W): Grad-CAM of every class
     se_weights: list[np.ndarray | None]  # per stage: (SE blocks, channels); None for a stage without SE
     stage_maps: list[np.ndarray]  # per stage: (H, W) output activation weighted by its last SE block's weights
@@ -193,6 +194,8 @@ def explain(model: nn.Module, pixel_values: torch.Tensor) -> Explanation:
     branch_maps = [output.abs().mean(dim=1)[0] for output in branch_outputs]
     return Explanation(
         probabilities=logits.detach().softmax(dim=-1)[0].cpu().numpy().astype(np.float32),
+        # getattr: model folders saved before the detector existed carry remote code without this output
+        unfamiliarity=None if (score := getattr(outputs, "unfamiliarity", None)) is None else float(score[0]),
         grad_cams=scale_maps(cams, size),
         se_weights=[None if weights is None else weights[0].detach().cpu().numpy() for weights in stage_weights],
         stage_maps=[scale_maps(stage_map, size)[0] for stage_map in stage_maps],

@@ -34,10 +34,30 @@ sys.path.insert(0, str(SPACE_DIR))
 import app  # noqa: E402
 
 
+def colour_photo(path: Path) -> Path:
+    """A red-to-yellow gradient: no MRI slice, in colour."""
+    pixels = np.zeros((120, 160, 3), np.uint8)
+    pixels[..., 0], pixels[..., 1] = np.linspace(0, 255, 160), 90
+    Image.fromarray(pixels).save(path)
+    return path
+
+
 def save_random_model(folder: Path) -> Path:
+    """Random weights, made honest the way make_release.py does it, with the example slices as "training data": a
+    calibration temperature, and class means and precision of their pooled features with a threshold that the
+    examples stay below (a colour photo lies ten times further out than the threshold)."""
     torch.manual_seed(0)
-    BrainResNetForImageClassification(BrainResNetConfig()).save_pretrained(folder)
-    BrainResNetImageProcessor().save_pretrained(folder)
+    model, processor = BrainResNetForImageClassification(BrainResNetConfig()).eval(), BrainResNetImageProcessor()
+    with torch.no_grad():
+        pixel_values = processor([Image.open(path) for path in EXAMPLES], return_tensors="pt")["pixel_values"]
+        features = model.brain_resnet(pixel_values).pooler_output.flatten(1)
+    means = features.reshape(4, 2, -1).mean(dim=1)  # EXAMPLES: two slices per class, in label order
+    precision = torch.diag(1 / features.var(dim=0).clamp(min=1e-6))
+    model.set_familiarity(means, precision, threshold=1.0)
+    model.set_familiarity(means, precision, threshold=2 * model.familiarity_distance(features).max().item())
+    model.config.calibration_temperature = 1.5
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder
 
 
@@ -99,8 +119,11 @@ def confidences(answer) -> dict[str, float]:
 
 
 def assert_full_answer(answer) -> None:
-    """Four class probabilities, the Grad-CAM overlay, the SE plot, four stage maps and three stem maps."""
-    label, cam, se_plot, stage_maps, stem_maps = answer
+    """Four class probabilities, the assessment, the Grad-CAM overlay, the SE plot, four stage maps and three stem
+    maps."""
+    label, trust, cam, se_plot, stage_maps, stem_maps = answer
+    assert set(trust) == {"unfamiliar", "unfamiliarity", "warnings"}
+    assert trust["unfamiliar"] == (trust["unfamiliarity"] > 1)
     assert sorted(confidences(answer)) == LABELS
     assert sum(confidences(answer).values()) == pytest.approx(1.0, abs=1e-4)
     assert label["label"] == max(confidences(answer), key=confidences(answer).get)
@@ -233,7 +256,8 @@ def test_release_model_analyses_an_example():
 
 
 def test_colour_pictures_get_a_note_and_grayscale_slices_in_any_format_do_not(tmp_path):
-    """Photos and colour maps are flagged; MRI slices are not, whether stored as L, RGB (Br35H), 16 bit or DICOM."""
+    """Photos and colour maps are flagged; MRI slices are not, whether stored as L, RGB (Br35H), 16 bit or DICOM.
+    The photo is also far from the model's training features: unfamiliar."""
     slices = [Image.open(path) for path in EXAMPLES]  # figshare slices are L, Br35H slices RGB
     assert {image.mode for image in slices} == {"L", "RGB"}
     brain = brain_like(256)
@@ -245,11 +269,21 @@ def test_colour_pictures_get_a_note_and_grayscale_slices_in_any_format_do_not(tm
     coloured = [Image.fromarray(photo), Image.fromarray(photo).convert("P"), photo.astype(np.uint16) * 257]
     assert [app.colour_note(image) for image in coloured] == [app.COLOUR_NOTE] * len(coloured)
 
-    Image.fromarray(photo).save(tmp_path / "photo.png")
-    model_dir = save_random_model(tmp_path / "model")
-    analyser = app.SliceAnalyser(*app.load_model(str(model_dir)))
-    assert analyser.analyse(tmp_path / "photo.png").notes == [app.COLOUR_NOTE]
-    assert analyser.analyse(EXAMPLES[0]).notes == []
+    analyser = app.SliceAnalyser(*app.load_model(str(save_random_model(tmp_path / "model"))))
+    photo_analysis = analyser.analyse(colour_photo(tmp_path / "photo.png"))
+    assert photo_analysis.notes == [app.COLOUR_NOTE, app.UNFAMILIAR_NOTE] and photo_analysis.unfamiliarity > 1
+    example_analysis = analyser.analyse(EXAMPLES[0])
+    assert example_analysis.notes == [] and 0 < example_analysis.unfamiliarity < 1
+
+
+def test_probabilities_are_the_models_calibrated_ones(tmp_path):
+    model, processor = app.load_model(str(save_random_model(tmp_path / "model")))
+    analysis = app.SliceAnalyser(model, processor).analyse(EXAMPLES[0])
+    with torch.no_grad():
+        logits = model.classifier(model.brain_resnet(processor(Image.open(EXAMPLES[0]))["pixel_values"]).pooler_output)
+    expected = torch.softmax(logits / 1.5, dim=1)[0].tolist()
+    assert list(analysis.probabilities.values()) == pytest.approx(expected, abs=1e-5)
+    assert "calibrated" in app.model_status(model.config) and "unfamiliar" in app.model_status(model.config)
 
 
 def test_a_model_without_multiscale_stem_or_se_still_gets_its_maps(tmp_path):
@@ -261,6 +295,7 @@ def test_a_model_without_multiscale_stem_or_se_still_gets_its_maps(tmp_path):
     analysis = analyser.analyse(EXAMPLES[0])
 
     assert analysis.se_plot is None and analysis.stem_maps == []
+    assert analysis.unfamiliarity is None and analysis.notes == []  # no detector: no warning, no error
     assert [caption for _, caption in analysis.stage_maps][0] == "stage 1: 64 channels (no SE: channel mean)"
     assert analysis.grad_cams.maps.shape == (4, 224, 224)
 
@@ -377,11 +412,19 @@ def test_predict_is_the_one_public_endpoint_taking_one_image(client):
 
     assert list(endpoints) == ["/predict"]
     assert len(endpoints["/predict"]["parameters"]) == 1
-    assert len(endpoints["/predict"]["returns"]) == 5
+    assert len(endpoints["/predict"]["returns"]) == 6
 
 
 def test_predict_returns_probabilities_and_every_map(client):
-    assert_full_answer(predict(client, EXAMPLES[0]))
+    answer = predict(client, EXAMPLES[0])
+    assert_full_answer(answer)
+    assert answer[1]["unfamiliar"] is False and answer[1]["warnings"] == []
+
+
+def test_api_says_when_an_upload_is_unfamiliar(client, tmp_path):
+    answer = predict(client, colour_photo(tmp_path / "photo.png"))
+    assert_full_answer(answer)
+    assert answer[1]["unfamiliar"] is True and answer[1]["warnings"] == [app.COLOUR_NOTE, app.UNFAMILIAR_NOTE]
 
 
 def test_a_dicom_slice_without_file_extension_is_analysed(client, tmp_path):

@@ -7,11 +7,9 @@ import base64
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
-from test_space import EXAMPLES, LABELS, app, launch_space, save_random_model, stop
+from test_space import EXAMPLES, LABELS, app, colour_photo, launch_space, save_random_model, stop
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -139,15 +137,14 @@ def test_bad_upload_shows_its_message_on_the_page(page, tmp_path, write_file, me
     expect(page.locator(CAM_IMAGE)).to_have_count(0)
 
 
-def test_colour_photo_is_answered_with_a_visible_warning(page, tmp_path):
-    photo = tmp_path / "holiday.png"
-    pixels = np.zeros((120, 160, 3), np.uint8)
-    pixels[..., 0], pixels[..., 1] = np.linspace(0, 255, 160), 90
-    Image.fromarray(pixels).save(photo)
-
-    page.set_input_files(UPLOAD_INPUT, str(photo))
+def test_colour_photo_is_answered_with_visible_colour_and_unfamiliar_warnings(page, tmp_path):
+    page.set_input_files(UPLOAD_INPUT, str(colour_photo(tmp_path / "holiday.png")))
 
     expect(page.get_by_text("This image is in colour, but MRI slices are grayscale")).to_be_visible(
         timeout=ANSWER_TIMEOUT_MS
     )
+    expect(page.get_by_text("This slice is unlike the slices the model was trained on")).to_be_visible(
+        timeout=ANSWER_TIMEOUT_MS
+    )
     expect_four_probabilities(page)
+    expect(page.locator("#assessment")).to_contain_text("unfamiliarity")

@@ -1,0 +1,59 @@
+"""Fit a trained model's honest outputs on slices it did not train on: a calibration temperature and the
+familiarity detector that the model then carries (see modeling.BrainResNetConfig).
+
+- Temperature scaling (Guo et al., 2017): one scalar divides the logits so that the held-out negative
+  log-likelihood is lowest. The argmax, hence accuracy, is unchanged; a network trained from scratch on a few
+  thousand slices is usually over-confident, and a temperature above 1 says by how much.
+- Familiarity (Lee et al., 2018): class means of the training slices' pooled features and one shared covariance,
+  shrunk by Ledoit-Wolf (512 features from a few thousand slices); a slice's score is its squared Mahalanobis
+  distance to the nearest class mean. The threshold is a quantile of held-out slices' scores, so that at most
+  1 - quantile of slices like the training data raise the "unfamiliar" warning.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.covariance import LedoitWolf
+
+UNFAMILIAR_QUANTILE = 0.95  # at most 5% of held-out slices like the training data are called unfamiliar
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature minimising the negative log-likelihood of held-out logits (LBFGS on its logarithm)."""
+    logits, labels = logits.detach().float(), labels.long()
+    log_temperature = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_temperature], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_temperature.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_temperature.detach().exp())
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by each bin's share of slices."""
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    which = np.clip(np.digitize(confidence, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    return float(
+        sum(
+            np.mean(which == b) * abs(correct[which == b].mean() - confidence[which == b].mean())
+            for b in range(bins)
+            if np.any(which == b)
+        )
+    )
+
+
+def fit_familiarity(features: np.ndarray, labels: np.ndarray, num_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means (num_labels, features) and the Ledoit-Wolf precision of the class-centred features."""
+    means = np.stack([features[labels == label].mean(axis=0) for label in range(num_labels)])
+    precision = LedoitWolf(assume_centered=True).fit(features - means[labels]).precision_
+    return torch.from_numpy(means).float(), torch.from_numpy(precision).float()
+
+
+def unfamiliar_threshold(held_out_distances: np.ndarray, quantile: float = UNFAMILIAR_QUANTILE) -> float:
+    """The distance above which a slice counts as unfamiliar: the held-out distances' `quantile`."""
+    return float(np.quantile(held_out_distances, quantile))

@@ -1,0 +1,91 @@
+"""Calibrated probabilities and the unfamiliar-image detector: the fitting (brain_resnet.calibration) and what the
+model carries and returns (modeling)."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageClassification
+
+from brain_resnet.calibration import expected_calibration_error, fit_familiarity, fit_temperature, unfamiliar_threshold
+from modeling import BrainResNetConfig, BrainResNetForImageClassification
+
+
+def test_temperature_scaling_recovers_the_temperature_that_made_the_labels():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(20_000, 4, generator=generator) * 4
+    labels = torch.multinomial(torch.softmax(logits / 2.5, dim=1), 1, generator=generator)[:, 0]
+
+    assert fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.05)
+
+
+def test_calibration_error_of_known_cases():
+    overconfident = np.tile([0.9, 0.05, 0.05], (100, 1))  # says 90%, right half the time
+    labels = np.array([0, 1] * 50)
+    assert expected_calibration_error(overconfident, labels) == pytest.approx(0.4)
+    assert expected_calibration_error(overconfident, np.zeros(100, dtype=int)) == pytest.approx(0.1)
+    honest = np.tile([0.5, 0.5, 0.0], (100, 1))  # says 50% (argmax class 0), right half the time
+    assert expected_calibration_error(honest, labels) == pytest.approx(0.0)
+
+
+def test_familiarity_fit_gives_class_means_and_the_shared_precision():
+    rng = np.random.default_rng(0)
+    covariance = np.array([[2.0, 0.5], [0.5, 1.0]])
+    labels = np.repeat([0, 1, 2], 3000)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    features = centres[labels] + rng.multivariate_normal([0, 0], covariance, size=len(labels))
+
+    means, precision = fit_familiarity(features, labels, num_labels=3)
+
+    assert means.numpy() == pytest.approx(centres, abs=0.1)
+    assert precision.numpy() == pytest.approx(np.linalg.inv(covariance), abs=0.05)
+    assert unfamiliar_threshold(np.arange(101.0)) == pytest.approx(95.0)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """A random model made honest: temperature 2, class means and precision of 512 features, threshold 50."""
+    torch.manual_seed(0)
+    model = BrainResNetForImageClassification(BrainResNetConfig()).eval()
+    means, precision = torch.randn(4, 512), torch.eye(512) * 0.5
+    model.set_familiarity(means, precision, threshold=50.0)
+    model.config.calibration_temperature = 2.0
+    folder = tmp_path_factory.mktemp("calibrated")
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def test_model_divides_logits_by_its_temperature_and_scores_unfamiliarity(calibrated):
+    model, _ = calibrated
+    pixel_values = torch.randn(3, 1, 64, 64)
+    with torch.no_grad():
+        outputs = model(pixel_values)
+        pooled = model.brain_resnet(pixel_values).pooler_output.flatten(1)
+        raw_logits = model.classifier(pooled)
+
+    assert torch.allclose(outputs.logits, raw_logits / 2.0, atol=1e-5)
+    nearest = torch.stack([((pooled - mean) ** 2).sum(dim=1) * 0.5 for mean in model.familiarity_means]).amin(dim=0)
+    assert torch.allclose(outputs.unfamiliarity, nearest / 50.0, rtol=1e-4)
+
+
+def test_calibration_and_detector_travel_with_the_saved_model(calibrated):
+    model, folder = calibrated
+    loaded = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    pixel_values = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        expected, got = model(pixel_values), loaded(pixel_values)
+
+    assert loaded.config.calibration_temperature == 2.0 and loaded.config.familiarity_threshold == 50.0
+    assert torch.allclose(got.logits, expected.logits, atol=1e-5)
+    assert torch.allclose(got.unfamiliarity, expected.unfamiliarity, rtol=1e-4)
+
+
+def test_a_model_without_detector_returns_no_unfamiliarity_and_bad_settings_are_refused():
+    model = BrainResNetForImageClassification(BrainResNetConfig()).eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(1, 1, 64, 64))
+
+    assert outputs.unfamiliarity is None and not hasattr(model, "familiarity_means")
+    with pytest.raises(ValueError, match="calibration_temperature must be positive"):
+        BrainResNetConfig(calibration_temperature=0)
+    with pytest.raises(ValueError, match="familiarity_threshold must be positive"):
+        BrainResNetConfig(familiarity_threshold=-1.0)

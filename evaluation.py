@@ -46,12 +46,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
-from torch.utils.flop_counter import FlopCounterMode
 from transformers.utils import logging as transformers_logging
 
-import train
-from modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
-from train import UsageError
+from brain_resnet.cli import UsageError, number
+from brain_resnet.data import Table, decode_images, load_table, open_image
+from brain_resnet.engine import logits_function, model_config, model_input, native_bf16
+from brain_resnet.folds import PROTOCOL_NAMES
+from brain_resnet.metrics import forward_flops
+from brain_resnet.modeling import VARIANTS, BrainResNetForImageClassification, BrainResNetImageProcessor
+from brain_resnet.runs import has_weights, read_json, write_json
 
 NOTUMOR = "notumor"
 TUMOR = "tumor"  # an external folder of tumor slices of unknown type
@@ -66,7 +69,6 @@ CORRUPTIONS = {
     "rotation": (5, 10, 20),
 }
 SHORTCUT_TESTS = ("tumor_as_br35h", "notumor_as_figshare")
-PROTOCOL_NAMES = {"random": "stratified", "grouped": "grouped"}  # train.py's --protocol -> the name results use
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # Folder names of public brain-MRI sets, read as the model's labels: Br35H's yes/no and the *_tumor / no_tumor
 # folders of Kaggle's "Brain Tumor Classification (MRI)".
@@ -185,12 +187,12 @@ def load_model(folder: Path, device: torch.device) -> tuple[torch.nn.Module, Bra
 
 
 def load_run(path: Path, device: torch.device) -> Run:
-    saved = train.read_json(path / "run_args.json")
+    saved = read_json(path / "run_args.json")
     if saved is None:
         raise UsageError(f"{path} is not a train.py run (no run_args.json)")
     folds = []
     for folder in sorted(path.glob("fold-*"), key=lambda p: int(p.name.split("-")[1])):
-        if train.has_weights(folder):
+        if has_weights(folder):
             model, processor = load_model(folder, device)
             folds.append(FoldModel(int(folder.name.split("-")[1]), model, processor))
     if not folds:
@@ -201,19 +203,19 @@ def load_run(path: Path, device: torch.device) -> Run:
 @torch.no_grad()
 def predict(model, images: torch.Tensor, processor, device, batch_size: int) -> torch.Tensor:
     """Class probabilities of uint8 (N, 1, S, S) slices, as train.py's evaluation computes them."""
-    forward = train.logits_function(model, device, bf16=train.native_bf16())  # as train.py's default evaluates
+    forward = logits_function(model, device, bf16=native_bf16())  # as train.py's default evaluates
     probs = [
-        torch.softmax(forward(train.model_input(batch.to(device).float().div_(255), processor)), dim=1).cpu()
+        torch.softmax(forward(model_input(batch.to(device).float().div_(255), processor)), dim=1).cpu()
         for batch in images.split(batch_size)
     ]
     return torch.cat(probs) if probs else torch.empty(0, model.config.num_labels)
 
 
-def decoded(table: train.Table, rows: np.ndarray, processor, sizes: list[int], alter, workers: int) -> dict:
+def decoded(table: Table, rows: np.ndarray, processor, sizes: list[int], alter, workers: int) -> dict:
     """{size: uint8 tensor} of table.images[rows] through the processor, each altered first by alter(row, image)."""
     images = [table.images[row] for row in rows]
     transform = None if alter is None else lambda i, image: alter(int(rows[i]), image)
-    return dict(zip(sizes, train.decode_images(images, processor, sizes, workers, transform), strict=True))
+    return dict(zip(sizes, decode_images(images, processor, sizes, workers, transform), strict=True))
 
 
 def common_processor(runs: list[Run]) -> BrainResNetImageProcessor:
@@ -303,13 +305,13 @@ def robustness(args: argparse.Namespace) -> dict:
     if len(datasets) > 1:
         raise UsageError(f"the runs were trained on different datasets ({', '.join(sorted(datasets))})")
     dataset = args.dataset or datasets.pop()
-    tables = {p: train.load_table(dataset, p, with_test=False) for p in {run.settings["protocol"] for run in runs}}
+    tables = {p: load_table(dataset, p, with_test=False) for p in {run.settings["protocol"] for run in runs}}
     table = next(iter(tables.values()))
     labels, class_names = table.labels, table.class_names
     if NOTUMOR not in class_names:
         raise UsageError(f"the dataset has no {NOTUMOR!r} class (its classes: {', '.join(class_names)})")
     notumor = class_names.index(NOTUMOR)
-    notumor_sizes = [train.open_image(table.images[i]).size for i in np.flatnonzero(labels == notumor)]
+    notumor_sizes = [open_image(table.images[i]).size for i in np.flatnonzero(labels == notumor)]
     sizes = sorted({fold.size for run in runs for fold in run.folds})
     processor = common_processor(runs)
     rows_of = {
@@ -460,7 +462,7 @@ def external(args: argparse.Namespace) -> dict:
     for file, truth in files:
         try:
             data = file.read_bytes()
-            train.open_image(data)
+            open_image(data)
         except Exception as error:  # a broken or non-image file is reported and skipped, not fatal
             unreadable.append(f"{file}: {error}")
             continue
@@ -481,7 +483,7 @@ def external(args: argparse.Namespace) -> dict:
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         key = processor.to_json_string()
         if key not in caches:
-            (caches[key],) = train.decode_images(images, processor, [processor.size], args.workers)
+            (caches[key],) = decode_images(images, processor, [processor.size], args.workers)
         probs = predict(model, caches[key], processor, device, args.batch_size)
         predicted = [names[i] for i in probs.argmax(dim=1).tolist()]
         result["models"][str(path)] = external_metrics(truths, predicted) | {
@@ -502,23 +504,15 @@ def print_external(result: dict) -> None:
 
 
 # ---------------------------------------------------------------- summary of runs
-def forward_flops(model: torch.nn.Module, image_size: int, num_channels: int) -> int:
-    """Forward FLOPs (multiply-adds counted as 2) of one image, on the CPU in float32."""
-    model = model.to("cpu", torch.float32).eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, num_channels, image_size, image_size))
-    return counter.get_total_flops()
-
-
 def variant_name(model: str) -> str:
     """A VARIANTS name as given, or a CONFIG.json's file name without its suffix."""
-    return model if model in train.VARIANTS else Path(model).stem
+    return model if model in VARIANTS else Path(model).stem
 
 
 def summarize_runs(paths: list[Path], robustness_files: list[Path]) -> dict:
     groups = {}  # (protocol, variant) -> finished runs
     for path in paths:
-        results = train.read_json(path / "cv_results.json")
+        results = read_json(path / "cv_results.json")
         if results is None or not results.get("folds"):
             raise UsageError(f"{path} is not a finished train.py cross-validation run (no folds in cv_results.json)")
         settings = results["args"]["settings"]
@@ -526,7 +520,7 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path]) -> dict:
         groups.setdefault(key, []).append((path, results))
     shortcut = {}  # run path -> robustness entry
     for file in robustness_files:
-        report = train.read_json(file)
+        report = read_json(file)
         if report is None or "runs" not in report:
             raise UsageError(f"{file} is not an `evaluation.py robustness` output")
         shortcut |= {str(Path(run).resolve()): entry for run, entry in report["runs"].items()}
@@ -536,7 +530,7 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path]) -> dict:
         folds = [fold for _, results in runs for fold in results["folds"].values()]
         first = runs[0][1]
         settings = first["args"]["settings"]
-        config = train.model_config(settings["model"], first["class_names"])
+        config = model_config(settings["model"], first["class_names"])
         flops = forward_flops(BrainResNetForImageClassification(config), settings["image_size"], config.num_channels)
         entry = {
             "runs": [str(path) for path, _ in runs],
@@ -595,8 +589,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--output", type=Path, help="JSON file to write (default: print only)")
-    common.add_argument("--batch-size", type=train.number(int, 1), default=256)
-    common.add_argument("--workers", type=train.number(int, 1), default=None, help="decoding threads (default: CPUs)")
+    common.add_argument("--batch-size", type=number(int, 1), default=256)
+    common.add_argument("--workers", type=number(int, 1), default=None, help="decoding threads (default: CPUs)")
 
     robust = commands.add_parser("robustness", parents=[common], help="corruptions and shortcut stress tests")
     robust.add_argument("runs", nargs="+", type=Path, help="train.py output folders of cross-validation runs")
@@ -606,7 +600,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda text: set(text.split(",")),
         help=f"comma list of tests to run: {', '.join([*CORRUPTIONS, *SHORTCUT_TESTS])} (default: all)",
     )
-    robust.add_argument("--seed", type=train.number(int, 0), default=0, help="of the per-slice alterations")
+    robust.add_argument("--seed", type=number(int, 0), default=0, help="of the per-slice alterations")
 
     ext = commands.add_parser("external", parents=[common], help="accuracy on slices from another source")
     ext.add_argument("data", type=Path, help="folder with one folder of slices per class (or 'tumor')")
@@ -644,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     show(result)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        train.write_json(args.output, result)
+        write_json(args.output, result)
         if args.command == "robustness":
             plot_robustness(result, args.output.with_suffix(".png"))
         print(f"wrote {args.output}")

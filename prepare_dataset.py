@@ -9,10 +9,8 @@ be an image. OUT becomes a Hub dataset repository folder: ``data/<split>-0000i-o
 holding the original image bytes, and a README.md dataset card. Every file is decoded before
 anything is written; if one is bad, nothing is.
 
-The grouping and fold functions are there for the trainer too; importing this module loads only
-numpy, PIL and tqdm (datasets, scikit-learn and scipy load in the functions that use them):
-
-    from prepare_dataset import assign_folds, image_hashes, near_duplicate_groups
+The near-duplicate grouping and the folds come from ``brain_resnet.folds``, which train.py uses too
+for a dataset without fold columns.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ import shutil
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -36,18 +34,22 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm import tqdm
 
+from brain_resnet.folds import (
+    FOLD_COLUMNS,
+    HASH_SIZE,
+    NO_FOLD,
+    PHASH_MAX_DISTANCE,
+    SHARE_TOLERANCE,
+    assign_folds,
+    class_share_deviation,
+    image_hashes,
+    near_duplicate_groups,
+)
+
 if TYPE_CHECKING:
     import datasets
 
-HASH_SIZE = 16  # 16x16 = 256-bit hashes
-# Perceptual-hash bits two slices may differ in and still be one near-duplicate group. Measured on
-# brain-tumor-mri-4k: the first link between two classes (so between two patients) appears at 36 and
-# clusters stay small (largest 33 images); 32 keeps a margin and still joins the re-saved copies of
-# one Br35H slice that differ in size and contrast.
-PHASH_MAX_DISTANCE = 32
 SPLIT_FOLDERS = {"training": "train", "testing": "test"}
-NO_FOLD = -1  # the fold of test-split images, which take no part in cross-validation
-SHARE_TOLERANCE = 1.5  # points a class's share in a fold may differ from its share overall
 MAX_SHARD_BYTES = 500_000_000  # as datasets' push_to_hub
 
 
@@ -81,102 +83,6 @@ KNOWN_SOURCES = {
         "terms on its Kaggle page before redistributing.",
     ),
 }
-
-
-# ---------------------------------------------------------------- near-duplicate groups and folds
-def image_hashes(image: Image.Image, hash_size: int = HASH_SIZE) -> np.ndarray:
-    """Average hash and DCT perceptual hash of ``image``, packed: uint8 array (2, hash_size**2 // 8)."""
-    import imagehash
-
-    bits = np.stack([imagehash.average_hash(image, hash_size).hash, imagehash.phash(image, hash_size).hash])
-    return np.packbits(bits.reshape(2, -1), axis=1)
-
-
-def near_duplicate_groups(
-    hashes: Sequence[np.ndarray] | np.ndarray, max_phash_distance: int = PHASH_MAX_DISTANCE
-) -> list[int]:
-    """Near-duplicate group id of each image: 0, 1, ... in order of first appearance.
-
-    ``hashes`` holds one ``image_hashes`` result per image. Two images are linked when their average
-    hashes are identical or their perceptual hashes differ in at most ``max_phash_distance`` bits, so
-    byte-identical files always share a group. Groups are the connected components of these links: a
-    group may chain images that are not all pairwise close.
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    hashes = np.asarray(hashes, dtype=np.uint8)
-    n = len(hashes)
-    if n == 0:
-        return []
-    equal_rows, equal_cols = _equal_pairs([h.tobytes() for h in hashes[:, 0]])
-    close_rows, close_cols = _close_pairs(hashes[:, 1], max_phash_distance)
-    rows, cols = np.concatenate([equal_rows, close_rows]), np.concatenate([equal_cols, close_cols])
-    graph = coo_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(n, n))
-    _, component = connected_components(graph, directed=False)
-    first_seen: dict[int, int] = {}
-    return [first_seen.setdefault(c, len(first_seen)) for c in component.tolist()]
-
-
-def _equal_pairs(keys: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (first index with this key, later index) for every repeated key."""
-    first: dict[Hashable, int] = {}
-    pairs = [(first.setdefault(key, j), j) for j, key in enumerate(keys)]
-    pairs = [(i, j) for i, j in pairs if i != j]
-    return np.array([i for i, _ in pairs], dtype=np.int64), np.array([j for _, j in pairs], dtype=np.int64)
-
-
-def _close_pairs(bits: np.ndarray, max_distance: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i < j) of packed bit rows that differ in at most ``max_distance`` bits."""
-    x = np.unpackbits(bits, axis=1).astype(np.float32)
-    ones = x.sum(axis=1)
-    found_i, found_j = [], []
-    for start in range(0, len(x), block):
-        # Hamming distance = ones(a) + ones(b) - 2 a.b, one matrix product per block of rows against
-        # itself and every later row (the upper triangle), in bounded memory; exact in float32.
-        rows = slice(start, start + block)
-        distance = ones[rows, None] + ones[None, start:] - 2 * (x[rows] @ x[start:].T)
-        i, j = np.nonzero(distance <= max_distance)
-        keep = i < j
-        found_i.append(i[keep] + start)
-        found_j.append(j[keep] + start)
-    return np.concatenate(found_i), np.concatenate(found_j)
-
-
-def assign_folds(
-    labels: Sequence[Hashable], groups: Sequence[int], n_folds: int = 5, seed: int = 0
-) -> tuple[list[int], list[int]]:
-    """Cross-validation fold (0..n_folds-1) of each example under two protocols, same for the same seed.
-
-    Returns ``(fold, fold_random)``: ``fold`` from scikit-learn's StratifiedGroupKFold (class shares
-    kept, no group split across folds: leak-free); ``fold_random`` from StratifiedKFold, the plain
-    stratified folds most papers use, where near-duplicates may land in different folds.
-    """
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
-    y = np.asarray(labels)
-    x = np.zeros(len(y))
-    grouped = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, y, groups)
-    plain = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, y)
-    return _fold_of_each(grouped, len(y)), _fold_of_each(plain, len(y))
-
-
-def _fold_of_each(splits: Iterable[tuple[np.ndarray, np.ndarray]], n: int) -> list[int]:
-    fold = np.full(n, NO_FOLD)
-    for k, (_, held_out) in enumerate(splits):
-        fold[held_out] = k
-    return fold.tolist()
-
-
-def class_share_deviation(labels: Sequence[Hashable], folds: Sequence[int]) -> float:
-    """Largest gap, in percentage points, between a class's share in a fold and its share overall."""
-    labels, folds = np.asarray(labels), np.asarray(folds)
-    classes = np.unique(labels)
-    overall = np.array([np.mean(labels == c) for c in classes])
-    return max(
-        100 * np.abs(np.array([np.mean(labels[folds == k] == c) for c in classes]) - overall).max()
-        for k in np.unique(folds)
-    )
 
 
 # ---------------------------------------------------------------- reading the source tree
@@ -318,8 +224,7 @@ class Table:
             "file": [self.slices[i].entry.file for i in rows],
             "source": [self.source[i] for i in rows],
             "group": self.group[rows].tolist(),
-            "fold": self.fold[rows].tolist(),
-            "fold_random": self.fold_random[rows].tolist(),
+            **{column: getattr(self, column)[rows].tolist() for column in FOLD_COLUMNS.values()},
         }
 
     @property
@@ -418,7 +323,7 @@ def identical_text(stats: GroupStats, separator: str) -> str:
 
 def deviations(table: Table) -> dict[str, float]:
     train = table.split == "train"
-    return {p: class_share_deviation(table.label[train], getattr(table, p)[train]) for p in ("fold", "fold_random")}
+    return {p: class_share_deviation(table.label[train], getattr(table, p)[train]) for p in FOLD_COLUMNS.values()}
 
 
 def summary(table: Table, stats: GroupStats) -> str:
@@ -638,8 +543,7 @@ def dataset_features(classes: Sequence[str]) -> datasets.Features:
             "file": Value("string"),
             "source": Value("string"),
             "group": Value("int32"),
-            "fold": Value("int32"),
-            "fold_random": Value("int32"),
+            **{column: Value("int32") for column in FOLD_COLUMNS.values()},
         }
     )
 

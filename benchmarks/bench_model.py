@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluation import forward_flops  # noqa: E402
-from modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
+from brain_resnet.metrics import forward_flops  # noqa: E402
+from brain_resnet.modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification  # noqa: E402
 
 COMPARED = ("improved", "resnet34")
 

@@ -22,27 +22,29 @@ import torch
 from accelerate import Accelerator
 from transformers import get_cosine_schedule_with_warmup
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train  # noqa: E402
-from modeling import BrainResNetForImageClassification, BrainResNetImageProcessor  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
+from brain_resnet.data import CACHE_MARGIN  # noqa: E402
+from brain_resnet.engine import build_optimizer, logits_function, model_config, native_bf16, train_step  # noqa: E402
+from brain_resnet.modeling import VARIANTS, BrainResNetForImageClassification, BrainResNetImageProcessor  # noqa: E402
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 
 
 def measure(name: str, args, accelerator: Accelerator, bf16: bool, layout: torch.memory_format) -> dict:
-    """Warm-up seconds and timed images/s of train.train_step for one model variant, precision and layout."""
+    """Warm-up seconds and timed images/s of train.py's step (engine.train_step) for one model variant, precision
+    and layout."""
     device = accelerator.device
     torch.manual_seed(0)
-    config = train.model_config(name, CLASSES)
+    config = model_config(name, CLASSES)
     model = BrainResNetForImageClassification(config)
     model.to(device, memory_format=layout)
     params = sum(p.numel() for p in model.parameters())
-    optimizer = train.build_optimizer(model, lr=1e-3, weight_decay=0.05, fused=device.type == "cuda")
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05, fused=device.type == "cuda")
     total = args.warmup + args.steps
     scheduler = get_cosine_schedule_with_warmup(optimizer, total // 10, total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     compiled = torch.compile(model, mode=args.compile_mode) if args.compile else model
-    logits = train.logits_function(compiled, device, bf16=bf16)
+    logits = logits_function(compiled, device, bf16=bf16)
 
     def forward(pixel_values: torch.Tensor) -> torch.Tensor:
         return logits(pixel_values.contiguous(memory_format=layout))
@@ -50,7 +52,7 @@ def measure(name: str, args, accelerator: Accelerator, bf16: bool, layout: torch
     processor = BrainResNetImageProcessor(size=args.image_size)
     step_args = SimpleNamespace(image_size=args.image_size, label_smoothing=0.1, remap_prob=0.5)
 
-    cache_size = round(args.image_size * train.CACHE_MARGIN)
+    cache_size = round(args.image_size * CACHE_MARGIN)
     images = torch.randint(0, 256, (4 * args.batch_size, 1, cache_size, cache_size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, len(CLASSES), (len(images),), device=device)
 
@@ -58,7 +60,7 @@ def measure(name: str, args, accelerator: Accelerator, bf16: bool, layout: torch
         started = time.perf_counter()
         for _ in range(steps):
             rows = torch.randint(0, len(images), (args.batch_size,), device=device)
-            loss, _ = train.train_step(
+            loss, _ = train_step(
                 forward, optimizer, scheduler, accelerator, images[rows], labels[rows], step_args, processor
             )
         loss.item()  # waits for the device
@@ -73,7 +75,7 @@ def measure(name: str, args, accelerator: Accelerator, bf16: bool, layout: torch
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="improved,resnet34", help=f"comma list of {', '.join(train.VARIANTS)}")
+    parser.add_argument("--models", default="improved,resnet34", help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=50)
@@ -99,7 +101,7 @@ def main():
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    bf16 = train.native_bf16()  # what train.py's --mixed-precision auto picks
+    bf16 = native_bf16()  # what train.py's --mixed-precision auto picks
     precision = f"{'bf16 autocast' if bf16 else 'float32'}, channels_last"
     compiled = f"torch.compile mode {args.compile_mode}" if args.compile else "eager"
     print(f"device: {name}; torch {torch.__version__}; {precision}; {compiled}")

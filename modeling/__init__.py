@@ -1,4 +1,6 @@
-"""Improved ResNet34 for brain-tumor MRI classification as a Hugging Face custom model (arXiv 2512.03751)."""
+"""Improved ResNet34 for brain-tumor MRI classification as a Hugging Face custom model (arXiv 2512.03751).
+
+Installed as brain_resnet.modeling (brain_resnet/modeling links to this folder)."""
 
 from .configuration_brain_resnet import VARIANTS, BrainResNetConfig
 from .image_processing_brain_resnet import BrainResNetImageProcessor

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling import BrainResNetConfig, BrainResNetForImageClassification
+from brain_resnet.modeling import BrainResNetConfig, BrainResNetForImageClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "space"))
 import explain  # noqa: E402

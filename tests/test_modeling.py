@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling import (
+from brain_resnet.modeling import (
     BrainResNetConfig,
     BrainResNetForImageClassification,
     BrainResNetImageProcessor,

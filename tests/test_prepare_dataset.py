@@ -16,6 +16,7 @@ from huggingface_hub import DatasetCard
 from PIL import Image
 
 import prepare_dataset as prep
+from brain_resnet import folds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -131,7 +132,7 @@ def test_folds_are_stratified_and_keep_near_duplicates_together(prepared):
     folds_of_group = defaultdict(set)
     for r in rows.values():
         folds_of_group[r["group"]].add(r["fold"])
-    assert all(len(folds) == 1 for folds in folds_of_group.values())
+    assert all(len(group_folds) == 1 for group_folds in folds_of_group.values())
     for protocol in ("fold", "fold_random"):
         counts = np.zeros((len(CLASSES), 3), int)
         for r in rows.values():
@@ -180,10 +181,10 @@ def realistic_labels_and_groups(rng: np.random.Generator) -> tuple[np.ndarray, n
 
 def test_assign_folds_meets_the_share_tolerance_without_splitting_groups():
     labels, groups = realistic_labels_and_groups(np.random.default_rng(0))
-    fold, fold_random = prep.assign_folds(labels, groups, n_folds=5, seed=0)
+    fold, fold_random = folds.assign_folds(labels, groups, n_folds=5, seed=0)
     assert sorted(set(fold)) == sorted(set(fold_random)) == [0, 1, 2, 3, 4]
-    assert prep.class_share_deviation(labels, fold) <= prep.SHARE_TOLERANCE
-    assert prep.class_share_deviation(labels, fold_random) <= prep.SHARE_TOLERANCE
+    assert folds.class_share_deviation(labels, fold) <= folds.SHARE_TOLERANCE
+    assert folds.class_share_deviation(labels, fold_random) <= folds.SHARE_TOLERANCE
     fold = np.array(fold)
     assert all(len(set(fold[groups == g])) == 1 for g in np.unique(groups))
     # Plain folds ignore groups, so some group straddles folds: the leak `fold` avoids.
@@ -193,8 +194,8 @@ def test_assign_folds_meets_the_share_tolerance_without_splitting_groups():
 
 def test_assign_folds_is_deterministic_per_seed():
     labels, groups = realistic_labels_and_groups(np.random.default_rng(1))
-    assert prep.assign_folds(labels, groups, 5, seed=3) == prep.assign_folds(labels, groups, 5, seed=3)
-    assert prep.assign_folds(labels, groups, 5, seed=3) != prep.assign_folds(labels, groups, 5, seed=4)
+    assert folds.assign_folds(labels, groups, 5, seed=3) == folds.assign_folds(labels, groups, 5, seed=3)
+    assert folds.assign_folds(labels, groups, 5, seed=3) != folds.assign_folds(labels, groups, 5, seed=4)
 
 
 def flipped(bits: np.ndarray, positions: range) -> np.ndarray:
@@ -212,9 +213,9 @@ def test_near_duplicate_groups_links_by_each_rule_and_chains():
     phash[3] = flipped(phash[1], range(40, 70))  # 30 bits from 1, 62 from 0: chained to 0 through 1
     ahash[5] = ahash[4]  # equal average hashes: linked
     hashes = np.stack([ahash, phash], axis=1)
-    assert prep.near_duplicate_groups(hashes) == [0, 0, 1, 0, 2, 2, 3, 4]
-    assert prep.near_duplicate_groups(hashes, max_phash_distance=33) == [0, 0, 0, 0, 1, 1, 2, 3]
-    assert prep.near_duplicate_groups(np.empty((0, 2, 32), np.uint8)) == []
+    assert folds.near_duplicate_groups(hashes) == [0, 0, 1, 0, 2, 2, 3, 4]
+    assert folds.near_duplicate_groups(hashes, max_phash_distance=33) == [0, 0, 0, 0, 1, 1, 2, 3]
+    assert folds.near_duplicate_groups(np.empty((0, 2, 32), np.uint8)) == []
 
 
 def test_image_hashes_shape_and_a_resaved_slice_is_near(brain_mri_data):
@@ -222,12 +223,12 @@ def test_image_hashes_shape_and_a_resaved_slice_is_near(brain_mri_data):
     with Image.open(first) as img:
         buffer = io.BytesIO()
         img.resize((200, 200)).save(buffer, format="JPEG", quality=60)
-        original = prep.image_hashes(img)
-    resaved = prep.image_hashes(Image.open(buffer))
+        original = folds.image_hashes(img)
+    resaved = folds.image_hashes(Image.open(buffer))
     with Image.open(brain_mri_data / "notumor" / RESAVED_TRIO[0]) as img:
-        unrelated = prep.image_hashes(img)
+        unrelated = folds.image_hashes(img)
     assert original.shape == (2, 32) and original.dtype == np.uint8
-    assert prep.near_duplicate_groups([original, resaved, unrelated]) == [0, 0, 1]
+    assert folds.near_duplicate_groups([original, resaved, unrelated]) == [0, 0, 1]
 
 
 def test_bad_files_are_refused_by_name_and_nothing_is_written(tmp_path, brain_mri_data):
@@ -300,7 +301,7 @@ def test_kaggle_style_tree_gives_train_and_test_splits(tmp_path, brain_mri_data,
     ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
     assert sorted(ds) == ["test", "train"]
     assert ds["train"].num_rows == 16 and ds["test"].num_rows == 9
-    assert set(ds["test"]["fold"]) == set(ds["test"]["fold_random"]) == {prep.NO_FOLD}
+    assert set(ds["test"]["fold"]) == set(ds["test"]["fold_random"]) == {folds.NO_FOLD}
     assert set(ds["train"]["fold"]) == set(ds["train"]["fold_random"]) == {0, 1}
     assert all(f.startswith("Training/") for f in ds["train"]["file"])
     test_rows = dict(zip(ds["test"]["file"], ds["test"]["group"], strict=True))

@@ -22,7 +22,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from modeling import BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
+from brain_resnet.modeling import BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE_DIR = ROOT / "space"

@@ -19,8 +19,10 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-import prepare_dataset
 import train
+from brain_resnet import data, engine, folds, hub, reports, runs
+from brain_resnet.augment import augment, gaussian_blur, remap_intensity
+from brain_resnet.cli import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -145,7 +147,7 @@ def check_cv_results(out: Path, model_params: int | None = None) -> dict:
         assert entry["train_images_per_s"] > 0 and entry["wall_seconds"] > 0 and entry["train_seconds"] > 0
         assert entry["device"] == "cpu" and entry["compile"] is False
         # --mixed-precision auto: bf16 where the CPU has bf16 instructions, float32 elsewhere
-        assert entry["mixed_precision"] == ("bf16" if train.native_bf16() else "no")
+        assert entry["mixed_precision"] == ("bf16" if engine.native_bf16() else "no")
     summary = results["summary"]
     assert summary["folds"] == [0, 1]
     accuracies = [results["folds"][k]["accuracy"] for k in ("0", "1")]
@@ -244,16 +246,16 @@ def test_full_run_makes_a_half_size_release_that_loads_as_float32(workdir, datas
 def test_release_folder_of_the_real_model_is_sharded_below_15_mb_and_loads_exactly(tmp_path):
     """The improved model's release folder: float16 shards of <= 15 MB each (git and the GPU machine's transfer
     limit take them), found by train.py and loaded as float32 weights equal to the float16-rounded originals."""
-    from modeling import BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
+    from brain_resnet.modeling import BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
 
     torch.manual_seed(0)
     model = BrainResNetForImageClassification(BrainResNetConfig())
     folder = tmp_path / "full"
-    train.save_model_folder(model, BrainResNetImageProcessor(size=128), folder, half_storage=True)
+    hub.save_model_folder(model, BrainResNetImageProcessor(size=128), folder, half_storage=True)
     shards = sorted(folder.glob("*.safetensors"))
     assert len(shards) >= 2 and all(shard.stat().st_size <= 15_000_000 for shard in shards)
     assert sum(shard.stat().st_size for shard in shards) <= 40 * 2**20
-    assert train.has_weights(folder)
+    assert runs.has_weights(folder)
     loaded = BrainResNetForImageClassification.from_pretrained(folder)
     assert loaded.dtype == torch.float32
     for name, tensor in model.state_dict().items():
@@ -276,7 +278,7 @@ def test_stopped_run_resumes_and_finishes_with_the_same_folds(workdir, common, e
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert f"Stopped by SIGTERM; continue with: train.py {' '.join(common)}" in stdout
-    assert "1" not in train.read_json(out / "cv_results.json", {}).get("folds", {})
+    assert "1" not in runs.read_json(out / "cv_results.json", {}).get("folds", {})
     stopped_in_fold_0 = not (out / "fold-0" / "model.safetensors").exists()
     if stopped_in_fold_0:  # the usual case; on a very slow machine the signal may land in fold 0's last epoch
         assert list((out / "fold-0" / "checkpoints").glob("epoch-*/progress.json"))
@@ -354,25 +356,25 @@ def write_parquet_dataset(source: Path, dest: Path, drop: list[str]) -> Path:
 
 def test_dataset_without_the_needed_columns_is_refused(dataset, tmp_path):
     unlabelled = write_parquet_dataset(dataset, tmp_path / "unlabelled", drop=["label"])
-    with pytest.raises(train.UsageError, match="has no label column .* make one with prepare_dataset.py"):
-        train.load_table(str(unlabelled), "grouped", with_test=False)
+    with pytest.raises(UsageError, match="has no label column .* make one with prepare_dataset.py"):
+        data.load_table(str(unlabelled), "grouped", with_test=False)
 
 
 @pytest.mark.parametrize("drop", [["fold", "fold_random"], ["fold", "fold_random", "group"]])
 def test_dataset_without_folds_gets_prepare_datasets_folds(dataset, tmp_path, drop):
     stripped = write_parquet_dataset(dataset, tmp_path / "stripped", drop=drop)
-    original, _ = train.read_parquet_folder(dataset)
-    grouped = train.load_table(str(stripped), "grouped", with_test=False)
-    random = train.load_table(str(stripped), "random", with_test=False)
-    fold, fold_random = prepare_dataset.assign_folds(grouped.labels, original["train"]["group"])
+    original, _ = data.read_parquet_folder(dataset)
+    grouped = data.load_table(str(stripped), "grouped", with_test=False)
+    random = data.load_table(str(stripped), "random", with_test=False)
+    fold, fold_random = folds.assign_folds(grouped.labels, original["train"]["group"])
     assert grouped.folds.tolist() == fold  # the 40 test slices have no near-duplicates: a group each
     assert random.folds.tolist() == fold_random
 
 
 def test_parquet_reader_matches_datasets(dataset):
     """The pyarrow fallback (the GPU machine may lack `datasets`) reads what load_dataset reads."""
-    with_datasets, names = train.read_splits(str(dataset))
-    with_pyarrow, pyarrow_names = train.read_parquet_folder(dataset)
+    with_datasets, names = data.read_splits(str(dataset))
+    with_pyarrow, pyarrow_names = data.read_parquet_folder(dataset)
     assert names == pyarrow_names == CLASSES
     assert with_datasets["train"] == with_pyarrow["train"]
 
@@ -381,22 +383,22 @@ def test_augment_gives_random_views_in_range():
     images = torch.randint(0, 256, (6, 1, 74, 74), dtype=torch.uint8)
     torch.manual_seed(0)
     np.random.seed(0)
-    first = train.augment(images, 64)
+    first = augment(images, 64)
     torch.manual_seed(0)
     np.random.seed(0)
-    assert torch.equal(first, train.augment(images, 64))  # reseeding replays it: resuming relies on this
+    assert torch.equal(first, augment(images, 64))  # reseeding replays it: resuming relies on this
     assert first.shape == (6, 1, 64, 64) and first.dtype == torch.float32
     assert first.min() >= 0 and first.max() <= 1
-    assert not torch.equal(first, train.augment(images, 64))
+    assert not torch.equal(first, augment(images, 64))
     still = torch.rand(3, 1, 16, 16)
-    assert torch.allclose(train.gaussian_blur(still, torch.zeros(3)), still, atol=1e-6)
+    assert torch.allclose(gaussian_blur(still, torch.zeros(3)), still, atol=1e-6)
 
 
 def test_intensity_remap_changes_contrast_but_not_background_or_shape():
     torch.manual_seed(0)
     ramp = torch.linspace(0, 1, 61).expand(8, 1, 61, 61).clone()  # every intensity level, the curves' knots too
     ramp[:, :, :8] = 0  # a black border, like the background around a cropped brain
-    remapped = train.remap_intensity(ramp)
+    remapped = remap_intensity(ramp)
     assert remapped.shape == ramp.shape and remapped.min() >= 0 and remapped.max() <= 1
     assert torch.equal(remapped[:, :, :8], ramp[:, :, :8])  # background stays black: framing is not a cue
     assert torch.allclose(remapped.amax(dim=(1, 2, 3)), torch.ones(8))  # the full range is used
@@ -406,11 +408,11 @@ def test_intensity_remap_changes_contrast_but_not_background_or_shape():
     images = torch.randint(0, 256, (6, 1, 74, 74), dtype=torch.uint8)
     torch.manual_seed(1)
     np.random.seed(1)
-    plain = train.augment(images, 64)
+    plain = augment(images, 64)
     torch.manual_seed(1)
     np.random.seed(1)
-    assert torch.equal(plain, train.augment(images, 64, remap_prob=0.0))  # off: the same random stream as before
-    assert not torch.equal(plain, train.augment(images, 64, remap_prob=1.0))
+    assert torch.equal(plain, augment(images, 64, remap_prob=0.0))  # off: the same random stream as before
+    assert not torch.equal(plain, augment(images, 64, remap_prob=1.0))
 
 
 SHARDS = """
@@ -419,8 +421,8 @@ import torch
 from accelerate import Accelerator
 
 sys.path.insert(0, sys.argv[1])
-import train
-from modeling import BrainResNetImageProcessor
+from brain_resnet import engine
+from brain_resnet.modeling import BrainResNetImageProcessor
 
 accelerator = Accelerator(cpu=True)
 count, batch = 23, 4
@@ -431,7 +433,7 @@ def echo(pixel_values):  # logits that tell which image they come from
     return pixel_values.mean(dim=(1, 2, 3))[:, None].repeat(1, 4)
 
 model, processor = torch.nn.Identity(), BrainResNetImageProcessor()
-logits = train.predict(echo, model, accelerator, images, rows, batch, processor)
+logits = engine.predict(echo, model, accelerator, images, rows, batch, processor)
 expected = (images[rows].float().div(255) - 0.5).div(0.5).mean(dim=(1, 2, 3))
 assert torch.allclose(logits[:, 0], expected), (logits[:, 0], expected)
 
@@ -439,12 +441,12 @@ seen = []
 def record(forward, optimizer, scheduler, accelerator, images, labels, args, processor):
     seen.append(images[:, 0, 0, 0].long() // 10)
     return torch.zeros(()), torch.zeros((), dtype=torch.long)
-train.train_step = record
+engine.train_step = record  # train_epoch calls it through the module
 order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(1))
 args = types.SimpleNamespace(batch_size=batch)
 scheduler = types.SimpleNamespace(get_last_lr=lambda: [0.0])
 data = types.SimpleNamespace(train_images=images, labels=torch.zeros(count, dtype=torch.long))
-train.train_epoch(echo, model, None, scheduler, accelerator, data, rows, order, args, processor)
+engine.train_epoch(echo, model, None, scheduler, accelerator, data, rows, order, args, processor)
 steps = len(rows) // batch
 shares = accelerator.gather(torch.stack(seen)).view(accelerator.num_processes, steps, -1)
 assert torch.equal(shares.transpose(0, 1).flatten(), rows[order][: steps * batch]), shares
@@ -500,15 +502,15 @@ def test_model_card_carries_the_runs_metrics(python_run):
 
 
 def test_model_card_template_claims_no_results():
-    template = train.MODEL_CARD_TEMPLATE.read_text()
+    template = (REPO_ROOT / "model_card.md").read_text()
     card = ModelCard(template)
-    region = template[template.index(train.RESULTS_START) : template.index(train.RESULTS_END)]
+    region = template[template.index(reports.RESULTS_START) : template.index(reports.RESULTS_END)]
     assert "No trained release exists yet" in region and "untrained" in region
     assert not any(char.isdigit() for char in region)
     assert card.data.eval_results is None
     assert card.data.library_name == "transformers" and card.data.license == "apache-2.0"
     with pytest.raises(ValueError, match="markers"):
-        train.render_model_card(template.replace(train.RESULTS_END, ""), {}, 0, "x")
+        reports.render_model_card(template.replace(reports.RESULTS_END, ""), {}, 0, "x")
 
 
 def test_push_uploads_the_folder_with_its_rendered_card(python_run, common, monkeypatch, capsys):

@@ -1,0 +1,17 @@
+"""The reusable parts of the brain-tumor ResNet project, by role; the scripts (train.py, evaluation.py,
+prepare_dataset.py) and the benchmarks import them.
+
+    brain_resnet.modeling   the network, config and image processor (the repository's flat modeling/ folder, which
+                            saved model folders also carry as trust_remote_code code)
+    brain_resnet.folds      near-duplicate groups, the two fold protocols and their dataset columns
+    brain_resnet.data       reading a prepared dataset, decoding it once, the device-resident tensors
+    brain_resnet.augment    batched augmentation on the device
+    brain_resnet.engine     model variants, optimiser, training step and epoch, prediction, checkpoints, seeds
+    brain_resnet.metrics    classification metrics, their summary over folds, throughput, FLOPs
+    brain_resnet.reports    plots, the model card's results and model-index, the config's training_info
+    brain_resnet.hub        model folders (the release's float16 shards) and uploading them
+    brain_resnet.runs       a train.py output folder: its JSON files, log, fold folders and resume check
+    brain_resnet.cli        command-line helpers: UsageError and argparse types
+
+Importing the package loads nothing: each module loads what it needs (folds only numpy).
+"""

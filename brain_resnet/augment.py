@@ -1,0 +1,87 @@
+"""Training augmentation: random views of a batch of cached slices, drawn and computed on the device."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def augment(images: torch.Tensor, size: int, remap_prob: float = 0.0) -> torch.Tensor:
+    """Random views of cached uint8 (B, 1, S, S) slices as float (B, 1, size, size) in [0, 1], all on the device.
+
+    Geometry (zoom, aspect, rotation, shift, left-right flip) is one affine resampling; then, with probability
+    `remap_prob`, a random non-monotonic intensity curve (remap_intensity); then gamma, contrast and brightness
+    jitter, blur, a lower acquisition resolution and noise, each drawn per image. Intensity, sharpness and
+    resolution differ between the sources of the data, so randomising them leaves anatomy as the cue.
+    """
+    batch, device = images.shape[0], images.device
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.empty(batch, device=device).uniform_(low, high)
+
+    def chance(p: float) -> torch.Tensor:
+        return torch.rand(batch, device=device) < p
+
+    zoom = uniform(0.75, 1.0)  # side of the crop as a fraction of the slice (random resized crop)
+    stretch = torch.exp(uniform(-0.1, 0.1))
+    scale_x, scale_y = zoom * stretch, zoom / stretch
+    angle = torch.deg2rad(uniform(-15, 15))
+    flip = torch.where(chance(0.5), -1.0, 1.0)
+    shift_x = uniform(-1, 1) * (1 - scale_x).clamp(min=0)  # the crop stays inside the slice
+    shift_y = uniform(-1, 1) * (1 - scale_y).clamp(min=0)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack(
+        [
+            torch.stack([cos * scale_x * flip, -sin * scale_y, shift_x], dim=1),
+            torch.stack([sin * scale_x * flip, cos * scale_y, shift_y], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, [batch, 1, size, size], align_corners=False)
+    x = F.grid_sample(images.float().div_(255), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    per_image = (batch, 1, 1, 1)
+    x = x.clamp_(0, 1)
+    if remap_prob > 0:
+        x = torch.where(chance(remap_prob).view(per_image), remap_intensity(x), x)
+    x = x.pow_(torch.exp(uniform(-0.35, 0.35)).view(per_image))  # gamma 0.70-1.42
+    x = x.mul_(uniform(0.8, 1.2).view(per_image)).add_(uniform(-0.05, 0.05).view(per_image))
+    x = gaussian_blur(x, torch.where(chance(0.25), uniform(0.4, 1.2), 0.0))
+    x = torch.where(chance(0.2).view(per_image), low_resolution(x, float(np.random.uniform(0.35, 0.8))), x)
+    noise = torch.where(chance(0.4), uniform(0.0, 0.04), 0.0).view(per_image)
+    return x.add_(torch.randn_like(x) * noise).clamp_(0, 1)
+
+
+def remap_intensity(x: torch.Tensor, knots: int = 6) -> torch.Tensor:
+    """Each image of (B, 1, H, W) in [0, 1] through its own random piecewise-linear curve, black kept black.
+
+    The curves are non-monotonic (SynthSeg-style): tissue contrasts change as between MRI sequences (in the
+    4k data every tumour is T1 contrast-enhanced and most healthy slices are other sequences), while the
+    shapes of anatomy and lesions stay; the background stays 0, so framing and brain outline do not change.
+    """
+    batch = x.shape[0]
+    levels = torch.rand(batch, knots, device=x.device, dtype=x.dtype)
+    levels = levels / levels.amax(dim=1, keepdim=True)  # the brightest tissue keeps full range
+    levels = torch.cat([levels.new_zeros(batch, 1), levels], dim=1)  # knots + 1 levels, the first at 0
+    position = x.flatten(1) * knots
+    lower = position.floor().clamp_(max=knots - 1)
+    weight = position - lower
+    lower = lower.long()
+    start, end = levels.gather(1, lower), levels.gather(1, lower + 1)
+    return torch.lerp(start, end, weight).view_as(x)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 2) -> torch.Tensor:
+    """Separable Gaussian blur of each image of (B, 1, H, W) with its own sigma (0: unchanged), in one grouped conv."""
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    weights = torch.exp(-(offsets**2) / (2 * sigma.clamp(min=1e-3)[:, None] ** 2))
+    weights = (weights / weights.sum(dim=1, keepdim=True))[:, None, :]  # (B, 1, taps)
+    batch, _, height, width = x.shape
+    x = F.conv2d(x.view(1, batch, height, width), weights[..., None], padding=(radius, 0), groups=batch)
+    x = F.conv2d(x, weights[:, :, None, :], padding=(0, radius), groups=batch)
+    return x.view(batch, 1, height, width)
+
+
+def low_resolution(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """The batch as if acquired at `factor` times the resolution: area downsampling, bilinear upsampling."""
+    small = F.interpolate(x, scale_factor=factor, mode="area")
+    return F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,0 +1,198 @@
+"""A prepared dataset as train.py and evaluation.py use it: its splits read (with `datasets`, or pyarrow alone),
+the protocol's folds, every image decoded once through the image processor, and the tensors on the device."""
+
+import io
+import json
+import re
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .cli import UsageError
+from .folds import FOLD_COLUMNS, NO_FOLD, assign_folds, image_hashes, near_duplicate_groups
+from .modeling import BrainResNetImageProcessor
+from .runs import FULL
+
+DATASET_COLUMNS = ("image", "label", "source", "group", *FOLD_COLUMNS.values())
+# Training crops are cut from a cache this much larger than --image-size, so that zooming in keeps detail.
+CACHE_MARGIN = 1.15
+
+
+@dataclass
+class Table:
+    """The rows to train and evaluate on, images still encoded: train rows, then test rows (fold NO_FOLD)."""
+
+    images: list
+    labels: np.ndarray
+    folds: np.ndarray
+    sources: list[str] | None
+    class_names: list[str]
+
+
+def read_splits(dataset: str) -> tuple[dict[str, dict[str, list]], list[str] | None]:
+    """Each split's columns as lists (images left encoded) and the label names, if the dataset declares them."""
+    try:
+        import datasets
+    except ImportError:  # the GPU machine may lack it: a local parquet folder still loads
+        if Path(dataset).is_dir():
+            return read_parquet_folder(Path(dataset))
+        raise UsageError(f"loading the Hub dataset {dataset!r} needs the datasets package") from None
+    if dataset.startswith((".", "/", "~")) and not Path(dataset).expanduser().exists():
+        raise UsageError(f"--dataset {dataset}: no such folder")
+    try:
+        splits = datasets.load_dataset(dataset)
+    except Exception as error:  # a wrong id or path, no network, unreadable files: all about --dataset
+        raise UsageError(f"cannot load dataset {dataset!r}: {type(error).__name__}: {error}") from None
+    columns, names = {}, None
+    for split_name, split in splits.items():
+        split = split.select_columns([c for c in DATASET_COLUMNS if c in split.column_names])
+        if isinstance(split.features.get("image"), datasets.Image):
+            split = split.cast_column("image", datasets.Image(decode=False))  # bytes: decoded once, below
+        if isinstance(split.features.get("label"), datasets.ClassLabel):
+            names = list(split.features["label"].names)
+        columns[split_name] = split.to_dict()
+    return columns, names
+
+
+def read_parquet_folder(folder: Path) -> tuple[dict[str, dict[str, list]], list[str] | None]:
+    """read_splits without `datasets`: pyarrow reads a Hub-layout folder (data/<split>-00000-of-00001.parquet)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError("loading a dataset needs the datasets package (or pyarrow for a parquet folder)") from None
+    files = defaultdict(list)
+    for file in sorted(folder.rglob("*.parquet")):
+        files[re.split(r"[-_.]", file.name, maxsplit=1)[0]].append(file)
+    if not files:
+        raise UsageError(f"--dataset {folder}: no parquet files in it")
+    columns, names = {}, None
+    for split_name, paths in files.items():
+        table = pa.concat_tables(pq.read_table(path) for path in paths)
+        columns[split_name] = {c: table.column(c).to_pylist() for c in DATASET_COLUMNS if c in table.column_names}
+        # datasets stores the features, ClassLabel names included, in the parquet metadata.
+        features = json.loads((table.schema.metadata or {}).get(b"huggingface", b"{}")).get("info", {})
+        label = features.get("features", {}).get("label", {})
+        if label.get("_type") == "ClassLabel":
+            names = list(label["names"])
+    return columns, names
+
+
+def open_image(entry) -> Image.Image:
+    """A decoded PIL image from a dataset cell: {'bytes', 'path'} as datasets stores images, or raw bytes."""
+    data, path = (entry.get("bytes"), entry.get("path")) if isinstance(entry, dict) else (entry, None)
+    image = Image.open(io.BytesIO(data) if data is not None else path)
+    image.load()
+    return image
+
+
+def label_indices(labels: list, class_names: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    if class_names is None:  # no ClassLabel: classes are the sorted distinct values, as prepare_dataset.py does
+        class_names = sorted({str(label) for label in labels})
+        return np.array([class_names.index(str(label)) for label in labels]), class_names
+    return np.asarray(labels, dtype=np.int64), class_names
+
+
+def make_folds(columns: dict[str, list], labels: np.ndarray, protocol: str) -> np.ndarray:
+    """Folds for a dataset without fold columns, as prepare_dataset.py makes them (same code, same defaults)."""
+    if protocol == "random":  # plain stratified folds ignore groups
+        groups = list(range(len(labels)))
+    elif "group" in columns:
+        groups = columns["group"]
+    else:
+        groups = find_near_duplicate_groups(columns["image"])
+    try:
+        fold, fold_random = assign_folds(labels, groups)
+    except ValueError as error:
+        raise UsageError(f"cannot make folds for this dataset: {error}") from None
+    return np.asarray(fold if protocol == "grouped" else fold_random)
+
+
+def find_near_duplicate_groups(images: list) -> list[int]:
+    print(f"Finding near-duplicate groups among {len(images):,} images (the dataset has no group column)...")
+    try:
+        return near_duplicate_groups([image_hashes(open_image(entry)) for entry in images])
+    except ImportError:
+        raise UsageError("grouping near-duplicates needs imagehash and scipy; or use --protocol random") from None
+
+
+def load_table(dataset: str, protocol: str, with_test: bool) -> Table:
+    """The train split with the protocol's folds (and the test split, for the full model's evaluation)."""
+    splits, class_names = read_splits(dataset)
+    if "train" not in splits:
+        raise UsageError(f"dataset {dataset!r} has no train split (its splits: {', '.join(splits) or 'none'})")
+    train = splits["train"]
+    missing = [column for column in ("image", "label") if column not in train]
+    if missing:
+        raise UsageError(
+            f"dataset {dataset!r} has no {' or '.join(missing)} column (it has {', '.join(train) or 'none'}); "
+            "make one with prepare_dataset.py"
+        )
+    labels, class_names = label_indices(train["label"], class_names)
+    fold_column = FOLD_COLUMNS[protocol]
+    folds = np.asarray(train[fold_column]) if fold_column in train else make_folds(train, labels, protocol)
+    images, sources = list(train["image"]), train.get("source")
+    test = splits.get("test")
+    if with_test and test is not None and "image" in test and "label" in test:
+        test_labels, _ = label_indices(test["label"], class_names)
+        images += test["image"]
+        labels = np.concatenate([labels, test_labels])
+        folds = np.concatenate([folds, np.full(len(test_labels), NO_FOLD)])
+        sources = sources + test["source"] if sources is not None and "source" in test else None
+    if folds.max(initial=NO_FOLD) < 1:
+        raise UsageError(f"dataset {dataset!r}: column {fold_column} holds fewer than 2 folds")
+    return Table(images, labels, folds, sources, class_names)
+
+
+def decode_images(
+    images: list, processor: BrainResNetImageProcessor, sizes: list[int], workers: int, transform=None
+) -> list:
+    """Every image through processor.preprocess_one once per size: uint8 tensors (N, 1, size, size).
+
+    `transform(i, image) -> image`, if given, alters the i-th decoded image before the processor (evaluation.py's
+    corruptions)."""
+    caches = [torch.empty(len(images), 1, size, size, dtype=torch.uint8) for size in sizes]
+
+    def decode(i: int) -> None:
+        try:
+            image = open_image(images[i])
+        except Exception as error:  # PIL reports damage as OSError, SyntaxError, ValueError, ...
+            raise UsageError(f"row {i} of the dataset is not a readable image: {error}") from None
+        if transform is not None:
+            image = transform(i, image)
+        for cache, size in zip(caches, sizes, strict=True):
+            cache[i, 0] = processor.preprocess_one(image, size).mul(255).round()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the decoding threads are the parallelism; nested torch threads only contend
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(decode, range(len(images))))
+    finally:
+        torch.set_num_threads(threads)
+    return caches
+
+
+@dataclass
+class DeviceData:
+    """The dataset as tensors on the training device."""
+
+    train_images: torch.Tensor  # uint8 (N, 1, S, S), S = CACHE_MARGIN * image size: augmented crops come from it
+    eval_images: torch.Tensor  # uint8 (N, 1, size, size): exactly what the processor gives at the image size
+    labels: torch.Tensor
+    table: Table
+
+    def indices(self, fold) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows to train on and rows to evaluate on: the other folds and this one, or all folds and the test split."""
+        folds = self.table.folds
+        if fold == FULL:
+            train, held_out = folds != NO_FOLD, folds == NO_FOLD
+        else:
+            train, held_out = (folds != NO_FOLD) & (folds != fold), folds == fold
+        device = self.labels.device
+        return torch.from_numpy(np.flatnonzero(train)).to(device), torch.from_numpy(np.flatnonzero(held_out)).to(device)

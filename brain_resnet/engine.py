@@ -1,0 +1,184 @@
+"""The training machinery: model variants, optimiser, precision, one step and one epoch of training, sharded
+prediction, checkpoints, signals and seeds."""
+
+import hashlib
+import math
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from .augment import augment
+from .cli import UsageError
+from .modeling import VARIANTS, BrainResNetConfig, BrainResNetImageProcessor
+from .runs import fold_name, read_json, write_json
+
+
+def model_config(spec: str, class_names: list[str]) -> BrainResNetConfig:
+    try:
+        config = BrainResNetConfig(**VARIANTS[spec]) if spec in VARIANTS else BrainResNetConfig.from_json_file(spec)
+    except (OSError, ValueError, TypeError) as error:
+        raise UsageError(f"--model {spec}: {error}") from None
+    config.id2label = dict(enumerate(class_names))
+    config.label2id = {name: i for i, name in enumerate(class_names)}
+    return config
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, fused: bool) -> torch.optim.AdamW:
+    """AdamW without decay on BatchNorm parameters and biases (decaying them only fights the normalisation)."""
+    matrices = [p for p in model.parameters() if p.ndim > 1]
+    vectors = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": matrices, "weight_decay": weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
+
+
+def model_input(images: torch.Tensor, processor: BrainResNetImageProcessor) -> torch.Tensor:
+    """Float (B, 1, H, W) in [0, 1] -> normalised model input, channels_last like the model."""
+    return processor.normalize_pixel_values(images).contiguous(memory_format=torch.channels_last)
+
+
+def native_bf16() -> bool:
+    """Whether bf16 autocast speeds training up here: on CUDA, and on CPUs with bf16 instructions (on others
+    oneDNN emulates bf16, slower than float32)."""
+    if torch.cuda.is_available():
+        return True
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def logits_function(model: torch.nn.Module, device: torch.device, bf16: bool):
+    """pixel_values -> float32 logits, under bf16 autocast when asked.
+
+    Autocast wraps the (compiled) model from outside rather than through Accelerate's mixed precision, which
+    patches each model's forward with its own autocast object: torch.compile would then recompile for every fold.
+    """
+
+    def logits(pixel_values: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model(pixel_values=pixel_values).logits.float()
+
+    return logits
+
+
+def train_step(forward, optimizer, scheduler, accelerator, images, labels, args, processor):
+    """One optimisation step on cached uint8 slices; returns loss and correct count as device tensors (no sync)."""
+    logits = forward(model_input(augment(images, args.image_size, args.remap_prob), processor))
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
+    accelerator.backward(loss)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), (logits.argmax(dim=1) == labels).sum()
+
+
+def train_epoch(forward, model, optimizer, scheduler, accelerator, data, train_rows, order, args, processor):
+    """One pass over `train_rows` in `order` (the same permutation on every process, each taking its share)."""
+    model.train()
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    per_process = args.batch_size // processes
+    steps = len(train_rows) // args.batch_size  # whole batches only: one shape for torch.compile and BatchNorm
+    rows = train_rows[order.to(train_rows.device)]
+    loss_sum = torch.zeros((), device=accelerator.device)
+    correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
+    started = time.perf_counter()
+    for step in range(steps):
+        batch = rows[step * args.batch_size + rank * per_process :][:per_process]
+        loss, hits = train_step(
+            forward, optimizer, scheduler, accelerator, data.train_images[batch], data.labels[batch], args, processor
+        )
+        loss_sum += loss
+        correct += hits
+    totals = accelerator.reduce(torch.stack([loss_sum, correct.float()]), "sum").tolist()  # waits for the GPU
+    seconds = time.perf_counter() - started
+    images = steps * args.batch_size
+    return {
+        "lr": scheduler.get_last_lr()[0],
+        "train_loss": totals[0] / (steps * processes),
+        "train_accuracy": totals[1] / images,
+        "train_images": images,
+        "train_seconds": seconds,
+        "train_images_per_s": images / seconds,
+    }
+
+
+@torch.no_grad()
+def predict(forward, model, accelerator, images: torch.Tensor, rows: torch.Tensor, batch_size: int, processor):
+    """Logits of images[rows] in order, on the CPU. Each process scores a contiguous share, padded to whole
+    batches (one shape for cuDNN, the same number of forwards on every process); gathering in process order and
+    trimming restores `rows`."""
+    model.eval()
+    count, processes = len(rows), accelerator.num_processes
+    per_process = math.ceil(count / (processes * batch_size)) * batch_size
+    padded = torch.cat([rows, rows[:1].expand(per_process * processes - count)])
+    mine = padded[accelerator.process_index * per_process :][:per_process]
+    logits = [forward(model_input(images[batch].float().div_(255), processor)) for batch in mine.split(batch_size)]
+    return accelerator.gather(torch.cat(logits))[:count].cpu()
+
+
+def derive_seed(*keys) -> int:
+    """A seed for one random stream of the run (fold, epoch, purpose, process): resuming replays it exactly."""
+    return int(hashlib.sha256(repr(keys).encode()).hexdigest()[:8], 16)
+
+
+def latest_checkpoint(fold_dir: Path) -> tuple[int, Path] | None:
+    """(epoch, folder) of the newest complete checkpoint: its progress.json is written last."""
+    complete = [
+        (read_json(path / "progress.json")["epoch"], path)
+        for path in (fold_dir / "checkpoints").glob("epoch-*")
+        if (path / "progress.json").exists()
+    ]
+    return max(complete) if complete else None
+
+
+def save_checkpoint(accelerator: Accelerator, fold_dir: Path, fold, epoch: int) -> None:
+    path = fold_dir / "checkpoints" / f"epoch-{epoch:04d}"
+    accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(path / "progress.json", {"fold": fold, "epoch": epoch})
+        for older in (fold_dir / "checkpoints").glob("epoch-*"):
+            if older != path:
+                shutil.rmtree(older)
+
+
+class GracefulStop:
+    """On SIGINT or SIGTERM, finish the epoch, checkpoint and exit; a second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.signal = None
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum, frame):
+        self.signal = signum
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        print(f"\n{signal.Signals(signum).name}: stopping after this epoch (again to stop now)", file=sys.stderr)
+
+    def requested(self, accelerator: Accelerator) -> bool:
+        """Whether any process was signalled; every process must ask, at the same point, to stop together."""
+        flag = torch.tensor(float(self.signal is not None), device=accelerator.device)
+        return accelerator.reduce(flag, "max").item() > 0
+
+
+def device_name(accelerator: Accelerator) -> str:
+    return torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else "cpu"
+
+
+def tensorboard_writer(out: Path, fold):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(out / "tensorboard" / fold_name(fold)))

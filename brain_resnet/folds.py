@@ -1,0 +1,124 @@
+"""Near-duplicate groups and the two cross-validation fold protocols, shared by prepare_dataset.py (which writes
+the fold columns) and train.py (which reads them, or makes them for a dataset without them).
+
+Importing this module loads only numpy; imagehash, scikit-learn and scipy load in the functions that use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# train.py's --protocol -> the dataset column holding its folds: `grouped` keeps near-duplicates in one fold,
+# `random` is the plain stratified folds of the paper.
+FOLD_COLUMNS = {"grouped": "fold", "random": "fold_random"}
+# train.py's --protocol -> the name evaluation.py's summary gives it ("stratified": the paper's protocol).
+PROTOCOL_NAMES = {"random": "stratified", "grouped": "grouped"}
+NO_FOLD = -1  # the fold of test-split images, which take no part in cross-validation
+SHARE_TOLERANCE = 1.5  # points a class's share in a fold may differ from its share overall
+HASH_SIZE = 16  # 16x16 = 256-bit hashes
+# Perceptual-hash bits two slices may differ in and still be one near-duplicate group. Measured on
+# brain-tumor-mri-4k: the first link between two classes (so between two patients) appears at 36 and
+# clusters stay small (largest 33 images); 32 keeps a margin and still joins the re-saved copies of
+# one Br35H slice that differ in size and contrast.
+PHASH_MAX_DISTANCE = 32
+
+
+def image_hashes(image: Image.Image, hash_size: int = HASH_SIZE) -> np.ndarray:
+    """Average hash and DCT perceptual hash of ``image``, packed: uint8 array (2, hash_size**2 // 8)."""
+    import imagehash
+
+    bits = np.stack([imagehash.average_hash(image, hash_size).hash, imagehash.phash(image, hash_size).hash])
+    return np.packbits(bits.reshape(2, -1), axis=1)
+
+
+def near_duplicate_groups(
+    hashes: Sequence[np.ndarray] | np.ndarray, max_phash_distance: int = PHASH_MAX_DISTANCE
+) -> list[int]:
+    """Near-duplicate group id of each image: 0, 1, ... in order of first appearance.
+
+    ``hashes`` holds one ``image_hashes`` result per image. Two images are linked when their average
+    hashes are identical or their perceptual hashes differ in at most ``max_phash_distance`` bits, so
+    byte-identical files always share a group. Groups are the connected components of these links: a
+    group may chain images that are not all pairwise close.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    hashes = np.asarray(hashes, dtype=np.uint8)
+    n = len(hashes)
+    if n == 0:
+        return []
+    equal_rows, equal_cols = _equal_pairs([h.tobytes() for h in hashes[:, 0]])
+    close_rows, close_cols = _close_pairs(hashes[:, 1], max_phash_distance)
+    rows, cols = np.concatenate([equal_rows, close_rows]), np.concatenate([equal_cols, close_cols])
+    graph = coo_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    first_seen: dict[int, int] = {}
+    return [first_seen.setdefault(c, len(first_seen)) for c in component.tolist()]
+
+
+def _equal_pairs(keys: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (first index with this key, later index) for every repeated key."""
+    first: dict[Hashable, int] = {}
+    pairs = [(first.setdefault(key, j), j) for j, key in enumerate(keys)]
+    pairs = [(i, j) for i, j in pairs if i != j]
+    return np.array([i for i, _ in pairs], dtype=np.int64), np.array([j for _, j in pairs], dtype=np.int64)
+
+
+def _close_pairs(bits: np.ndarray, max_distance: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of packed bit rows that differ in at most ``max_distance`` bits."""
+    x = np.unpackbits(bits, axis=1).astype(np.float32)
+    ones = x.sum(axis=1)
+    found_i, found_j = [], []
+    for start in range(0, len(x), block):
+        # Hamming distance = ones(a) + ones(b) - 2 a.b, one matrix product per block of rows against
+        # itself and every later row (the upper triangle), in bounded memory; exact in float32.
+        rows = slice(start, start + block)
+        distance = ones[rows, None] + ones[None, start:] - 2 * (x[rows] @ x[start:].T)
+        i, j = np.nonzero(distance <= max_distance)
+        keep = i < j
+        found_i.append(i[keep] + start)
+        found_j.append(j[keep] + start)
+    return np.concatenate(found_i), np.concatenate(found_j)
+
+
+def assign_folds(
+    labels: Sequence[Hashable], groups: Sequence[int], n_folds: int = 5, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """Cross-validation fold (0..n_folds-1) of each example under two protocols, same for the same seed.
+
+    Returns ``(fold, fold_random)``: ``fold`` from scikit-learn's StratifiedGroupKFold (class shares
+    kept, no group split across folds: leak-free); ``fold_random`` from StratifiedKFold, the plain
+    stratified folds most papers use, where near-duplicates may land in different folds.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    y = np.asarray(labels)
+    x = np.zeros(len(y))
+    grouped = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, y, groups)
+    plain = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, y)
+    return _fold_of_each(grouped, len(y)), _fold_of_each(plain, len(y))
+
+
+def _fold_of_each(splits: Iterable[tuple[np.ndarray, np.ndarray]], n: int) -> list[int]:
+    fold = np.full(n, NO_FOLD)
+    for k, (_, held_out) in enumerate(splits):
+        fold[held_out] = k
+    return fold.tolist()
+
+
+def class_share_deviation(labels: Sequence[Hashable], folds: Sequence[int]) -> float:
+    """Largest gap, in percentage points, between a class's share in a fold and its share overall."""
+    labels, folds = np.asarray(labels), np.asarray(folds)
+    classes = np.unique(labels)
+    overall = np.array([np.mean(labels == c) for c in classes])
+    return max(
+        100 * np.abs(np.array([np.mean(labels[folds == k] == c) for c in classes]) - overall).max()
+        for k in np.unique(folds)
+    )

@@ -1,0 +1,250 @@
+"""What a run reports: its plots, each model folder's card (results section and model-index metadata), the
+config's training_info and the line printed per fold."""
+
+import datetime
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .metrics import METRICS
+from .runs import FULL, epoch_records, fold_name
+
+RESULTS_START, RESULTS_END = "<!-- train.py:results:start -->", "<!-- train.py:results:end -->"
+
+
+def write_reports(out: Path, results: dict, template: str, release_id: str | None = None) -> None:
+    """Plots of the run, and each model folder's card from `template` (model_card.md), naming full/ by `release_id`
+    (its Hub repo) when given."""
+    plot_learning_curves(epoch_records(out / "log.jsonl"), out / "learning_curves.png")
+    matrix, title = None, None
+    if "confusion_matrix" in results.get("summary", {}):
+        matrix, title = (
+            results["summary"]["confusion_matrix"],
+            "Out-of-fold predictions, folds " + ", ".join(map(str, results["summary"]["folds"])),
+        )
+    elif "confusion_matrix" in results.get(FULL, {}):
+        matrix, title = results[FULL]["confusion_matrix"], "Full model on the test split"
+    if matrix is not None:
+        plot_confusion_matrix(np.array(matrix), results["class_names"], title, out / "confusion_matrix.png")
+    for fold in [*results.get("folds", {}), *([FULL] if FULL in results else [])]:
+        folder = out / fold_name(fold if fold == FULL else int(fold))
+        model_id = release_id if fold == FULL and release_id else str(folder)
+        (folder / "README.md").write_text(render_model_card(template, results, fold, model_id))
+
+
+def plot_learning_curves(records: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (fold, epochs) in enumerate(records.items()):
+        color, xs = f"C{i}", sorted(epochs)
+        loss_axis.plot(xs, [epochs[e]["train_loss"] for e in xs], color=color, label=f"{fold_name(fold)} train")
+        if all("eval_loss" in epochs[e] for e in xs):
+            loss_axis.plot(
+                xs, [epochs[e]["eval_loss"] for e in xs], "--", color=color, label=f"{fold_name(fold)} held out"
+            )
+            accuracy_axis.plot(xs, [epochs[e]["eval_accuracy"] for e in xs], color=color, label=fold_name(fold))
+        accuracy_axis.plot(
+            xs, [epochs[e]["train_accuracy"] for e in xs], ":", color=color, alpha=0.6, label=f"{fold_name(fold)} train"
+        )
+    loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="Loss (train: label-smoothed, augmented)")
+    accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="Accuracy (held out; dotted: train)")
+    for axis in (loss_axis, accuracy_axis):
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    figure, axis = plt.subplots(figsize=(5.5, 4.8))
+    axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for (row, col), count in np.ndenumerate(matrix):
+        color = "white" if rates[row, col] > 0.5 else "black"
+        axis.text(col, row, f"{count}\n{rates[row, col]:.1%}", ha="center", va="center", fontsize=8, color=color)
+    ticks = range(len(class_names))
+    axis.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names)
+    axis.set(xlabel="predicted", ylabel="true", title=title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def format_stat(stat: dict | None, spec: str = ".4f") -> str:
+    return f"{stat['mean']:{spec}} ± {stat['std']:{spec}}" if stat else "–"
+
+
+def results_markdown(results: dict, fold, model_id: str) -> str:
+    """The model card's results section: the cross-validation table and what these weights are."""
+    settings, class_names = results["args"]["settings"], results["class_names"]
+    folds, summary = results.get("folds", {}), results.get("summary", {})
+    scheme = f"{settings['protocol']} {results['num_folds']}-fold cross-validation of" if folds else "trained on"
+    lines = [
+        f"Trained with `{results['args']['command']}` on {results['device']}: {settings['model']} model, "
+        f"{scheme} `{settings['dataset']}`, {settings['epochs']} epoch{'s' if settings['epochs'] != 1 else ''}, "
+        f"{settings['image_size']} px, batch {settings['batch_size']}, peak lr {settings['lr']}, "
+        f"seed {settings['seed']}.",
+        "",
+    ]
+    if folds:
+        header = [
+            "Fold",
+            "Train / held out",
+            "Accuracy",
+            "Macro-F1",
+            "ROC-AUC (OvR)",
+            *(f"Recall {c}" for c in class_names),
+        ]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for key in sorted(folds, key=int):
+            entry = folds[key]
+            cells = [key, f"{entry['num_train']:,} / {entry['num_eval']:,}"]
+            cells += [f"{entry[m]:.4f}" if entry.get(m) is not None else "–" for m in METRICS]
+            cells += [f"{entry['recall'][c]:.4f}" for c in class_names]
+            lines.append("| " + " | ".join(cells) + " |")
+        cells = ["**mean ± std**", ""]
+        cells += [format_stat(summary.get(m)) for m in METRICS]
+        cells += [f"{summary['recall'][c]:.4f}" if c in summary.get("recall", {}) else "–" for c in class_names]
+        lines += ["| " + " | ".join(cells) + " |", ""]
+        by_source = defaultdict(list)
+        for entry in folds.values():
+            for source, accuracy in entry.get("accuracy_by_source", {}).items():
+                by_source[source].append(accuracy)
+        if by_source:
+            listing = ", ".join(f"{s} {np.mean(v):.4f}" for s, v in sorted(by_source.items()))
+            lines += [f"Held-out accuracy by image source (mean over folds): {listing}.", ""]
+        lines += [
+            f"Training throughput: {format_stat(summary.get('train_images_per_s'), ',.0f')} images/s "
+            f"(median epoch of each fold); {summary['wall_seconds']:.0f} s for {len(folds)} fold(s).",
+            "",
+        ]
+    else:
+        lines += ["This run has no cross-validation folds.", ""]
+    if fold == FULL:
+        entry = results[FULL]
+        lines.append(f"**These weights** are the release model, trained on all {entry['num_train']:,} training images.")
+        if "accuracy" in entry:
+            lines.append(
+                f"On the dataset's test split ({entry['num_eval']:,} images): accuracy {entry['accuracy']:.4f}, "
+                f"macro-F1 {entry['macro_f1']:.4f}, ROC-AUC {entry['roc_auc_macro']:.4f}."
+            )
+    else:
+        entry = folds[str(fold)]
+        lines.append(
+            f"**These weights** are fold {fold}'s model: trained on the other folds ({entry['num_train']:,} images), "
+            f"so they score its row of the table, not the release model's."
+        )
+    lines += [
+        "",
+        "```python",
+        "from transformers import AutoModelForImageClassification",
+        "",
+        f'model = AutoModelForImageClassification.from_pretrained("{model_id}", trust_remote_code=True)',
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+def model_index_results(results: dict) -> list:
+    from huggingface_hub import EvalResult
+
+    settings = results["args"]["settings"]
+    dataset = settings["dataset"]
+    dataset_type = Path(dataset).name if Path(dataset).exists() else dataset
+    found = []
+    summary = results.get("summary", {})
+    for metric, name in (("accuracy", "accuracy"), ("macro_f1", "f1"), ("roc_auc_macro", "roc_auc")):
+        if metric in summary:
+            found.append(
+                EvalResult(
+                    task_type="image-classification",
+                    dataset_type=dataset_type,
+                    dataset_name=f"{dataset_type} ({settings['protocol']} {results['num_folds']}-fold CV)",
+                    dataset_split="train",
+                    metric_type=name,
+                    metric_value=round(summary[metric]["mean"], 4),
+                    metric_name=f"{metric} (mean over folds {summary['folds']})",
+                )
+            )
+        if results.get(FULL, {}).get(metric) is not None:
+            found.append(
+                EvalResult(
+                    task_type="image-classification",
+                    dataset_type=dataset_type,
+                    dataset_name=dataset_type,
+                    dataset_split="test",
+                    metric_type=name,
+                    metric_value=round(results[FULL][metric], 4),
+                    metric_name=f"{metric} (release model, test split)",
+                )
+            )
+    return found
+
+
+def render_model_card(template: str, results: dict, fold, model_id: str) -> str:
+    """model_card.md with this run's results between its markers and in the model-index metadata."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(template)
+    start, end = card.text.find(RESULTS_START), card.text.find(RESULTS_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the model card template lacks the {RESULTS_START} ... {RESULTS_END} markers")
+    start += len(RESULTS_START)
+    card.text = f"{card.text[:start]}\n{results_markdown(results, fold, model_id)}\n{card.text[end:]}"
+    eval_results = model_index_results(results)
+    if eval_results:
+        card.data.model_name = model_id.rstrip("/").split("/")[-1]
+        card.data.eval_results = eval_results
+    dataset = results["args"]["settings"]["dataset"]
+    if not Path(dataset).exists():  # a Hub dataset id
+        card.data.datasets = [dataset]
+    return str(card)
+
+
+def training_info(args, fold, entry: dict, results: dict) -> dict:
+    """config.training_info: flat, so the Space can list it; its presence marks the weights as trained."""
+    info = {
+        "trainer": "train.py",
+        "dataset": args.dataset,
+        "protocol": args.protocol,
+        "folds": results["num_folds"],
+        "trained_on": "all folds" if fold == FULL else f"all folds but fold {fold}",
+        "model": args.model,
+        "epochs": args.epochs,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "device": entry["device"],
+        "date": datetime.date.today().isoformat(),
+    }
+    if "eval_split" in entry:
+        info["evaluated_on"] = entry["eval_split"]
+        info |= {name: entry[name] for name in METRICS if entry.get(name) is not None}
+    if fold == FULL and "summary" in results:
+        summary = results["summary"]
+        info["cv_folds"] = len(summary["folds"])
+        info |= {
+            f"cv_{name}_{stat}": summary[name][stat] for name in METRICS if name in summary for stat in ("mean", "std")
+        }
+    return info
+
+
+def fold_summary(fold, entry: dict) -> str:
+    scores = ", ".join(f"{name} {entry[name]:.4f}" for name in METRICS if entry.get(name) is not None)
+    return (
+        f"{fold_name(fold)}: {scores or 'no held-out data'}; {entry['train_images_per_s']:,.0f} train images/s, "
+        f"{entry['wall_seconds']:.0f} s"
+    )

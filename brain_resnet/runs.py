@@ -1,0 +1,97 @@
+"""A train.py output folder: its JSON files, the per-epoch log, the fold folders and the check before resuming."""
+
+import argparse
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from .cli import UsageError
+
+FULL = "full"  # the fold name of the model trained on all the data
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # one file, or shards and their index
+# The settings that define what a run computes: --resume continues a run only when they are unchanged.
+RUN_SETTINGS = (
+    "dataset",
+    "protocol",
+    "model",
+    "epochs",
+    "batch_size",
+    "image_size",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "label_smoothing",
+    "remap_prob",
+    "seed",
+    "mixed_precision",
+)
+
+
+def fold_name(fold) -> str:
+    return FULL if fold == FULL else f"fold-{fold}"
+
+
+def read_json(path: Path, default=None):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def write_json(path: Path, data) -> None:
+    """Write through a temporary file, so that an interruption leaves the old file or the new one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(partial, path)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+def epoch_records(log_path: Path) -> dict:
+    """log.jsonl as {fold: {epoch: record}}; an epoch redone after an interruption keeps its last record."""
+    records = defaultdict(dict)
+    if log_path.exists():
+        for line in log_path.read_text().splitlines():
+            record = json.loads(line)
+            records[record["fold"]][record["epoch"]] = record
+    return records
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    settings = {name: getattr(args, name) for name in RUN_SETTINGS}
+    for name in ("dataset", "model"):  # the same file or folder however it is spelled
+        if Path(settings[name]).exists():
+            settings[name] = str(Path(settings[name]).resolve())
+    return settings
+
+
+def check_resume(args: argparse.Namespace) -> dict | None:
+    """The saved settings of the run in --output-dir, once sure that this command may continue it."""
+    path = args.output_dir / "run_args.json"
+    if not path.exists():
+        return None
+    if not args.resume:
+        raise UsageError(
+            f"{args.output_dir} already holds a run: add --resume to continue it, or pick a new --output-dir"
+        )
+    saved = read_json(path)
+    current = run_settings(args)
+    changed = [
+        f"--{name.replace('_', '-')} {saved['settings'].get(name)} (now {value})"
+        for name, value in current.items()
+        if saved["settings"].get(name) != value
+    ]
+    if changed:
+        raise UsageError(f"--resume continues a run with its own settings; it was run with {', '.join(changed)}")
+    return saved
+
+
+def is_finished(out: Path, results: dict, fold) -> bool:
+    """A fold is finished once its model folder is saved and cv_results.json records it."""
+    entry = results.get(FULL) if fold == FULL else results.get("folds", {}).get(str(fold))
+    return entry is not None and has_weights(out / fold_name(fold))
+
+
+def has_weights(folder: Path) -> bool:
+    return any((folder / name).exists() for name in WEIGHT_FILES)

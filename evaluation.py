@@ -51,13 +51,12 @@ from transformers.utils import logging as transformers_logging
 from brain_resnet.cli import UsageError, number
 from brain_resnet.data import Table, decode_images, load_table, open_image
 from brain_resnet.engine import logits_function, model_config, model_input, native_bf16
+from brain_resnet.external import NOTUMOR, external_files, external_metrics, read_external
 from brain_resnet.folds import PROTOCOL_NAMES
 from brain_resnet.metrics import forward_flops
 from brain_resnet.modeling import VARIANTS, BrainResNetForImageClassification, BrainResNetImageProcessor
 from brain_resnet.runs import has_weights, read_json, write_json
 
-NOTUMOR = "notumor"
-TUMOR = "tumor"  # an external folder of tumor slices of unknown type
 # corruption -> strengths, mildest first
 CORRUPTIONS = {
     "gaussian_noise": (0.02, 0.05, 0.1),
@@ -69,17 +68,6 @@ CORRUPTIONS = {
     "rotation": (5, 10, 20),
 }
 SHORTCUT_TESTS = ("tumor_as_br35h", "notumor_as_figshare")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-# Folder names of public brain-MRI sets, read as the model's labels: Br35H's yes/no and the *_tumor / no_tumor
-# folders of Kaggle's "Brain Tumor Classification (MRI)".
-FOLDER_ALIASES = {
-    "yes": TUMOR,
-    "no": NOTUMOR,
-    "no_tumor": NOTUMOR,
-    "glioma_tumor": "glioma",
-    "meningioma_tumor": "meningioma",
-    "pituitary_tumor": "pituitary",
-}
 
 
 # ---------------------------------------------------------------- alterations of one raw slice (PIL, seeded)
@@ -415,59 +403,11 @@ def plot_robustness(result: dict, path: Path) -> None:
 
 
 # ---------------------------------------------------------------- external data
-def external_files(folder: Path, class_names: list[str]) -> list[tuple[Path, str]]:
-    """(file, class) of every image file under DATA_FOLDER/<class>/: a label, TUMOR, or a FOLDER_ALIASES name."""
-    if not folder.is_dir():
-        raise UsageError(f"{folder}: no such folder")
-    allowed = [*class_names, TUMOR]
-    folders = sorted(p for p in folder.iterdir() if p.is_dir())
-    classes = {d: FOLDER_ALIASES.get(d.name.lower(), d.name.lower()) for d in folders}
-    unknown = [d.name for d, name in classes.items() if name not in allowed]
-    if unknown:
-        raise UsageError(
-            f"{folder}: folder {unknown[0]!r} is not a class; name folders {', '.join(allowed)} "
-            f"(or {', '.join(FOLDER_ALIASES)})"
-        )
-    files = [(f, classes[d]) for d in folders for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise UsageError(f"{folder}: no images in class folders ({', '.join(allowed)})")
-    return files
-
-
-def external_metrics(truth: list[str], predicted: list[str]) -> dict:
-    """Accuracy on slices of a named class, tumor slices found, healthy slices called healthy, per class counts."""
-    truth, predicted = np.array(truth), np.array(predicted)
-    named = truth != TUMOR
-    tumor = truth != NOTUMOR
-    healthy = truth == NOTUMOR
-    metrics = {
-        "slices": int(len(truth)),
-        "accuracy": float((truth[named] == predicted[named]).mean()) if named.any() else None,
-        "tumor_found": float((predicted[tumor] != NOTUMOR).mean()) if tumor.any() else None,
-        "notumor_specificity": float((predicted[healthy] == NOTUMOR).mean()) if healthy.any() else None,
-        "predicted_by_class": {},
-    }
-    for name in sorted(set(truth)):
-        values, counts = np.unique(predicted[truth == name], return_counts=True)
-        metrics["predicted_by_class"][name] = dict(zip(values.tolist(), counts.tolist(), strict=True))
-    return metrics
-
-
 def external(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = [(path, *load_model(path, device)) for path in args.model]
     class_names = [models[0][1].config.id2label[i] for i in range(models[0][1].config.num_labels)]
-    files = external_files(args.data, class_names)
-    images, kept, unreadable = [], [], []
-    for file, truth in files:
-        try:
-            data = file.read_bytes()
-            open_image(data)
-        except Exception as error:  # a broken or non-image file is reported and skipped, not fatal
-            unreadable.append(f"{file}: {error}")
-            continue
-        images.append(data)
-        kept.append((file, truth))
+    images, kept, unreadable = read_external(external_files(args.data, class_names))
     truths = [truth for _, truth in kept]
     for line in unreadable:
         print(f"skipped (not a readable image): {line}", file=sys.stderr)

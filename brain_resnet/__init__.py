@@ -12,6 +12,8 @@ prepare_dataset.py) and the benchmarks import them.
     brain_resnet.hub        model folders (the release's float16 shards) and uploading them
     brain_resnet.runs       a train.py output folder: its JSON files, log, fold folders and resume check
     brain_resnet.cli        command-line helpers: UsageError and argparse types
+    brain_resnet.calibration  the release's calibration temperature and unfamiliar-image detector, fitted
+    brain_resnet.external   slices of other sources, one folder per class: reading and scoring them
 
 Importing the package loads nothing: each module loads what it needs (folds only numpy).
 """

@@ -1,5 +1,5 @@
 """What a run reports: its plots, each model folder's card (results section and model-index metadata), the
-config's training_info and the line printed per fold."""
+config's training_info and the line printed per fold; and the release card's section that make_release.py fills."""
 
 import datetime
 from collections import defaultdict
@@ -11,6 +11,16 @@ from .metrics import METRICS
 from .runs import FULL, epoch_records, fold_name
 
 RESULTS_START, RESULTS_END = "<!-- train.py:results:start -->", "<!-- train.py:results:end -->"
+RELEASE_START, RELEASE_END = "<!-- make_release.py:release:start -->", "<!-- make_release.py:release:end -->"
+
+
+def replace_between(text: str, start_marker: str, end_marker: str, content: str) -> str:
+    """`text` with what lies between the two markers replaced by `content`."""
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start < 0 or end < start:
+        raise ValueError(f"the model card template lacks the {start_marker} ... {end_marker} markers")
+    start += len(start_marker)
+    return f"{text[:start]}\n{content}\n{text[end:]}"
 
 
 def write_reports(out: Path, results: dict, template: str, release_id: str | None = None) -> None:
@@ -198,11 +208,7 @@ def render_model_card(template: str, results: dict, fold, model_id: str) -> str:
     from huggingface_hub import ModelCard
 
     card = ModelCard(template)
-    start, end = card.text.find(RESULTS_START), card.text.find(RESULTS_END)
-    if start < 0 or end < start:
-        raise ValueError(f"the model card template lacks the {RESULTS_START} ... {RESULTS_END} markers")
-    start += len(RESULTS_START)
-    card.text = f"{card.text[:start]}\n{results_markdown(results, fold, model_id)}\n{card.text[end:]}"
+    card.text = replace_between(card.text, RESULTS_START, RESULTS_END, results_markdown(results, fold, model_id))
     eval_results = model_index_results(results)
     if eval_results:
         card.data.model_name = model_id.rstrip("/").split("/")[-1]
@@ -248,3 +254,51 @@ def fold_summary(fold, entry: dict) -> str:
         f"{fold_name(fold)}: {scores or 'no held-out data'}; {entry['train_images_per_s']:,.0f} train images/s, "
         f"{entry['wall_seconds']:.0f} s"
     )
+
+
+def release_markdown(report: dict) -> str:
+    """The release card's section: what make_release.py fitted and measured on the shipped weights."""
+    scores, before = report["held_out_scores"], report["held_out_scores_uncalibrated"]
+    lines = []
+    if report["training_device"] == "cpu":
+        lines += [
+            "**These are interim weights, trained on a CPU** while no GPU-trained release exists; a GPU-trained "
+            "release will replace them.",
+            "",
+        ]
+    lines += [
+        f"Made from `{report['model']}` with `{report['command']}` ({report['date']}); every number below was "
+        "measured on the shipped float16-stored weights, loaded as a user loads them.",
+        "",
+        f"On {report['held_out']} of `{report['dataset']}`, the {scores['slices']:,} slices these weights never "
+        "trained on:",
+        "",
+        "| | accuracy | log-loss | calibration error (ECE) | called unfamiliar |",
+        "|---|---|---|---|---|",
+        f"| as trained | {scores['accuracy']:.4f} | {before['log_loss']:.4f} | {before['calibration_error']:.4f} | – |",
+        f"| released (temperature {report['calibration_temperature']:.3f}) | {scores['accuracy']:.4f} | "
+        f"{scores['log_loss']:.4f} | {scores['calibration_error']:.4f} | {scores['unfamiliar']:.1%} |",
+        "",
+        "The temperature and the unfamiliarity threshold were fitted on these same slices, so the released row's "
+        "log-loss, calibration error and unfamiliar share are in-sample; neither changes the accuracy.",
+        "",
+    ]
+    if report["external"]:
+        lines += [
+            "On slices of sources these weights never trained on:",
+            "",
+            "| data | slices | 4-class accuracy | tumor slices called a tumor | healthy slices called notumor "
+            "| called unfamiliar |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, metrics in report["external"].items():
+            cells = [metrics.get(key) for key in ("accuracy", "tumor_found", "notumor_specificity")]
+            shown = " | ".join(f"{value:.4f}" if value is not None else "–" for value in cells)
+            lines.append(f"| {name} | {metrics['slices']} | {shown} | {metrics['unfamiliar']:.1%} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_release_section(card: str, report: dict) -> str:
+    """A rendered model card with its release section filled from make_release.py's report."""
+    return replace_between(card, RELEASE_START, RELEASE_END, release_markdown(report))

@@ -1,0 +1,215 @@
+"""Turn a trained fold model into the release: calibrated, with its unfamiliar-image detector, scored on slices of
+other sources, stored as float16 shards with its model card.
+
+    python make_release.py runs/cpu-recipe/fold-0 --output release \\
+        --external ../shared/data/brain-tumor-mri-sartaj --report results/release.json
+
+MODEL is a fold folder of a train.py run (its parent holds run_args.json and cv_results.json). The fold it was held
+out from is the only data it never trained on, and the release is fitted on it:
+
+- the calibration temperature (config.calibration_temperature), which minimises the held-out log-loss;
+- the familiarity detector (config.familiarity_threshold and two buffers): class means and shared covariance of
+  the training folds' pooled features, and the held-out distances' 95th percentile as the threshold.
+
+Then the folder is written as the release (float16 shards of <= 15 MB, loading as float32), reloaded as a user would
+load it, and every reported number is measured on that reloaded model: held-out accuracy, log-loss and calibration
+error before and after, the share of held-out slices called unfamiliar, and for each --external folder (one folder
+per class, as `evaluation.py external` reads them) the accuracy, the tumor slices found, the healthy slices called
+notumor and the share called unfamiliar. The numbers go into the model card and into --report.
+"""
+
+import argparse
+import datetime
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForImageClassification
+
+from brain_resnet.calibration import (
+    UNFAMILIAR_QUANTILE,
+    expected_calibration_error,
+    fit_familiarity,
+    fit_temperature,
+    unfamiliar_threshold,
+)
+from brain_resnet.cli import UsageError
+from brain_resnet.data import decode_images, load_table
+from brain_resnet.engine import model_input
+from brain_resnet.external import external_files, external_metrics, read_external
+from brain_resnet.hub import save_model_folder
+from brain_resnet.modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
+from brain_resnet.reports import render_model_card, render_release_section
+from brain_resnet.runs import read_json, write_json
+
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="make_release.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", type=Path, help="a fold folder of a finished train.py run, such as runs/X/fold-0")
+    parser.add_argument("--output", type=Path, default=Path("release"), help="the release folder to (re)write")
+    parser.add_argument(
+        "--external", type=Path, action="append", default=[], help="a folder of other-source slices (repeatable)"
+    )
+    parser.add_argument("--report", type=Path, help="JSON file for every measured number (default: print only)")
+    parser.add_argument("--hub-model-id", help="the Hub repo the card names (default: the output folder)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="image-decoding threads")
+    args = parser.parse_args(argv)
+    args.command = shlex.join(["python", "make_release.py", *(sys.argv[1:] if argv is None else argv)])
+    return args
+
+
+@torch.no_grad()
+def logits_and_features(model, images: torch.Tensor, processor, batch_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Float32 logits (as trained, before any temperature) and pooled features of uint8 (N, 1, S, S) slices."""
+    logits, features = [], []
+    for batch in images.split(batch_size):
+        pooled = model.brain_resnet(model_input(batch.float().div_(255), processor)).pooler_output
+        logits.append(model.classifier(pooled))
+        features.append(pooled.flatten(1))
+    return torch.cat(logits).float(), torch.cat(features).float().numpy()
+
+
+@torch.no_grad()
+def released_outputs(model, images: torch.Tensor, processor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and unfamiliarity as the release gives them to its users."""
+    probs, unfamiliarity = [], []
+    for batch in images.split(batch_size):
+        outputs = model(pixel_values=model_input(batch.float().div_(255), processor))
+        probs.append(outputs.logits.softmax(dim=1))
+        unfamiliarity.append(outputs.unfamiliarity)
+    return torch.cat(probs).numpy(), torch.cat(unfamiliarity).numpy()
+
+
+def held_out_scores(probs: np.ndarray, labels: np.ndarray, unfamiliarity: np.ndarray) -> dict:
+    return {
+        "slices": int(len(labels)),
+        "accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
+        "log_loss": float(F.nll_loss(torch.from_numpy(np.log(np.clip(probs, 1e-12, 1))), torch.from_numpy(labels))),
+        "calibration_error": expected_calibration_error(probs, labels),
+        "unfamiliar": float(np.mean(unfamiliarity > 1)),
+    }
+
+
+def make_release(args: argparse.Namespace) -> dict:
+    run_dir = args.model.parent
+    saved, results = read_json(run_dir / "run_args.json"), read_json(run_dir / "cv_results.json")
+    if saved is None or results is None or not args.model.name.startswith("fold-"):
+        raise UsageError(f"{args.model} is not a fold folder of a finished train.py run")
+    fold = int(args.model.name.split("-")[1])
+    if str(fold) not in results.get("folds", {}):
+        raise UsageError(f"{run_dir}/cv_results.json has no finished fold {fold}")
+    settings = saved["settings"]
+    model = BrainResNetForImageClassification.from_pretrained(args.model).eval()
+    processor = BrainResNetImageProcessor.from_pretrained(args.model)
+    model = model.half().float()  # what the float16 release will compute: fit on the shipped weights
+
+    print(f"Decoding {settings['dataset']} ({settings['protocol']} protocol) ...")
+    table = load_table(settings["dataset"], settings["protocol"], with_test=False)
+    (images,) = decode_images(table.images, processor, [processor.size], args.workers)
+    held_out, training = table.folds == fold, table.folds != fold
+    labels = table.labels
+
+    print(f"Fitting on the {held_out.sum():,} slices of held-out fold {fold} ...")
+    held_logits, held_features = logits_and_features(model, images[held_out], processor, args.batch_size)
+    _, train_features = logits_and_features(model, images[training], processor, args.batch_size)
+    temperature = fit_temperature(held_logits, torch.from_numpy(labels[held_out]))
+    means, precision = fit_familiarity(train_features, labels[training], model.config.num_labels)
+    model.set_familiarity(means.half().float(), precision.half().float(), threshold=1.0)
+    distances = model.familiarity_distance(torch.from_numpy(held_features)).numpy()
+    model.set_familiarity(model.familiarity_means, model.familiarity_precision, unfamiliar_threshold(distances))
+    model.config.calibration_temperature = temperature
+    model.config.training_info = model.config.training_info | {
+        "calibrated_on": f"fold {fold} (held out)",
+        "calibration_temperature": round(temperature, 4),
+        "familiarity_quantile": UNFAMILIAR_QUANTILE,
+    }
+
+    with tempfile.TemporaryDirectory(dir=args.output.resolve().parent) as scratch:
+        staging = Path(scratch) / "release"
+        save_model_folder(model, processor, staging, half_storage=True)
+        released = AutoModelForImageClassification.from_pretrained(staging, trust_remote_code=True).eval()
+        probs, unfamiliarity = released_outputs(released, images[held_out], processor, args.batch_size)
+        uncalibrated = torch.softmax(held_logits, dim=1).numpy()
+        report = {
+            "command": args.command,
+            "device": "cpu",
+            "date": datetime.date.today().isoformat(),
+            "model": str(args.model),
+            "run_command": saved["command"],
+            "training_device": results["folds"][str(fold)]["device"],
+            "dataset": settings["dataset"],
+            "held_out": f"fold {fold} ({settings['protocol']} protocol)",
+            "training_slices": int(training.sum()),
+            "calibration_temperature": temperature,
+            "familiarity_threshold": released.config.familiarity_threshold,
+            "held_out_scores": held_out_scores(probs, labels[held_out], unfamiliarity),
+            "held_out_scores_uncalibrated": {
+                "log_loss": float(F.cross_entropy(held_logits, torch.from_numpy(labels[held_out]))),
+                "calibration_error": expected_calibration_error(uncalibrated, labels[held_out]),
+            },
+            "external": {},
+        }
+        class_names = [released.config.id2label[i] for i in range(released.config.num_labels)]
+        for folder in args.external:
+            files = external_files(folder, class_names)
+            slices, kept, skipped = read_external(files)
+            (external_images,) = decode_images(slices, processor, [processor.size], args.workers)
+            probs, unfamiliarity = released_outputs(released, external_images, processor, args.batch_size)
+            predicted = [class_names[i] for i in probs.argmax(axis=1)]
+            report["external"][folder.name] = external_metrics([truth for _, truth in kept], predicted) | {
+                "unfamiliar": float(np.mean(unfamiliarity > 1)),
+                "skipped": skipped,
+            }
+        model_id = args.hub_model_id or str(args.output)
+        card = render_model_card(MODEL_CARD_TEMPLATE.read_text(), results, fold, model_id)
+        (staging / "README.md").write_text(render_release_section(card, report))
+        if args.output.exists():
+            shutil.rmtree(args.output)
+        shutil.move(staging, args.output)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.report, report)
+    return report
+
+
+def print_report(report: dict) -> None:
+    scores, before = report["held_out_scores"], report["held_out_scores_uncalibrated"]
+    print(
+        f"{report['held_out']}: accuracy {scores['accuracy']:.4f}; log-loss {before['log_loss']:.4f} -> "
+        f"{scores['log_loss']:.4f} and calibration error {before['calibration_error']:.4f} -> "
+        f"{scores['calibration_error']:.4f} at temperature {report['calibration_temperature']:.3f}; "
+        f"{scores['unfamiliar']:.1%} called unfamiliar"
+    )
+    for name, metrics in report["external"].items():
+        shown = ", ".join(
+            f"{key} {metrics[key]:.4f}"
+            for key in ("accuracy", "tumor_found", "notumor_specificity", "unfamiliar")
+            if metrics.get(key) is not None
+        )
+        print(f"{name} ({metrics['slices']} slices): {shown}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = make_release(args)
+    except UsageError as error:
+        print(f"make_release.py: error: {error}", file=sys.stderr)
+        return 2
+    print_report(report)
+    print(f"Wrote {args.output}" + (f" and {args.report}" if args.report else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

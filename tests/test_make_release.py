@@ -1,0 +1,73 @@
+"""make_release.py end to end on the tiny 2-fold train.py run of test_evaluation: the release folder it writes is
+calibrated, carries its unfamiliar-image detector, stores float16 shards, loads as users load it, and its card and
+report hold the numbers measured on it."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from test_evaluation import external_folder, run  # noqa: F401 (fixtures)
+from transformers import AutoModelForImageClassification
+
+import make_release
+
+
+@pytest.fixture(scope="module")
+def release(run, tmp_path_factory) -> tuple:  # noqa: F811
+    work = tmp_path_factory.mktemp("release")
+    external = work / "other-source"
+    for name in ("tumor", "notumor"):  # tumor slices of unknown type, and healthy ones
+        (external / name).mkdir(parents=True)
+    for image in sorted((run.parent / "src").rglob("*.jpg"))[::7]:
+        target = "notumor" if image.parent.name == "notumor" else "tumor"
+        (external / target / image.name).write_bytes(image.read_bytes())
+    (external / "tumor" / "broken.jpg").write_bytes(b"not a jpeg")
+    out, report = work / "release", work / "release.json"
+    out.mkdir()
+    (out / "stale.txt").write_text("the previous release")
+    argv = [str(run / "fold-0"), "--output", str(out), "--external", str(external), "--report", str(report)]
+    assert make_release.main(argv) == 0
+    return out, json.loads(report.read_text())
+
+
+def test_release_is_calibrated_and_carries_its_detector(release):
+    out, report = release
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
+
+    assert model.dtype == torch.float32
+    assert model.config.calibration_temperature == pytest.approx(report["calibration_temperature"])
+    assert model.config.calibration_temperature != 1.0
+    assert model.config.familiarity_threshold == pytest.approx(report["familiarity_threshold"]) > 0
+    assert model.config.training_info["calibrated_on"] == "fold 0 (held out)"
+    assert not (out / "stale.txt").exists()  # the folder is replaced, not mixed with the previous release
+    for shard in out.glob("*.safetensors"):
+        assert shard.stat().st_size <= 15e6
+        with safe_open(str(shard), "pt") as weights:
+            assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"F16"}  # noqa: SIM118
+
+
+def test_report_measures_the_released_model(release, run):  # noqa: F811
+    out, report = release
+    held_out = report["held_out_scores"]
+    assert held_out["slices"] == 20  # fold 0 of 40 slices in 2 folds
+    assert held_out["unfamiliar"] <= 0.1  # the threshold is the held-out 95th percentile
+    assert held_out["log_loss"] <= report["held_out_scores_uncalibrated"]["log_loss"] + 1e-4
+    other = report["external"]["other-source"]
+    assert other["slices"] == sum(other["predicted_by_class"][name][label] for name in other["predicted_by_class"]
+                                  for label in other["predicted_by_class"][name])  # fmt: skip
+    assert len(other["skipped"]) == 1 and "broken.jpg" in other["skipped"][0]
+    assert 0 <= other["unfamiliar"] <= 1 and other["tumor_found"] is not None and other["accuracy"] is not None
+    assert report["training_device"] == "cpu" and report["command"].startswith("python make_release.py")
+
+    card = (out / "README.md").read_text()
+    assert "interim weights, trained on a CPU" in card
+    assert f"| other-source | {other['slices']} |" in card
+    assert f"{held_out['accuracy']:.4f}" in card and "fold 0's model" in card
+
+
+def test_what_is_not_a_fold_of_a_finished_run_is_refused_and_nothing_is_written(run, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "release"
+    assert make_release.main([str(run), "--output", str(out)]) == 2
+    assert "is not a fold folder of a finished train.py run" in capsys.readouterr().err
+    assert not out.exists()

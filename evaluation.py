@@ -449,7 +449,38 @@ def variant_name(model: str) -> str:
     return model if model in VARIANTS else Path(model).stem
 
 
-def summarize_runs(paths: list[Path], robustness_files: list[Path]) -> dict:
+CROSS_SOURCE_METRICS = ("accuracy", "tumor_found", "notumor_specificity")
+
+
+def read_external_reports(files: list[Path]) -> dict[str, tuple[str, dict]]:
+    """{resolved model folder: (data folder name, metrics)} from `evaluation.py external` outputs."""
+    scores = {}
+    for file in files:
+        report = read_json(file)
+        if report is None or "models" not in report:
+            raise UsageError(f"{file} is not an `evaluation.py external` output")
+        data = Path(report["data"]).name
+        scores |= {str(Path(model).resolve()): (data, metrics) for model, metrics in report["models"].items()}
+    return scores
+
+
+def cross_source_scores(runs: list[tuple[Path, dict]], scores: dict[str, tuple[str, dict]]) -> dict:
+    """{data: mean of CROSS_SOURCE_METRICS over the runs' fold models scored on it, and how many were}."""
+    by_data = {}
+    for path, results in runs:
+        for fold in results["folds"]:
+            if (found := scores.get(str((path / f"fold-{fold}").resolve()))) is not None:
+                by_data.setdefault(found[0], []).append(found[1])
+    return {
+        data: {"models": len(metrics)}
+        | {name: float(np.mean([m[name] for m in metrics if m[name] is not None])) for name in CROSS_SOURCE_METRICS}
+        for data, metrics in by_data.items()
+    }
+
+
+def summarize_runs(paths: list[Path], robustness_files: list[Path], external_files: list[Path] = ()) -> dict:
+    """Runs grouped by protocol and variant; robustness files add shortcut flip rates, `external` outputs (of the
+    runs' fold models on another source) add cross-source scores."""
     groups = {}  # (protocol, variant) -> finished runs
     for path in paths:
         results = read_json(path / "cv_results.json")
@@ -464,6 +495,7 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path]) -> dict:
         if report is None or "runs" not in report:
             raise UsageError(f"{file} is not an `evaluation.py robustness` output")
         shortcut |= {str(Path(run).resolve()): entry for run, entry in report["runs"].items()}
+    external_scores = read_external_reports(list(external_files))
 
     protocols, devices = {}, set()
     for (protocol, variant), runs in sorted(groups.items()):
@@ -496,15 +528,21 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path]) -> dict:
         flip_rates = [rate for rate in measured if rate is not None]
         if flip_rates:
             entry["shortcut_flip_rate"] = float(np.mean(flip_rates))
+        if cross_source := cross_source_scores(runs, external_scores):
+            entry["cross_source"] = cross_source
         protocols.setdefault(protocol, {})[variant] = entry
         devices.update(entry["device"])
 
-    improved = [protocols.get(p, {}).get("improved", {}).get("shortcut_flip_rate") for p in ("grouped", "stratified")]
+    def improved(name: str):  # the improved model's, under the honest protocol when it was measured there
+        found = [protocols.get(p, {}).get("improved", {}).get(name) for p in ("grouped", "stratified")]
+        return next((value for value in found if value is not None), None)
+
     return {
         "device": ", ".join(sorted(devices)),
         "protocols": protocols,
-        # the improved model's, under the honest protocol when it was measured there
-        "shortcut_flip_rate": next((rate for rate in improved if rate is not None), None),
+        "shortcut_flip_rate": improved("shortcut_flip_rate"),
+        # models trained on the runs' dataset only, scored on slices of another source
+        "cross_source": improved("cross_source"),
         "command": shlex.join(["python", *sys.argv]),
     }
 
@@ -549,6 +587,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     summary = commands.add_parser("summary", help="one table of finished cross-validation runs")
     summary.add_argument("runs", nargs="+", type=Path, help="train.py output folders of cross-validation runs")
     summary.add_argument("--robustness", type=Path, action="append", default=[], help="robustness JSON (repeatable)")
+    summary.add_argument(
+        "--external",
+        type=Path,
+        action="append",
+        default=[],
+        help="`external` JSON of the runs' fold models on another source: cross-source scores (repeatable)",
+    )
     summary.add_argument("--output", type=Path, help="JSON file to write (default: print only)")
 
     args = parser.parse_args(argv)
@@ -567,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "robustness": (robustness, print_robustness),
         "external": (external, print_external),
-        "summary": (lambda a: summarize_runs(a.runs, a.robustness), print_summary),
+        "summary": (lambda a: summarize_runs(a.runs, a.robustness, a.external), print_summary),
     }
     compute, show = commands[args.command]
     try:

@@ -266,6 +266,21 @@ def test_summary_gathers_runs_by_protocol_and_variant(run, robustness_result, tm
     assert summary["device"] == "cpu"
 
 
+def test_summary_reports_cross_source_scores_of_the_fold_models(run, external_folder, tmp_path):
+    scored = tmp_path / "external.json"
+    models = [arg for fold in ("fold-0", "fold-1") for arg in ("--model", str(run / fold))]
+    assert evaluation.main(["external", str(external_folder), *models, "--output", str(scored)]) == 0
+    output = tmp_path / "summary.json"
+    assert evaluation.main(["summary", str(run), "--external", str(scored), "--output", str(output)]) == 0
+
+    per_model = json.loads(scored.read_text())["models"].values()
+    cross_source = json.loads(output.read_text())["protocols"]["grouped"]["tiny"]["cross_source"]["external"]
+    assert cross_source["models"] == 2
+    for name in ("accuracy", "tumor_found", "notumor_specificity"):
+        assert cross_source[name] == pytest.approx(np.mean([metrics[name] for metrics in per_model]))
+    assert evaluation.main(["summary", str(run), "--external", str(output)]) == 2  # a summary is no external output
+
+
 def test_summary_rejects_an_unfinished_run(tmp_path, capsys):
     assert evaluation.main(["summary", str(tmp_path)]) == 2
     assert "not a finished train.py cross-validation run" in capsys.readouterr().err

@@ -50,7 +50,7 @@ from transformers.utils import logging as transformers_logging
 
 from brain_resnet.cli import UsageError, number
 from brain_resnet.data import Table, decode_images, load_table, open_image
-from brain_resnet.engine import logits_function, model_config, model_input, native_bf16
+from brain_resnet.engine import logits_function, model_config, model_input
 from brain_resnet.external import NOTUMOR, external_files, external_metrics, read_external
 from brain_resnet.folds import PROTOCOL_NAMES
 from brain_resnet.metrics import forward_flops
@@ -191,7 +191,7 @@ def load_run(path: Path, device: torch.device) -> Run:
 @torch.no_grad()
 def predict(model, images: torch.Tensor, processor, device, batch_size: int) -> torch.Tensor:
     """Class probabilities of uint8 (N, 1, S, S) slices, as train.py's evaluation computes them."""
-    forward = logits_function(model, device, bf16=native_bf16())  # as train.py's default evaluates
+    forward = logits_function(model, device, bf16=device.type == "cuda")  # as train.py evaluates
     probs = [
         torch.softmax(forward(model_input(batch.to(device).float().div_(255), processor)), dim=1).cpu()
         for batch in images.split(batch_size)

@@ -41,7 +41,7 @@ from brain_resnet.calibration import (
 from brain_resnet.cli import UsageError
 from brain_resnet.data import decode_images, load_table
 from brain_resnet.engine import model_input
-from brain_resnet.external import external_files, external_metrics, read_external
+from brain_resnet.external import TUMOR, external_files, external_metrics, read_external
 from brain_resnet.hub import save_model_folder
 from brain_resnet.modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
 from brain_resnet.reports import render_model_card, render_release_section
@@ -98,6 +98,12 @@ def held_out_scores(probs: np.ndarray, labels: np.ndarray, unfamiliarity: np.nda
         "calibration_error": expected_calibration_error(probs, labels),
         "unfamiliar": float(np.mean(unfamiliarity > 1)),
     }
+
+
+def subset_accuracy(truths: np.ndarray, predicted: np.ndarray, subset: np.ndarray) -> float | None:
+    """Accuracy on the slices of a named class (not `tumor`) within `subset`; None when there are none."""
+    scored = subset & (truths != TUMOR)
+    return float(np.mean(truths[scored] == predicted[scored])) if scored.any() else None
 
 
 def make_release(args: argparse.Namespace) -> dict:
@@ -165,9 +171,13 @@ def make_release(args: argparse.Namespace) -> dict:
             slices, kept, skipped = read_external(files)
             (external_images,) = decode_images(slices, processor, [processor.size], args.workers)
             probs, unfamiliarity = released_outputs(released, external_images, processor, args.batch_size)
-            predicted = [class_names[i] for i in probs.argmax(axis=1)]
-            report["external"][folder.name] = external_metrics([truth for _, truth in kept], predicted) | {
+            predicted = np.array([class_names[i] for i in probs.argmax(axis=1)])
+            truths = np.array([truth for _, truth in kept])
+            report["external"][folder.name] = external_metrics(truths.tolist(), predicted.tolist()) | {
                 "unfamiliar": float(np.mean(unfamiliarity > 1)),
+                # does the warning single out the slices the model gets wrong?
+                "accuracy_familiar": subset_accuracy(truths, predicted, unfamiliarity <= 1),
+                "accuracy_unfamiliar": subset_accuracy(truths, predicted, unfamiliarity > 1),
                 "skipped": skipped,
             }
         model_id = args.hub_model_id or str(args.output)
@@ -193,7 +203,14 @@ def print_report(report: dict) -> None:
     for name, metrics in report["external"].items():
         shown = ", ".join(
             f"{key} {metrics[key]:.4f}"
-            for key in ("accuracy", "tumor_found", "notumor_specificity", "unfamiliar")
+            for key in (
+                "accuracy",
+                "tumor_found",
+                "notumor_specificity",
+                "unfamiliar",
+                "accuracy_familiar",
+                "accuracy_unfamiliar",
+            )
             if metrics.get(key) is not None
         )
         print(f"{name} ({metrics['slices']} slices): {shown}")

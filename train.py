@@ -291,7 +291,10 @@ def train_fold(fold, args, accelerator, data: DeviceData, config, processor, sto
     # Only training is compiled: evaluation is a tenth of the work, not worth a second (no-grad) compilation.
     # Folds after the first reuse the first one's graphs: same code, new parameters as graph inputs.
     train_forward = logits_function(torch.compile(model) if args.compile else model, accelerator.device, args.bf16)
-    eval_forward = logits_function(model, accelerator.device, args.bf16)
+    # On the CPU, held-out scores come from float32, as the Space and make_release.py compute (bf16 would flip a
+    # few borderline slices); on CUDA evaluation stays in the training precision.
+    on_cuda = accelerator.device.type == "cuda"
+    eval_forward = logits_function(model, accelerator.device, args.bf16 and on_cuda)
 
     eval_labels = table.labels[eval_rows.cpu().numpy()]
     eval_batch = args.batch_size // accelerator.num_processes

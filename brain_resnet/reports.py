@@ -288,13 +288,17 @@ def release_markdown(report: dict) -> str:
             "On slices of sources these weights never trained on:",
             "",
             "| data | slices | 4-class accuracy | tumor slices called a tumor | healthy slices called notumor "
-            "| called unfamiliar |",
-            "|---|---|---|---|---|---|",
+            "| called unfamiliar | accuracy: familiar / unfamiliar slices |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, metrics in report["external"].items():
             cells = [metrics.get(key) for key in ("accuracy", "tumor_found", "notumor_specificity")]
             shown = " | ".join(f"{value:.4f}" if value is not None else "–" for value in cells)
-            lines.append(f"| {name} | {metrics['slices']} | {shown} | {metrics['unfamiliar']:.1%} |")
+            split = " / ".join(
+                f"{value:.4f}" if (value := metrics.get(key)) is not None else "–"
+                for key in ("accuracy_familiar", "accuracy_unfamiliar")
+            )
+            lines.append(f"| {name} | {metrics['slices']} | {shown} | {metrics['unfamiliar']:.1%} | {split} |")
         lines.append("")
     return "\n".join(lines)
 

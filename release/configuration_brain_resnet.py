@@ -58,6 +58,14 @@ class BrainResNetConfig(PretrainedConfig):
             Activation used throughout.
         dropout (`float`, defaults to 0.0):
             Dropout on the pooled features before the classifier.
+        calibration_temperature (`float`, defaults to 1.0):
+            The classifier's logits are divided by it, so that softmax probabilities are calibrated. Fitted after
+            training on held-out slices (temperature scaling); 1 leaves the logits as trained.
+        familiarity_threshold (`float`, *optional*):
+            When set, the model carries the class means and shared precision matrix of its training slices' pooled
+            features and returns each slice's `unfamiliarity`: its squared Mahalanobis distance to the nearest
+            class mean divided by this threshold, so that above 1 means unlike the training data. The threshold is
+            a high quantile of held-out slices' distances.
     """
 
     model_type = "brain_resnet"
@@ -76,6 +84,8 @@ class BrainResNetConfig(PretrainedConfig):
         se_reduction: int = 16,
         hidden_act: str = "relu",
         dropout: float = 0.0,
+        calibration_temperature: float = 1.0,
+        familiarity_threshold: float | None = None,
         **kwargs,
     ):
         if "id2label" not in kwargs and "num_labels" not in kwargs:
@@ -94,6 +104,8 @@ class BrainResNetConfig(PretrainedConfig):
         self.se_reduction = se_reduction
         self.hidden_act = hidden_act
         self.dropout = dropout
+        self.calibration_temperature = calibration_temperature
+        self.familiarity_threshold = familiarity_threshold
         self._validate()
 
     def _validate(self):
@@ -104,6 +116,10 @@ class BrainResNetConfig(PretrainedConfig):
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if not self.calibration_temperature > 0:
+            raise ValueError(f"calibration_temperature must be positive, got {self.calibration_temperature}")
+        if self.familiarity_threshold is not None and not self.familiarity_threshold > 0:
+            raise ValueError(f"familiarity_threshold must be positive, got {self.familiarity_threshold}")
         if len(self.hidden_sizes) != len(self.depths):
             raise ValueError(f"hidden_sizes {self.hidden_sizes} and depths {self.depths} differ in length")
         if self.stem_type == "multiscale":

@@ -15,6 +15,11 @@ ResNet34 with three changes, each switchable in [`BrainResNetConfig`]:
    block and carries no SE of its own.
 3. **Squeeze-and-Excitation** (Hu et al., 2018) on the residual branch of every residual block, before the addition,
    with reduction 16. Its channel weights are returned with `output_attentions=True`.
+
+A trained release adds two honest outputs, fitted on held-out slices (see `BrainResNetConfig`): logits divided by a
+calibration temperature, and an `unfamiliarity` score, the Mahalanobis distance of the pooled features to the
+nearest class mean of the training slices (Lee et al., 2018) over a threshold; above 1, the slice is unlike the
+training data and the prediction means little.
 """
 
 import math
@@ -51,6 +56,21 @@ class BrainResNetModelOutput(ModelOutput):
     pooler_output: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class BrainResNetImageClassifierOutput(ImageClassifierOutput):
+    """
+    [`ImageClassifierOutput`] plus:
+
+    Args:
+        unfamiliarity (`torch.FloatTensor` of shape `(batch_size,)`, *optional*, returned when the config has a
+            `familiarity_threshold`):
+            Squared Mahalanobis distance of each slice's pooled features to the nearest training class mean, over
+            the threshold: above 1, the slice is unlike the training data.
+    """
+
+    unfamiliarity: torch.FloatTensor | None = None
 
 
 class BrainResNetConvLayer(nn.Module):
@@ -331,7 +351,29 @@ class BrainResNetForImageClassification(BrainResNetPreTrainedModel):
             nn.Dropout(config.dropout),
             nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity(),
         )
+        if config.familiarity_threshold is not None:  # filled by from_pretrained or set_familiarity
+            features = config.hidden_sizes[-1]
+            self.register_buffer("familiarity_means", torch.zeros(config.num_labels, features))
+            self.register_buffer("familiarity_precision", torch.eye(features))
         self.post_init()
+
+    def set_familiarity(self, means: torch.Tensor, precision: torch.Tensor, threshold: float) -> None:
+        """Install the training slices' class means (num_labels, features) and shared precision matrix (features,
+        features) of pooled features, and the distance that counts as unfamiliar."""
+        if hasattr(self, "familiarity_means"):
+            self.familiarity_means = means.to(self.familiarity_means)
+            self.familiarity_precision = precision.to(self.familiarity_precision)
+        else:
+            device = self.classifier[-1].weight.device
+            self.register_buffer("familiarity_means", means.float().to(device))
+            self.register_buffer("familiarity_precision", precision.float().to(device))
+        self.config.familiarity_threshold = float(threshold)
+
+    def familiarity_distance(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(batch,) squared Mahalanobis distance of pooled features (batch, features) to the nearest class mean."""
+        differences = pooled.float()[:, None, :] - self.familiarity_means.float()[None]  # (batch, labels, features)
+        projected = differences @ self.familiarity_precision.float()
+        return (projected * differences).sum(dim=-1).amin(dim=1)
 
     def forward(
         self,
@@ -341,10 +383,12 @@ class BrainResNetForImageClassification(BrainResNetPreTrainedModel):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> ImageClassifierOutput | tuple:
+    ) -> BrainResNetImageClassifierOutput | tuple:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Class indices; when given, the output carries the cross-entropy loss.
+
+        The logits are divided by `config.calibration_temperature` (1 unless calibrated).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.brain_resnet(
@@ -354,8 +398,18 @@ class BrainResNetForImageClassification(BrainResNetPreTrainedModel):
             return_dict=True,
         )
         logits = self.classifier(outputs.pooler_output)
+        if self.config.calibration_temperature != 1.0:
+            logits = logits / self.config.calibration_temperature
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        result = ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        unfamiliarity = None
+        if self.config.familiarity_threshold is not None:
+            distance = self.familiarity_distance(outputs.pooler_output.flatten(1))
+            unfamiliarity = distance / self.config.familiarity_threshold
+        result = BrainResNetImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            unfamiliarity=unfamiliarity,
         )
         return result if return_dict else result.to_tuple()

@@ -81,15 +81,18 @@ tumor, and shows what it looked at.
 HOW_TO_READ = """
 ### How to read the maps
 
-All maps lie over the **model's view**: the slice as the network saw it (grayscale, cropped to the brain, 224×224).
+All maps lie over the **model's view**: the slice as the network saw it (grayscale, cropped to the brain, at the
+model's input size: 224×224 by default, 96×96 for the interim CPU-trained release).
 
 - **Grad-CAM** (Selvaraju et al., 2017): where the last stage's features raised the score of the chosen class
-  (gradient-weighted sum of its 7×7 feature maps, upsampled). Each class's map is scaled to its own maximum, so a
-  bright map for an unlikely class is still weak evidence; pick the class with the control under the image.
+  (gradient-weighted sum of its feature maps, 1/32 of the input side, upsampled: coarse for a small input). Each
+  class's map is scaled to its own maximum, so a bright map for an unlikely class is still weak evidence; pick the
+  class with the control under the image.
 - **SE channel weights**: the Squeeze-and-Excitation gate (0 to 1) that each residual block applied to each of its
   channels for this slice; one row per block, one panel per stage.
 - **Attention-weighted activation**: each stage's output feature map averaged over channels with the weights of
-  its last SE block, i.e. where the channels that attention turned up respond (56×56 in stage 1 down to 7×7).
+  its last SE block, i.e. where the channels that attention turned up respond (1/4 of the input side in stage 1
+  down to 1/32).
 - **Stem branch responses**: mean absolute response of the multi-scale stem's parallel 3×3, 5×5 and 7×7
   convolutions, showing the structures each receptive field picks up.
 

@@ -58,6 +58,8 @@ def test_report_measures_the_released_model(release, run):  # noqa: F811
                                   for label in other["predicted_by_class"][name])  # fmt: skip
     assert len(other["skipped"]) == 1 and "broken.jpg" in other["skipped"][0]
     assert 0 <= other["unfamiliar"] <= 1 and other["tumor_found"] is not None and other["accuracy"] is not None
+    split = [other[key] for key in ("accuracy_familiar", "accuracy_unfamiliar") if other[key] is not None]
+    assert split and all(0 <= value <= 1 for value in split)
     assert report["training_device"] == "cpu" and report["command"].startswith("python make_release.py")
 
     card = (out / "README.md").read_text()

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
-from PIL import Image
+from PIL import Image, ImageOps
 
 import prepare_dataset as prep
 from brain_resnet import folds
@@ -339,3 +340,74 @@ def test_push_to_hub_uploads_the_prepared_folder(tmp_path, brain_mri_data, monke
         ("upload_folder", {"folder_path": out, "repo_id": "someone/brain-mri", "repo_type": "dataset"}),
     ]
     assert 'load_dataset("someone/brain-mri"' in (out / "README.md").read_text()
+
+
+# ---------------------------------------------------------------- several sources
+SARTAJ = "brain-tumor-mri-sartaj"
+COPIED_ORIGINAL = "glioma/figshare-0017.jpg"
+DISGUISED_COPY = "glioma/disguised-copy.jpg"
+
+
+def plant_disguised_copy(data: Path, dest: Path) -> None:
+    """A 4k slice mirrored, re-windowed (gamma 0.6), shrunk and saved as RGB: how another source may carry it."""
+    with Image.open(data / COPIED_ORIGINAL) as img:
+        mirrored = ImageOps.mirror(img.convert("L")).point(lambda v: round(255 * (v / 255) ** 0.6))
+        mirrored.resize((200, 200)).convert("RGB").save(dest / DISGUISED_COPY, quality=80)
+
+
+@pytest.fixture(scope="module")
+def combined(tmp_path_factory, brain_mri_data):
+    """brain-tumor-mri-4k and brain-tumor-mri-sartaj slices (one a disguised 4k copy, one a 4k name) as one dataset."""
+    root = tmp_path_factory.mktemp("combined")
+    four_k, sartaj, out = root / "brain-tumor-mri-4k", root / SARTAJ, root / "out"
+    copy_slices(brain_mri_data, four_k, per_class=6, extra={"glioma": [Path(COPIED_ORIGINAL).name]})
+    copy_slices(brain_mri_data.parent / SARTAJ, sartaj, per_class=6)
+    plant_disguised_copy(brain_mri_data, sartaj)
+    shutil.copy(four_k / "notumor" / sorted(os.listdir(four_k / "notumor"))[0], sartaj / "notumor")  # a name in both
+    prep.main([str(four_k), str(sartaj), str(out), "--folds", "3", "--seed", "0"])
+    return {
+        "rows": {r["file"]: r for r in read_columns(out)},
+        "card": (out / "README.md").read_text(),
+        "sartaj": sartaj,
+    }
+
+
+def test_several_sources_make_one_dataset_with_stratified_grouped_folds(combined):
+    rows = combined["rows"]
+    assert len(rows) == 4 * 6 + 1 + 4 * 6 + 2  # the file in both sources is kept twice, under each source's name
+    assert {f.split("/")[0] for f in rows} == {"brain-tumor-mri-4k", SARTAJ}
+    assert {r["source"] for f, r in rows.items() if "disguised" not in f} == {"figshare", "br35h", "sartaj"}
+    folds_of_group = defaultdict(set)
+    counts = np.zeros((len(CLASSES), 3), int)
+    for r in rows.values():
+        folds_of_group[r["group"]].add(r["fold"])
+        counts[r["label"], r["fold"]] += 1
+    assert all(len(group_folds) == 1 for group_folds in folds_of_group.values())
+    assert (counts > 0).all(), counts
+    for source in ("sartaj", "figshare", "br35h"):
+        assert f"| {source} | " in combined["card"], source
+
+
+def test_a_mirrored_rewindowed_copy_in_another_source_joins_its_original(combined, brain_mri_data):
+    rows = combined["rows"]
+    copy, original = rows[f"{SARTAJ}/{DISGUISED_COPY}"], rows[f"brain-tumor-mri-4k/{COPIED_ORIGINAL}"]
+    assert copy["group"] == original["group"] and copy["fold"] == original["fold"]
+    # Hashing alone misses it: the thumbnail correlation is what links them.
+    hashes = []
+    for path in (combined["sartaj"] / DISGUISED_COPY, brain_mri_data / COPIED_ORIGINAL):
+        with Image.open(path) as img:
+            hashes.append(folds.image_hashes(img))
+    assert folds.near_duplicate_groups(hashes) == [0, 1]
+
+
+def test_sources_with_different_class_folders_are_refused(tmp_path, brain_mri_data, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    copy_slices(brain_mri_data, a, per_class=2)
+    copy_slices(brain_mri_data, b, per_class=2)
+    shutil.rmtree(b / "pituitary")
+    message = error_of([str(a), str(b), str(tmp_path / "out")], capsys)
+    assert "different class folders" in message and "pituitary" in message
+    same_name = tmp_path / "other" / "a"
+    copy_slices(brain_mri_data, same_name, per_class=2)
+    assert "several SRC folders are named a" in error_of([str(a), str(same_name), str(tmp_path / "out")], capsys)
+    assert not (tmp_path / "out").exists()

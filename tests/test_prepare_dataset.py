@@ -29,11 +29,17 @@ PLANTED = "glioma/planted-near-copy.jpg"
 
 
 def copy_slices(
-    data: Path, dest: Path, per_class: int, start: int = 0, extra: dict[str, list[str]] | None = None
+    data: Path,
+    dest: Path,
+    per_class: int,
+    start: int = 0,
+    extra: dict[str, list[str]] | None = None,
+    step: int = 1,
 ) -> None:
-    """``per_class`` slices of each class from the ``start``-th on, plus named ``extra`` ones, into dest/<class>/."""
+    """``per_class`` slices of each class, every ``step``-th from the ``start``-th on, plus named ``extra`` ones,
+    into dest/<class>/."""
     for name in CLASSES:
-        chosen = sorted((data / name).iterdir())[start : start + per_class]
+        chosen = sorted((data / name).iterdir())[start : start + per_class * step : step]
         files = chosen + [data / name / f for f in (extra or {}).get(name, [])]
         (dest / name).mkdir(parents=True)
         for f in files:
@@ -67,7 +73,8 @@ def prepared(tmp_path_factory, brain_mri_data):
     """The documented command run once on ~40 real slices; SRC is deleted afterwards."""
     root = tmp_path_factory.mktemp("prepared")
     src, out = root / "src", root / "out"
-    copy_slices(brain_mri_data, src, per_class=8, extra={"notumor": RESAVED_TRIO + IDENTICAL_PAIR})
+    # Slices far apart, so that no two are adjacent slices of one patient (which would share a group).
+    copy_slices(brain_mri_data, src, per_class=8, extra={"notumor": RESAVED_TRIO + IDENTICAL_PAIR}, step=67)
     planted_original = plant_near_copy(src)
     digests = {p.relative_to(src).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in src.rglob("*.jpg")}
     cmd = [sys.executable, "prepare_dataset.py", str(src), str(out), "--folds", "3", "--seed", "0"]
@@ -288,8 +295,9 @@ def test_kaggle_style_tree_gives_train_and_test_splits(tmp_path, brain_mri_data,
     import datasets
 
     src, out = tmp_path / "src", tmp_path / "out"
-    copy_slices(brain_mri_data, src / "Training", per_class=4)
-    copy_slices(brain_mri_data, src / "Testing", per_class=2, start=4)
+    # Slices far apart: adjacent slices of one patient would be near-duplicates across the splits.
+    copy_slices(brain_mri_data, src / "Training", per_class=4, step=97)
+    copy_slices(brain_mri_data, src / "Testing", per_class=2, start=50, step=97)
     twin = sorted((src / "Training" / "glioma").iterdir())[0]
     shutil.copy(twin, src / "Testing" / "glioma" / "copy-of-train.jpg")
     (src / "README.txt").write_text("loose files beside the trees are ignored\n")
@@ -344,14 +352,14 @@ def test_push_to_hub_uploads_the_prepared_folder(tmp_path, brain_mri_data, monke
 
 # ---------------------------------------------------------------- several sources
 SARTAJ = "brain-tumor-mri-sartaj"
-COPIED_ORIGINAL = "glioma/figshare-0017.jpg"
-DISGUISED_COPY = "glioma/disguised-copy.jpg"
+COPIED_ORIGINAL = "meningioma/figshare-0017.jpg"
+DISGUISED_COPY = "meningioma/disguised-copy.jpg"
 
 
 def plant_disguised_copy(data: Path, dest: Path) -> None:
-    """A 4k slice mirrored, re-windowed (gamma 0.6), shrunk and saved as RGB: how another source may carry it."""
+    """A 4k slice mirrored, re-windowed (gamma 1.5), shrunk and saved as RGB: how another source may carry it."""
     with Image.open(data / COPIED_ORIGINAL) as img:
-        mirrored = ImageOps.mirror(img.convert("L")).point(lambda v: round(255 * (v / 255) ** 0.6))
+        mirrored = ImageOps.mirror(img.convert("L")).point(lambda v: round(255 * (v / 255) ** 1.5))
         mirrored.resize((200, 200)).convert("RGB").save(dest / DISGUISED_COPY, quality=80)
 
 
@@ -360,7 +368,7 @@ def combined(tmp_path_factory, brain_mri_data):
     """brain-tumor-mri-4k and brain-tumor-mri-sartaj slices (one a disguised 4k copy, one a 4k name) as one dataset."""
     root = tmp_path_factory.mktemp("combined")
     four_k, sartaj, out = root / "brain-tumor-mri-4k", root / SARTAJ, root / "out"
-    copy_slices(brain_mri_data, four_k, per_class=6, extra={"glioma": [Path(COPIED_ORIGINAL).name]})
+    copy_slices(brain_mri_data, four_k, per_class=6, extra={"meningioma": [Path(COPIED_ORIGINAL).name]})
     copy_slices(brain_mri_data.parent / SARTAJ, sartaj, per_class=6)
     plant_disguised_copy(brain_mri_data, sartaj)
     shutil.copy(four_k / "notumor" / sorted(os.listdir(four_k / "notumor"))[0], sartaj / "notumor")  # a name in both

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from brain_resnet.folds import (
     FOLD_COLUMNS,
     HASH_SIZE,
+    MAX_NEIGHBOUR_PHASH_DISTANCE,
     MIN_NEIGHBOUR_CORRELATION,
     MIN_THUMBNAIL_CORRELATION,
     NO_FOLD,
@@ -304,8 +305,9 @@ def build_table(slices: list[Slice], n_folds: int, seed: int) -> Table:
     thumbnails = [s.thumbnail for s in slices]
     look_alikes = correlated_pairs(thumbnails)
     numbers = [patient_number(s.entry, src) for s, src in zip(slices, source, strict=True)]
-    neighbours = numbered_neighbour_pairs(numbers, thumbnails)
-    group = np.array(near_duplicate_groups([s.hashes for s in slices], more_links=[look_alikes, neighbours]))
+    hashes = [s.hashes for s in slices]
+    neighbours = numbered_neighbour_pairs(numbers, hashes, thumbnails)
+    group = np.array(near_duplicate_groups(hashes, more_links=[look_alikes, neighbours]))
     train = split == "train"
     for name, count in zip(classes, np.bincount(label[train], minlength=len(classes)), strict=True):
         if count < n_folds:
@@ -572,7 +574,8 @@ def card_text(table: Table, stats: GroupStats, name: str, load_as: str) -> str:
         f"{HASH_SIZE**2} bits, their thumbnails correlate above {MIN_THUMBNAIL_CORRELATION} as they are or "
         "mirrored (a flipped copy, also across sources), their bytes are identical, or they are consecutively "
         "numbered slices of one class from a source numbered patient by patient (figshare) whose thumbnails "
-        f"correlate above {MIN_NEIGHBOUR_CORRELATION} (adjacent slices of one patient); a group is a connected "
+        f"correlate above {MIN_NEIGHBOUR_CORRELATION} or whose perceptual hashes differ in at most "
+        f"{MAX_NEIGHBOUR_PHASH_DISTANCE} bits (adjacent slices of one patient); a group is a connected "
         "set of links. The thresholds were chosen by measurement on brain-tumor-mri-4k: links between different "
         "classes (so different patients) first appear at 36 perceptual-hash bits and a thumbnail correlation "
         f"of 0.898, and groups stay small. Here: {stats.clusters:,} clusters of 2+ images hold "

@@ -132,8 +132,8 @@ def near_duplicate_groups(
     ``hashes`` holds one ``image_hashes`` result per image. Two images are linked when their average
     hashes are identical or their perceptual hashes differ in at most ``max_phash_distance`` bits, so
     byte-identical files always share a group; ``more_links`` adds (rows, cols) index pairs found other
-    ways (``correlated_pairs``). Groups are the connected components of these links: a group may chain
-    images that are not all pairwise close.
+    ways (``correlated_pairs``, ``numbered_neighbour_pairs``). Groups are the connected components of these
+    links: a group may chain images that are not all pairwise close.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components

@@ -1,12 +1,14 @@
 """Turn a folder tree of brain-MRI slices into a Hugging Face dataset folder with leak-free folds.
 
-    python prepare_dataset.py SRC OUT [--folds 5] [--seed 0] [--push-to-hub REPO_ID]
+    python prepare_dataset.py SRC [SRC ...] OUT [--folds 5] [--seed 0] [--push-to-hub REPO_ID]
 
 SRC holds one folder per class, or Kaggle-style ``Training/<class>/`` and ``Testing/<class>/``
 subtrees, which become the splits ``train`` and ``test`` (folds are made inside ``train``). Files
 directly under SRC (or beside the class folders) and hidden files are ignored; every other file must
-be an image. OUT becomes a Hub dataset repository folder: ``data/<split>-0000i-of-0000n.parquet``
-holding the original image bytes, and a README.md dataset card. Every file is decoded before
+be an image. Several SRC folders, each with the same class folders, make one dataset: each file is
+then named ``<SRC folder name>/<path in SRC>``, and the groups and folds span all of them. OUT
+becomes a Hub dataset repository folder: ``data/<split>-0000i-of-0000n.parquet`` holding the
+original image bytes, and a README.md dataset card. Every file is decoded before
 anything is written; if one is bad, nothing is.
 
 The near-duplicate grouping and the folds come from ``brain_resnet.folds``, which train.py uses too
@@ -20,13 +22,14 @@ import hashlib
 import io
 import math
 import os
+import re
 import shutil
 import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -37,13 +40,22 @@ from tqdm import tqdm
 from brain_resnet.folds import (
     FOLD_COLUMNS,
     HASH_SIZE,
+    MAX_NEIGHBOUR_PHASH_DISTANCE,
+    MIN_NEIGHBOUR_CORRELATION,
+    MIN_THUMBNAIL_CORRELATION,
     NO_FOLD,
     PHASH_MAX_DISTANCE,
     SHARE_TOLERANCE,
+    THUMBNAIL_SIZE,
     assign_folds,
+    check_hash,
     class_share_deviation,
+    correlated_pairs,
     image_hashes,
     near_duplicate_groups,
+    normalised_thumbnail,
+    numbered_neighbour_pairs,
+    split_look_alikes,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +63,7 @@ if TYPE_CHECKING:
 
 SPLIT_FOLDERS = {"training": "train", "testing": "test"}
 MAX_SHARD_BYTES = 500_000_000  # as datasets' push_to_hub
+FILE_NUMBER = re.compile(r"-(\d+)\.[^.]+$")  # figshare-0017.jpg: 17
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,9 @@ class KnownSource:
     license: str | None  # Hub license id; None where no license could be verified
     terms: str
     note: str = ""
+    # Files are numbered (figshare-0017.jpg) patient by patient within a class, so look-alike neighbours
+    # are adjacent slices of one patient.
+    numbered_by_patient: bool = False
 
 
 KNOWN_SOURCES = {
@@ -73,7 +89,9 @@ KNOWN_SOURCES = {
         "Region Augmentation and Partition” (PLoS ONE 2015) and “Retrieval of Brain Tumors by Adaptive "
         "Spatial Pooling and Fisher Vector Representation” (PLoS ONE 2016).",
         note="The figshare set has 233 patients (about 13 slices each). Patient ids are not part of these "
-        "files; figshare numbers run roughly patient by patient, but no patient grouping is derived here.",
+        "files, but figshare numbers run patient by patient within a class: consecutive numbers of one class "
+        "whose thumbnails correlate share a group (see How the folds were made).",
+        numbered_by_patient=True,
     ),
     "br35h": KnownSource(
         title="Br35H :: Brain Tumor Detection 2020 (Ahmed Hamada, Kaggle)",
@@ -81,6 +99,15 @@ KNOWN_SOURCES = {
         license=None,
         terms="Published on Kaggle by Ahmed Hamada; no license was verified for this card. Check the "
         "terms on its Kaggle page before redistributing.",
+    ),
+    "sartaj": KnownSource(
+        title="Brain Tumor Classification (MRI) (Sartaj Bhuvaji et al., 2020, Kaggle)",
+        url="https://www.kaggle.com/datasets/sartajbhuvaji/brain-tumor-classification-mri",
+        license=None,
+        terms="Published on Kaggle and GitHub by Sartaj Bhuvaji et al.; no license was verified for this card. "
+        "Check the terms on its Kaggle page before redistributing.",
+        note="Only the slices that are not copies of figshare or Br35H slices (brain-tumor-mri-sartaj); "
+        "`sartaj-Tr-gl-0012.jpg` is the 12th file of that set's Training/glioma_tumor folder.",
     ),
 }
 
@@ -104,6 +131,8 @@ class Slice:
     data: bytes
     digest: str
     hashes: np.ndarray
+    thumbnail: np.ndarray
+    check: bytes  # check_hash, to measure the grouping by
     size: tuple[int, int]
     mode: str
 
@@ -146,6 +175,29 @@ def find_images(src: Path) -> tuple[list[Entry], list[str]]:
     return entries, ignored
 
 
+def find_all_images(srcs: Sequence[Path]) -> tuple[list[Entry], list[str]]:
+    """find_images of each SRC; with several, each file path starts with its SRC folder's name.
+
+    Raises SystemExit with a message when two SRC folders share a name or have different class folders.
+    """
+    if len(srcs) == 1:
+        return find_images(srcs[0])
+    names = [src.resolve().name for src in srcs]
+    repeated = sorted(name for name, n in Counter(names).items() if n > 1)
+    if repeated:
+        raise SystemExit(f"error: several SRC folders are named {', '.join(repeated)}; file names would collide")
+    entries, ignored, classes_of = [], [], {}
+    for src, name in zip(srcs, names, strict=True):
+        found, loose = find_images(src)
+        classes_of[name] = sorted({e.label for e in found})
+        entries += [replace(e, file=f"{name}/{e.file}") for e in found]
+        ignored += [f"{name}/{file}" for file in loose]
+    if len({tuple(classes) for classes in classes_of.values()}) > 1:
+        listing = "; ".join(f"{name}: {', '.join(classes)}" for name, classes in classes_of.items())
+        raise SystemExit(f"error: the SRC folders have different class folders ({listing})")
+    return entries, ignored
+
+
 def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
@@ -171,7 +223,9 @@ def read_slice(entry: Entry) -> Slice | str:
             return f"{entry.file}: empty file"
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return Slice(entry, data, hashlib.sha256(data).hexdigest(), image_hashes(img), img.size, img.mode)
+            digest = hashlib.sha256(data).hexdigest()
+            hashes, thumbnail, check = image_hashes(img), normalised_thumbnail(img), check_hash(img)
+            return Slice(entry, data, digest, hashes, thumbnail, check, img.size, img.mode)
     except UnidentifiedImageError:
         return f"{entry.file}: not an image PIL can read"
     except Exception as exc:  # PIL reports damage as OSError, SyntaxError, ValueError, ...
@@ -199,6 +253,15 @@ def source_of(file: str) -> str:
     path = PurePosixPath(file)
     name = path.name.lower()
     return next((prefix for prefix in KNOWN_SOURCES if name.startswith(prefix + "-")), path.parts[0])
+
+
+def patient_number(entry: Entry, source: str) -> tuple[tuple[str, str], int] | None:
+    """((source, class), file number) for a file of a source numbered patient by patient, else None."""
+    known = KNOWN_SOURCES.get(source)
+    number = FILE_NUMBER.search(PurePosixPath(entry.file).name)
+    if known is None or not known.numbered_by_patient or number is None:
+        return None
+    return (source, entry.label), int(number[1])
 
 
 @dataclass
@@ -238,7 +301,13 @@ def build_table(slices: list[Slice], n_folds: int, seed: int) -> Table:
     split = np.array([s.entry.split for s in slices])
     label = np.array([classes.index(s.entry.label) for s in slices])
     # Grouped over all splits, so the card can tell which test images have a near-duplicate in train.
-    group = np.array(near_duplicate_groups([s.hashes for s in slices]))
+    source = [source_of(s.entry.file) for s in slices]
+    thumbnails = [s.thumbnail for s in slices]
+    look_alikes = correlated_pairs(thumbnails)
+    numbers = [patient_number(s.entry, src) for s, src in zip(slices, source, strict=True)]
+    hashes = [s.hashes for s in slices]
+    neighbours = numbered_neighbour_pairs(numbers, hashes, thumbnails)
+    group = np.array(near_duplicate_groups(hashes, more_links=[look_alikes, neighbours]))
     train = split == "train"
     for name, count in zip(classes, np.bincount(label[train], minlength=len(classes)), strict=True):
         if count < n_folds:
@@ -249,7 +318,6 @@ def build_table(slices: list[Slice], n_folds: int, seed: int) -> Table:
         raise SystemExit(f"error: cannot make {n_folds} folds: {exc}") from None
     fold, fold_random = np.full(len(slices), NO_FOLD), np.full(len(slices), NO_FOLD)
     fold[train], fold_random[train] = fold_train, fold_random_train
-    source = [source_of(s.entry.file) for s in slices]
     return Table(classes, slices, split, label, source, group, fold, fold_random, n_folds, seed)
 
 
@@ -292,6 +360,8 @@ class GroupStats:
     groups: int  # all groups, singletons included
     identical: list[list[str]]  # sets of byte-identical files
     test_with_train_twin: int  # test images sharing a group with a train image
+    split_check_sets: int  # train sets of one check_hash whose images fall in different `fold`s
+    check_sets: int  # train sets of 2+ images with one check_hash
 
 
 def group_stats(table: Table) -> GroupStats:
@@ -303,6 +373,8 @@ def group_stats(table: Table) -> GroupStats:
         by_digest[s.digest].append(s.entry.file)
     train_groups = set(table.group[table.split == "train"].tolist())
     test_groups = table.group[table.split == "test"].tolist()
+    train = np.flatnonzero(table.split == "train")
+    split_check_sets, check_sets = split_look_alikes([table.slices[i].check for i in train], table.fold[train])
     return GroupStats(
         clusters=len(multi),
         images=sum(sizes[g] for g in multi),
@@ -311,6 +383,8 @@ def group_stats(table: Table) -> GroupStats:
         groups=len(sizes),
         identical=[files for files in by_digest.values() if len(files) > 1],
         test_with_train_twin=sum(g in train_groups for g in test_groups),
+        split_check_sets=split_check_sets,
+        check_sets=check_sets,
     )
 
 
@@ -319,6 +393,14 @@ def identical_text(stats: GroupStats, separator: str) -> str:
         return "none"
     sets = separator.join(" = ".join(files) for files in stats.identical)
     return f"{len(stats.identical)} set(s), each kept in one group:{separator}{sets}"
+
+
+def check_text(stats: GroupStats) -> str:
+    share = stats.split_check_sets / max(stats.check_sets, 1)
+    return (
+        f"Independent check: {stats.split_check_sets} of {stats.check_sets:,} sets of train images with one "
+        f"{HASH_SIZE}x{HASH_SIZE} average hash of a bilinear shrink ({100 * share:.1f}%) fall in different `fold`s."
+    )
 
 
 def deviations(table: Table) -> dict[str, float]:
@@ -342,6 +424,7 @@ def summary(table: Table, stats: GroupStats) -> str:
         f"Near-duplicate clusters: {stats.clusters:,} clusters of 2+ images hold {stats.images:,} images "
         f"(largest {stats.largest}, {stats.mixed_classes} mixing classes); {stats.groups:,} groups in all.",
         "Byte-identical files: " + identical_text(stats, "\n  "),
+        check_text(stats),
     ]
     if "test" in table.splits:
         lines.append(f"Test images with a near-duplicate in train: {stats.test_with_train_twin:,}.")
@@ -474,8 +557,10 @@ def card_text(table: Table, stats: GroupStats, name: str, load_as: str) -> str:
         "",
         "- `image`: the source file's bytes as they were.",
         f"- `label`: class, ClassLabel with names sorted ({', '.join(table.classes)}).",
-        "- `file`: path of the file relative to the source folder.",
-        "- `source`: origin, from the file-name prefix (`figshare-`, `br35h-`), else the top folder.",
+        "- `file`: path of the file relative to the source folder (after the source folder's name, when "
+        "several were combined).",
+        "- `source`: origin, from the file-name prefix (`figshare-`, `br35h-`, `sartaj-`), else the top folder "
+        "of `file`.",
         "- `group`: near-duplicate cluster id (images in no cluster have a group of their own).",
         f"- `fold`, `fold_random`: cross-validation fold 0..{table.n_folds - 1} of train images; "
         f"{NO_FOLD} in the test split.",
@@ -483,12 +568,22 @@ def card_text(table: Table, stats: GroupStats, name: str, load_as: str) -> str:
         "## How the folds were made",
         "",
         f"Each image gets a {HASH_SIZE}x{HASH_SIZE} average hash and a {HASH_SIZE}x{HASH_SIZE} DCT perceptual "
-        f"hash (imagehash). Two images are linked when their average hashes are equal, their perceptual "
-        f"hashes differ in at most {PHASH_MAX_DISTANCE} of {HASH_SIZE**2} bits, or their bytes are "
-        "identical; a group is a connected set of links. The threshold was chosen by measurement on "
-        "brain-tumor-mri-4k: perceptual-hash links between different classes (so different patients) "
-        f"first appear at 36 bits, and groups stay small. Here: {stats.clusters:,} clusters of 2+ images hold "
+        f"hash (imagehash), and a normalised {THUMBNAIL_SIZE}x{THUMBNAIL_SIZE} thumbnail (cropped to the bright "
+        "part, histogram-equalised, so that re-windowed and re-framed copies match). Two images are linked when "
+        f"their average hashes are equal, their perceptual hashes differ in at most {PHASH_MAX_DISTANCE} of "
+        f"{HASH_SIZE**2} bits, their thumbnails correlate above {MIN_THUMBNAIL_CORRELATION} as they are or "
+        "mirrored (a flipped copy, also across sources), their bytes are identical, or they are consecutively "
+        "numbered slices of one class from a source numbered patient by patient (figshare) whose thumbnails "
+        f"correlate above {MIN_NEIGHBOUR_CORRELATION} or whose perceptual hashes differ in at most "
+        f"{MAX_NEIGHBOUR_PHASH_DISTANCE} bits (adjacent slices of one patient); a group is a connected "
+        "set of links. The thresholds were chosen by measurement on brain-tumor-mri-4k: links between different "
+        "classes (so different patients) first appear at 36 perceptual-hash bits and a thumbnail correlation "
+        f"of 0.898, and groups stay small. Here: {stats.clusters:,} clusters of 2+ images hold "
         f"{stats.images:,} images (largest {stats.largest}, {stats.mixed_classes} mixing classes).",
+        "",
+        f"{check_text(stats)} That hash is no link of the grouping, so it measures the grouping from outside; "
+        "some of its sets are look-alikes of different patients (even of different sources), which no "
+        "grouping can keep whole without joining unrelated slices.",
         "",
         f"`fold` comes from scikit-learn's `StratifiedGroupKFold(n_splits={table.n_folds}, shuffle=True, "
         f"random_state={table.seed})`: no group is split across folds, and each class's share in each fold "
@@ -594,7 +689,13 @@ def push_folder(folder: Path, repo_id: str) -> None:
 # ---------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", metavar="SRC", type=Path, help="class folders, or Training/ and Testing/ of them")
+    parser.add_argument(
+        "src",
+        metavar="SRC",
+        type=Path,
+        nargs="+",
+        help="class folders, or Training/ and Testing/ of them; several combine",
+    )
     parser.add_argument("out", metavar="OUT", type=Path, help="new folder for the Hub dataset (must not exist)")
     parser.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of both fold assignments (default 0)")
@@ -610,7 +711,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
-    entries, ignored = find_images(args.src)
+    entries, ignored = find_all_images(args.src)
     table = build_table(decode_all(entries), args.folds, args.seed)
     stats = group_stats(table)
     body = card_text(table, stats, args.out.name, args.push_to_hub or f"path/to/{args.out.name}")

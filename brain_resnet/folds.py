@@ -27,6 +27,18 @@ HASH_SIZE = 16  # 16x16 = 256-bit hashes
 # clusters stay small (largest 33 images); 32 keeps a margin and still joins the re-saved copies of
 # one Br35H slice that differ in size and contrast.
 PHASH_MAX_DISTANCE = 32
+THUMBNAIL_SIZE = 32  # normalised_thumbnail's side
+CROP_BRIGHTNESS = 0.1  # a thumbnail is cropped to the pixels brighter than this share of the brightest
+# Thumbnail correlation (as they are or mirrored) above which two slices are one near-duplicate group: the bar
+# brain-tumor-mri-sartaj was filtered at, so copies of a 4k slice above it were left out of that set.
+MIN_THUMBNAIL_CORRELATION = 0.90
+# Thumbnail correlation above which consecutively numbered slices of one class are adjacent slices of one
+# patient. Measured on brain-tumor-mri-4k: consecutive figshare slices of one class correlate 0.79 (median), slices
+# of two classes (two patients) 0.37, with 1% above 0.63; 0.6 joins most neighbours and few patient boundaries.
+MIN_NEIGHBOUR_CORRELATION = 0.6
+# Perceptual-hash bits within which consecutively numbered slices of one class are adjacent slices of one patient:
+# about half of such pairs, and 0.009% of slice pairs of two classes (measured on brain-tumor-mri-4k).
+MAX_NEIGHBOUR_PHASH_DISTANCE = 56
 
 
 def image_hashes(image: Image.Image, hash_size: int = HASH_SIZE) -> np.ndarray:
@@ -37,15 +49,91 @@ def image_hashes(image: Image.Image, hash_size: int = HASH_SIZE) -> np.ndarray:
     return np.packbits(bits.reshape(2, -1), axis=1)
 
 
+def normalised_thumbnail(image: Image.Image, size: int = THUMBNAIL_SIZE) -> np.ndarray:
+    """The slice cropped to its bright part, shrunk to size x size and histogram-equalised: uint8 (size, size).
+
+    Cropping undoes different framing and equalising undoes a different intensity mapping (window, gamma,
+    contrast), so copies of one slice from different sources give nearly the same thumbnail.
+    """
+    from PIL import Image
+
+    gray = image.convert("L")
+    pixels = np.asarray(gray)
+    rows, cols = np.nonzero(pixels > pixels.max() * CROP_BRIGHTNESS)
+    if len(rows):
+        gray = gray.crop((cols.min(), rows.min(), cols.max() + 1, rows.max() + 1))
+    small = np.asarray(gray.resize((size, size), Image.Resampling.BOX))
+    cumulative = np.cumsum(np.bincount(small.ravel(), minlength=256))
+    return np.round(255 * cumulative[small] / cumulative[-1]).astype(np.uint8)
+
+
+def correlated_pairs(
+    thumbnails: Sequence[np.ndarray] | np.ndarray, min_correlation: float = MIN_THUMBNAIL_CORRELATION, block: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of ``normalised_thumbnail`` results correlated above ``min_correlation``, either as
+    they are or with one mirrored left-right (a flipped copy)."""
+    x, mirrored = _unit_thumbnails(thumbnails)
+    found_i, found_j = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for start in range(0, len(x), block):
+        # Pearson correlation = dot product of centred unit vectors; one block of rows against itself and every
+        # later row (the upper triangle), in bounded memory.
+        rows = slice(start, start + block)
+        correlation = np.maximum(x[rows] @ x[start:].T, x[rows] @ mirrored[start:].T)
+        i, j = np.nonzero(correlation > min_correlation)
+        keep = i < j
+        found_i.append(i[keep] + start)
+        found_j.append(j[keep] + start)
+    return np.concatenate(found_i), np.concatenate(found_j)
+
+
+def numbered_neighbour_pairs(
+    numbers: Sequence[tuple[Hashable, int] | None],
+    hashes: Sequence[np.ndarray] | np.ndarray,
+    thumbnails: Sequence[np.ndarray] | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs of images numbered n and n + 1 in one series that look alike by a looser bar than other pairs.
+
+    ``numbers[i]`` is (series, n), or None for an unnumbered image; ``hashes`` and ``thumbnails`` hold their
+    ``image_hashes`` and ``normalised_thumbnail``. Where a source numbers each patient's slices in a row, such
+    pairs are adjacent slices of one patient, too different for the other links. Linked: thumbnails correlated
+    above MIN_NEIGHBOUR_CORRELATION, or perceptual hashes at most MAX_NEIGHBOUR_PHASH_DISTANCE bits apart.
+    """
+    index = {number: i for i, number in enumerate(numbers) if number is not None}
+    pairs = [(i, index[(series, n + 1)]) for (series, n), i in index.items() if (series, n + 1) in index]
+    rows, cols = np.array([i for i, _ in pairs], np.int64), np.array([j for _, j in pairs], np.int64)
+    x, mirrored = _unit_thumbnails(thumbnails)
+    correlation = np.maximum(np.sum(x[rows] * x[cols], axis=1), np.sum(x[rows] * mirrored[cols], axis=1))
+    phash = np.asarray(hashes, dtype=np.uint8)[:, 1]
+    distance = np.unpackbits(phash[rows] ^ phash[cols], axis=1).sum(axis=1)
+    keep = (correlation > MIN_NEIGHBOUR_CORRELATION) | (distance <= MAX_NEIGHBOUR_PHASH_DISTANCE)
+    return rows[keep], cols[keep]
+
+
+def _unit_thumbnails(thumbnails: Sequence[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Thumbnails as centred unit rows (float32), as they are and mirrored left-right."""
+    thumbnails = np.asarray(thumbnails, dtype=np.float32).reshape(len(thumbnails), THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+    return _unit_rows(thumbnails), _unit_rows(thumbnails[:, :, ::-1])
+
+
+def _unit_rows(images: np.ndarray) -> np.ndarray:
+    x = images.reshape(len(images), -1)
+    centred = x - x.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1, keepdims=True)
+    return centred / np.where(norms > 0, norms, 1)
+
+
 def near_duplicate_groups(
-    hashes: Sequence[np.ndarray] | np.ndarray, max_phash_distance: int = PHASH_MAX_DISTANCE
+    hashes: Sequence[np.ndarray] | np.ndarray,
+    max_phash_distance: int = PHASH_MAX_DISTANCE,
+    more_links: Sequence[tuple[np.ndarray, np.ndarray]] = (),
 ) -> list[int]:
     """Near-duplicate group id of each image: 0, 1, ... in order of first appearance.
 
     ``hashes`` holds one ``image_hashes`` result per image. Two images are linked when their average
     hashes are identical or their perceptual hashes differ in at most ``max_phash_distance`` bits, so
-    byte-identical files always share a group. Groups are the connected components of these links: a
-    group may chain images that are not all pairwise close.
+    byte-identical files always share a group; ``more_links`` adds (rows, cols) index pairs found other
+    ways (``correlated_pairs``, ``numbered_neighbour_pairs``). Groups are the connected components of these
+    links: a group may chain images that are not all pairwise close.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -56,7 +144,8 @@ def near_duplicate_groups(
         return []
     equal_rows, equal_cols = _equal_pairs([h.tobytes() for h in hashes[:, 0]])
     close_rows, close_cols = _close_pairs(hashes[:, 1], max_phash_distance)
-    rows, cols = np.concatenate([equal_rows, close_rows]), np.concatenate([equal_cols, close_cols])
+    rows = np.concatenate([equal_rows, close_rows, *(r for r, _ in more_links)])
+    cols = np.concatenate([equal_cols, close_cols, *(c for _, c in more_links)])
     graph = coo_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(n, n))
     _, component = connected_components(graph, directed=False)
     first_seen: dict[int, int] = {}
@@ -86,6 +175,27 @@ def _close_pairs(bits: np.ndarray, max_distance: int, block: int = 1024) -> tupl
         found_i.append(i[keep] + start)
         found_j.append(j[keep] + start)
     return np.concatenate(found_i), np.concatenate(found_j)
+
+
+def check_hash(image: Image.Image, hash_size: int = HASH_SIZE) -> bytes:
+    """A hash_size x hash_size average hash of a bilinear shrink, to measure the grouping by.
+
+    imagehash's average hash (a Lanczos shrink) is one of the grouping's links, so it cannot check the grouping;
+    this one, from another shrink, finds partly different look-alikes.
+    """
+    from PIL import Image
+
+    pixels = np.asarray(image.convert("L").resize((hash_size, hash_size), Image.Resampling.BILINEAR), dtype=np.float64)
+    return np.packbits(pixels > pixels.mean()).tobytes()
+
+
+def split_look_alikes(keys: Sequence[Hashable], fold: Sequence[int]) -> tuple[int, int]:
+    """(sets split across folds, sets) among the sets of 2+ images with one key (``check_hash``)."""
+    folds_of: dict[Hashable, list[int]] = {}
+    for key, k in zip(keys, fold, strict=True):
+        folds_of.setdefault(key, []).append(k)
+    sets = [set(ks) for ks in folds_of.values() if len(ks) > 1]
+    return sum(len(ks) > 1 for ks in sets), len(sets)
 
 
 def assign_folds(

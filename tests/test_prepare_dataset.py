@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
-from PIL import Image
+from PIL import Image, ImageOps
 
 import prepare_dataset as prep
 from brain_resnet import folds
@@ -28,11 +29,17 @@ PLANTED = "glioma/planted-near-copy.jpg"
 
 
 def copy_slices(
-    data: Path, dest: Path, per_class: int, start: int = 0, extra: dict[str, list[str]] | None = None
+    data: Path,
+    dest: Path,
+    per_class: int,
+    start: int = 0,
+    extra: dict[str, list[str]] | None = None,
+    step: int = 1,
 ) -> None:
-    """``per_class`` slices of each class from the ``start``-th on, plus named ``extra`` ones, into dest/<class>/."""
+    """``per_class`` slices of each class, every ``step``-th from the ``start``-th on, plus named ``extra`` ones,
+    into dest/<class>/."""
     for name in CLASSES:
-        chosen = sorted((data / name).iterdir())[start : start + per_class]
+        chosen = sorted((data / name).iterdir())[start : start + per_class * step : step]
         files = chosen + [data / name / f for f in (extra or {}).get(name, [])]
         (dest / name).mkdir(parents=True)
         for f in files:
@@ -66,7 +73,8 @@ def prepared(tmp_path_factory, brain_mri_data):
     """The documented command run once on ~40 real slices; SRC is deleted afterwards."""
     root = tmp_path_factory.mktemp("prepared")
     src, out = root / "src", root / "out"
-    copy_slices(brain_mri_data, src, per_class=8, extra={"notumor": RESAVED_TRIO + IDENTICAL_PAIR})
+    # Slices far apart, so that no two are adjacent slices of one patient (which would share a group).
+    copy_slices(brain_mri_data, src, per_class=8, extra={"notumor": RESAVED_TRIO + IDENTICAL_PAIR}, step=67)
     planted_original = plant_near_copy(src)
     digests = {p.relative_to(src).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in src.rglob("*.jpg")}
     cmd = [sys.executable, "prepare_dataset.py", str(src), str(out), "--folds", "3", "--seed", "0"]
@@ -287,8 +295,9 @@ def test_kaggle_style_tree_gives_train_and_test_splits(tmp_path, brain_mri_data,
     import datasets
 
     src, out = tmp_path / "src", tmp_path / "out"
-    copy_slices(brain_mri_data, src / "Training", per_class=4)
-    copy_slices(brain_mri_data, src / "Testing", per_class=2, start=4)
+    # Slices far apart: adjacent slices of one patient would be near-duplicates across the splits.
+    copy_slices(brain_mri_data, src / "Training", per_class=4, step=97)
+    copy_slices(brain_mri_data, src / "Testing", per_class=2, start=50, step=97)
     twin = sorted((src / "Training" / "glioma").iterdir())[0]
     shutil.copy(twin, src / "Testing" / "glioma" / "copy-of-train.jpg")
     (src / "README.txt").write_text("loose files beside the trees are ignored\n")
@@ -339,3 +348,112 @@ def test_push_to_hub_uploads_the_prepared_folder(tmp_path, brain_mri_data, monke
         ("upload_folder", {"folder_path": out, "repo_id": "someone/brain-mri", "repo_type": "dataset"}),
     ]
     assert 'load_dataset("someone/brain-mri"' in (out / "README.md").read_text()
+
+
+# ---------------------------------------------------------------- several sources
+SARTAJ = "brain-tumor-mri-sartaj"
+COPIED_ORIGINAL = "meningioma/figshare-0017.jpg"
+DISGUISED_COPY = "meningioma/disguised-copy.jpg"
+
+
+def plant_disguised_copy(data: Path, dest: Path) -> None:
+    """A 4k slice mirrored, re-windowed (gamma 1.5), shrunk and saved as RGB: how another source may carry it."""
+    with Image.open(data / COPIED_ORIGINAL) as img:
+        mirrored = ImageOps.mirror(img.convert("L")).point(lambda v: round(255 * (v / 255) ** 1.5))
+        mirrored.resize((200, 200)).convert("RGB").save(dest / DISGUISED_COPY, quality=80)
+
+
+@pytest.fixture(scope="module")
+def combined(tmp_path_factory, brain_mri_data):
+    """brain-tumor-mri-4k and brain-tumor-mri-sartaj slices (one a disguised 4k copy, one a 4k name) as one dataset."""
+    root = tmp_path_factory.mktemp("combined")
+    four_k, sartaj, out = root / "brain-tumor-mri-4k", root / SARTAJ, root / "out"
+    copy_slices(brain_mri_data, four_k, per_class=6, extra={"meningioma": [Path(COPIED_ORIGINAL).name]})
+    copy_slices(brain_mri_data.parent / SARTAJ, sartaj, per_class=6)
+    plant_disguised_copy(brain_mri_data, sartaj)
+    shutil.copy(four_k / "notumor" / sorted(os.listdir(four_k / "notumor"))[0], sartaj / "notumor")  # a name in both
+    prep.main([str(four_k), str(sartaj), str(out), "--folds", "3", "--seed", "0"])
+    return {
+        "rows": {r["file"]: r for r in read_columns(out)},
+        "card": (out / "README.md").read_text(),
+        "sartaj": sartaj,
+    }
+
+
+def test_several_sources_make_one_dataset_with_stratified_grouped_folds(combined):
+    rows = combined["rows"]
+    assert len(rows) == 4 * 6 + 1 + 4 * 6 + 2  # the file in both sources is kept twice, under each source's name
+    assert {f.split("/")[0] for f in rows} == {"brain-tumor-mri-4k", SARTAJ}
+    assert {r["source"] for f, r in rows.items() if "disguised" not in f} == {"figshare", "br35h", "sartaj"}
+    folds_of_group = defaultdict(set)
+    counts = np.zeros((len(CLASSES), 3), int)
+    for r in rows.values():
+        folds_of_group[r["group"]].add(r["fold"])
+        counts[r["label"], r["fold"]] += 1
+    assert all(len(group_folds) == 1 for group_folds in folds_of_group.values())
+    assert (counts > 0).all(), counts
+    for source in ("sartaj", "figshare", "br35h"):
+        assert f"| {source} | " in combined["card"], source
+
+
+def test_a_mirrored_rewindowed_copy_in_another_source_joins_its_original(combined, brain_mri_data):
+    rows = combined["rows"]
+    copy, original = rows[f"{SARTAJ}/{DISGUISED_COPY}"], rows[f"brain-tumor-mri-4k/{COPIED_ORIGINAL}"]
+    assert copy["group"] == original["group"] and copy["fold"] == original["fold"]
+    # Hashing alone misses it: the thumbnail correlation is what links them.
+    hashes = []
+    for path in (combined["sartaj"] / DISGUISED_COPY, brain_mri_data / COPIED_ORIGINAL):
+        with Image.open(path) as img:
+            hashes.append(folds.image_hashes(img))
+    assert folds.near_duplicate_groups(hashes) == [0, 1]
+
+
+def test_sources_with_different_class_folders_are_refused(tmp_path, brain_mri_data, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    copy_slices(brain_mri_data, a, per_class=2)
+    copy_slices(brain_mri_data, b, per_class=2)
+    shutil.rmtree(b / "pituitary")
+    message = error_of([str(a), str(b), str(tmp_path / "out")], capsys)
+    assert "different class folders" in message and "pituitary" in message
+    same_name = tmp_path / "other" / "a"
+    copy_slices(brain_mri_data, same_name, per_class=2)
+    assert "several SRC folders are named a" in error_of([str(a), str(same_name), str(tmp_path / "out")], capsys)
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- the grouping on all of brain-tumor-mri-4k
+# Consecutive figshare slices of one class that the issue found split across folds: adjacent slices of one
+# patient, 36-52 perceptual-hash bits apart, beyond the hash link.
+ADJACENT_SLICES = [
+    ("figshare-1327", "figshare-1328"),
+    ("figshare-2051", "figshare-2052"),
+    ("figshare-0017", "figshare-0018"),
+]
+
+
+@pytest.fixture(scope="module")
+def four_k(brain_mri_data):
+    """brain-tumor-mri-4k's table and group statistics, as prepare_dataset.py makes them (about 8 s on 2 cores)."""
+    entries, _ = prep.find_images(brain_mri_data)
+    table = prep.build_table(prep.decode_all(entries), n_folds=5, seed=0)
+    return table, prep.group_stats(table)
+
+
+def test_adjacent_figshare_slices_share_a_group(four_k):
+    table, _ = four_k
+    index = {Path(s.entry.file).stem: i for i, s in enumerate(table.slices)}
+    for first, second in ADJACENT_SLICES:
+        i, j = index[first], index[second]
+        assert table.group[i] == table.group[j], (first, second)
+        assert folds.near_duplicate_groups([table.slices[i].hashes, table.slices[j].hashes]) == [0, 1]
+
+
+def test_few_look_alikes_of_an_independent_hash_are_split_across_folds(four_k):
+    table, stats = four_k
+    # 25 of 353 sets (7.1%) with the hash links alone. The issue's goal is 1%; what is left are look-alikes with
+    # no link at any threshold that keeps patients apart (one set joins a figshare and two Br35H slices).
+    assert stats.check_sets == 353
+    assert stats.split_check_sets / stats.check_sets <= 0.03
+    assert stats.mixed_classes <= 1  # no new group across classes (so across patients)
+    assert stats.largest <= 50
+    assert max(prep.deviations(table).values()) <= folds.SHARE_TOLERANCE

@@ -14,13 +14,16 @@ RESULTS_START, RESULTS_END = "<!-- train.py:results:start -->", "<!-- train.py:r
 RELEASE_START, RELEASE_END = "<!-- make_release.py:release:start -->", "<!-- make_release.py:release:end -->"
 
 
-def replace_between(text: str, start_marker: str, end_marker: str, content: str) -> str:
-    """`text` with what lies between the two markers replaced by `content`."""
+def marked_region(text: str, start_marker: str, end_marker: str) -> tuple[int, int]:
+    """Where the text between the two markers starts and ends; ValueError if the markers are missing."""
     start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
         raise ValueError(f"the model card template lacks the {start_marker} ... {end_marker} markers")
-    start += len(start_marker)
-    return f"{text[:start]}\n{content}\n{text[end:]}"
+    return start + len(start_marker), end
+
+
+def replace_region(text: str, region: tuple[int, int], content: str) -> str:
+    return f"{text[: region[0]]}\n{content}\n{text[region[1] :]}"
 
 
 def write_reports(out: Path, results: dict, template: str, release_id: str | None = None) -> None:
@@ -208,7 +211,8 @@ def render_model_card(template: str, results: dict, fold, model_id: str) -> str:
     from huggingface_hub import ModelCard
 
     card = ModelCard(template)
-    card.text = replace_between(card.text, RESULTS_START, RESULTS_END, results_markdown(results, fold, model_id))
+    region = marked_region(card.text, RESULTS_START, RESULTS_END)
+    card.text = replace_region(card.text, region, results_markdown(results, fold, model_id))
     eval_results = model_index_results(results)
     if eval_results:
         card.data.model_name = model_id.rstrip("/").split("/")[-1]
@@ -305,4 +309,4 @@ def release_markdown(report: dict) -> str:
 
 def render_release_section(card: str, report: dict) -> str:
     """A rendered model card with its release section filled from make_release.py's report."""
-    return replace_between(card, RELEASE_START, RELEASE_END, release_markdown(report))
+    return replace_region(card, marked_region(card, RELEASE_START, RELEASE_END), release_markdown(report))

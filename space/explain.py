@@ -195,7 +195,7 @@ def explain(model: nn.Module, pixel_values: torch.Tensor) -> Explanation:
     return Explanation(
         probabilities=logits.detach().softmax(dim=-1)[0].cpu().numpy().astype(np.float32),
         # getattr: model folders saved before the detector existed carry remote code without this output
-        unfamiliarity=None if (score := getattr(outputs, "unfamiliarity", None)) is None else float(score[0]),
+        unfamiliarity=None if (score := getattr(outputs, "unfamiliarity", None)) is None else float(score[0].detach()),
         grad_cams=scale_maps(cams, size),
         se_weights=[None if weights is None else weights[0].detach().cpu().numpy() for weights in stage_weights],
         stage_maps=[scale_maps(stage_map, size)[0] for stage_map in stage_maps],

@@ -284,7 +284,10 @@ def test_probabilities_are_the_models_calibrated_ones(tmp_path):
         logits = model.classifier(model.brain_resnet(processor(Image.open(EXAMPLES[0]))["pixel_values"]).pooler_output)
     expected = torch.softmax(logits / 1.5, dim=1)[0].tolist()
     assert list(analysis.probabilities.values()) == pytest.approx(expected, abs=1e-5)
-    assert "calibrated" in app.model_status(model.config) and "unfamiliar" in app.model_status(model.config)
+    honest = BrainResNetConfig(training_info={"epochs": 50}, calibration_temperature=0.62, familiarity_threshold=9.0)
+    status = app.model_status(honest)
+    assert "calibrated on held-out slices (temperature 0.62)" in status and "flagged as unfamiliar" in status
+    assert "calibrated" not in app.model_status(BrainResNetConfig(training_info={"epochs": 50}))
 
 
 def test_a_model_without_multiscale_stem_or_se_still_gets_its_maps(tmp_path):

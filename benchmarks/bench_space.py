@@ -110,7 +110,7 @@ def main() -> None:
                 return client.predict(files[next(slices) % len(files)], api_name="/predict")
 
             def answer_and_maps():
-                _, cam, se_plot, stage_maps, stem_maps = answer_only()
+                _, _, cam, se_plot, stage_maps, stem_maps = answer_only()
                 for image in [cam, se_plot, *(item["image"] for item in [*stage_maps, *stem_maps])]:
                     fetcher.get(image["url"]).raise_for_status()
 

@@ -140,6 +140,8 @@ def make_release(args: argparse.Namespace) -> dict:
         "familiarity_quantile": UNFAMILIAR_QUANTILE,
     }
 
+    args.output.resolve().parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the output and moved into place at the end: a failure leaves the previous release intact.
     with tempfile.TemporaryDirectory(dir=args.output.resolve().parent) as scratch:
         staging = Path(scratch) / "release"
         save_model_folder(model, processor, staging, half_storage=True)

@@ -264,7 +264,11 @@ def model_status(config) -> str:
             "⚠️ **UNTRAINED MODEL: the weights are random.** Its predictions and maps are meaningless; "
             "they only show that the pipeline runs (the model's config holds no training_info)."
         )
-    facts = ", ".join(f"{key}: {value}" for key, value in info.items() if isinstance(value, (str, int, float)))
+    facts = ", ".join(
+        f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}"
+        for key, value in info.items()
+        if isinstance(value, (str, int, float))
+    )
     honesty = []
     if (temperature := getattr(config, "calibration_temperature", 1.0)) != 1.0:
         honesty.append(f"probabilities calibrated on held-out slices (temperature {temperature:.2f})")

@@ -242,6 +242,7 @@ def test_model_status_shouts_only_for_untrained_weights():
 
     assert "UNTRAINED" in untrained and "random" in untrained and "meaningless" in untrained
     assert "UNTRAINED" not in trained and "brain-tumor-mri-4k" in trained
+    assert "(accuracy: 0.9803)" in app.model_status(BrainResNetConfig(training_info={"accuracy": 0.9802847754654983}))
 
 
 def test_release_model_analyses_an_example():

@@ -117,6 +117,8 @@ def make_release(args: argparse.Namespace) -> dict:
     settings = saved["settings"]
     model = BrainResNetForImageClassification.from_pretrained(args.model).eval()
     processor = BrainResNetImageProcessor.from_pretrained(args.model)
+    class_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    external = {folder: external_files(folder, class_names) for folder in args.external}  # checked before the work
     model = model.half().float()  # what the float16 release will compute: fit on the shipped weights
 
     print(f"Decoding {settings['dataset']} ({settings['protocol']} protocol) ...")
@@ -167,9 +169,7 @@ def make_release(args: argparse.Namespace) -> dict:
             },
             "external": {},
         }
-        class_names = [released.config.id2label[i] for i in range(released.config.num_labels)]
-        for folder in args.external:
-            files = external_files(folder, class_names)
+        for folder, files in external.items():
             slices, kept, skipped = read_external(files)
             (external_images,) = decode_images(slices, processor, [processor.size], args.workers)
             probs, unfamiliarity = released_outputs(released, external_images, processor, args.batch_size)

@@ -74,4 +74,6 @@ def test_what_is_not_a_fold_of_a_finished_run_is_refused_and_nothing_is_written(
     out = tmp_path / "release"
     assert make_release.main([str(run), "--output", str(out)]) == 2
     assert "is not a fold folder of a finished train.py run" in capsys.readouterr().err
+    assert make_release.main([str(run / "fold-0"), "--output", str(out), "--external", str(tmp_path / "none")]) == 2
+    assert "no such folder" in capsys.readouterr().err
     assert not out.exists()

@@ -478,7 +478,7 @@ def cross_source_scores(runs: list[tuple[Path, dict]], scores: dict[str, tuple[s
     }
 
 
-def summarize_runs(paths: list[Path], robustness_files: list[Path], external_files: list[Path] = ()) -> dict:
+def summarize_runs(paths: list[Path], robustness_files: list[Path], external_reports: list[Path] = ()) -> dict:
     """Runs grouped by protocol and variant; robustness files add shortcut flip rates, `external` outputs (of the
     runs' fold models on another source) add cross-source scores."""
     groups = {}  # (protocol, variant) -> finished runs
@@ -495,7 +495,7 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path], external_fil
         if report is None or "runs" not in report:
             raise UsageError(f"{file} is not an `evaluation.py robustness` output")
         shortcut |= {str(Path(run).resolve()): entry for run, entry in report["runs"].items()}
-    external_scores = read_external_reports(list(external_files))
+    external_scores = read_external_reports(list(external_reports))
 
     protocols, devices = {}, set()
     for (protocol, variant), runs in sorted(groups.items()):

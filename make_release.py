@@ -132,9 +132,9 @@ def make_release(args: argparse.Namespace) -> dict:
     _, train_features = logits_and_features(model, images[training], processor, args.batch_size)
     temperature = fit_temperature(held_logits, torch.from_numpy(labels[held_out]))
     means, precision = fit_familiarity(train_features, labels[training], model.config.num_labels)
-    model.set_familiarity(means.half().float(), precision.half().float(), threshold=1.0)
+    model.set_familiarity(means.half().float(), precision.half().float(), threshold=1.0)  # set from distances next
     distances = model.familiarity_distance(torch.from_numpy(held_features)).numpy()
-    model.set_familiarity(model.familiarity_means, model.familiarity_precision, unfamiliar_threshold(distances))
+    model.config.familiarity_threshold = unfamiliar_threshold(distances)
     model.config.calibration_temperature = temperature
     model.config.training_info = model.config.training_info | {
         "calibrated_on": f"fold {fold} (held out)",

@@ -54,7 +54,7 @@ def save_random_model(folder: Path) -> Path:
     means = features.reshape(4, 2, -1).mean(dim=1)  # EXAMPLES: two slices per class, in label order
     precision = torch.diag(1 / features.var(dim=0).clamp(min=1e-6))
     model.set_familiarity(means, precision, threshold=1.0)
-    model.set_familiarity(means, precision, threshold=2 * model.familiarity_distance(features).max().item())
+    model.config.familiarity_threshold = 2 * model.familiarity_distance(features).max().item()
     model.config.calibration_temperature = 1.5
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -2,7 +2,10 @@
 #   make space   serve the Gradio Space on the bundled release model at http://127.0.0.1:7860
 #   make test    lint and run the test suite
 # and the CPU recipe (README, "Training without a GPU"): make cpu-release trains the improved model on folds 1-4 of
-# the paper's stratified folds (about 50 minutes on 2 cores), resuming an interrupted run, and writes release/.
+# the paper's stratified folds (about 50 minutes on 2 cores), resuming an interrupted run, and writes release/;
+# make gpu-matrix (README, "Training on a GPU") benchmarks the training step, then trains the release candidate and
+# the cross-validation matrix side by side on one GPU for MATRIX_SECONDS, evaluates them and writes results/gpu/
+# (and, with PACK=DIR, what a lent machine sends back). Where torch is installed already: make gpu-matrix PY=python3
 # TORCH is what gets installed when the venv has no torch yet: the CPU wheel by default; GPU users can
 # pass their own (make test TORCH='torch') or create .venv with their torch beforehand.
 
@@ -14,7 +17,7 @@ SOURCE_4K ?= ../shared/data/brain-tumor-mri-4k
 EXTERNAL ?= ../shared/data/brain-tumor-mri-sartaj
 CPU_RUN ?= runs/cpu-recipe
 
-.PHONY: space test setup chromium cpu-release
+.PHONY: space test setup chromium cpu-release gpu-matrix
 
 setup: $(VENV)/.installed
 
@@ -44,3 +47,27 @@ cpu-release: setup data/brain-tumor-mri-4k
 	$(PY) train.py --dataset data/brain-tumor-mri-4k --output-dir $(CPU_RUN) --protocol random --folds 0 \
 		--epochs 50 --image-size 96 --batch-size 64 --lr 1e-3 --resume
 	$(PY) make_release.py $(CPU_RUN)/fold-0 --output release --external $(EXTERNAL) --report results/release.json
+
+data/all-sources: | setup
+	$(PY) prepare_dataset.py $(SOURCE_4K) $(EXTERNAL) $@ --folds 5 --seed 0
+
+data/brain-tumor-mri-sartaj:
+	mkdir -p data && cp -r $(EXTERNAL) $@
+
+MATRIX_RUNS ?= random:improved,random:resnet34,grouped:improved,grouped:resnet34,random:no-multiscale,random:no-inception,random:no-se
+MATRIX_SECONDS ?= 330
+MATRIX_PROCESSES ?= 11
+MATRIX_TRAIN ?= --epochs 60 --image-size 128 --batch-size 128 --lr 2e-3 --save-every 60 --no-compile
+BENCH_TRAIN ?= --batch-size 128 --image-size 128 --steps 40 --warmup 10 --no-compile
+MATRIX_OUTPUT ?= runs/gpu
+MATRIX_RESULTS ?= results/gpu
+MATRIX_RELEASE ?= release
+PACK ?=
+
+gpu-matrix: data/all-sources data/brain-tumor-mri-sartaj
+	mkdir -p $(MATRIX_RESULTS)
+	$(PY) benchmarks/bench_train.py $(BENCH_TRAIN) | tee $(MATRIX_RESULTS)/bench-train.txt
+	$(PY) run_matrix.py --dataset data/all-sources --sources figshare,br35h --external data/brain-tumor-mri-sartaj \
+		--runs $(MATRIX_RUNS) --processes $(MATRIX_PROCESSES) --time-limit $(MATRIX_SECONDS) \
+		--output-dir $(MATRIX_OUTPUT) --results $(MATRIX_RESULTS) --release $(MATRIX_RELEASE) $(if $(PACK),--pack $(PACK)) \
+		-- $(MATRIX_TRAIN)

@@ -293,7 +293,12 @@ def robustness(args: argparse.Namespace) -> dict:
     if len(datasets) > 1:
         raise UsageError(f"the runs were trained on different datasets ({', '.join(sorted(datasets))})")
     dataset = args.dataset or datasets.pop()
-    tables = {p: load_table(dataset, p, with_test=False) for p in {run.settings["protocol"] for run in runs}}
+    source_sets = {tuple(run.settings.get("sources") or ()) for run in runs}  # one table: the same rows for all
+    if len(source_sets) > 1:
+        raise UsageError("the runs were trained on different --sources of the dataset; evaluate them apart")
+    sources = list(source_sets.pop()) or None
+    protocols = {run.settings["protocol"] for run in runs}
+    tables = {p: load_table(dataset, p, with_test=False, sources=sources) for p in protocols}
     table = next(iter(tables.values()))
     labels, class_names = table.labels, table.class_names
     if NOTUMOR not in class_names:

@@ -122,7 +122,7 @@ def make_release(args: argparse.Namespace) -> dict:
     model = model.half().float()  # what the float16 release will compute: fit on the shipped weights
 
     print(f"Decoding {settings['dataset']} ({settings['protocol']} protocol) ...")
-    table = load_table(settings["dataset"], settings["protocol"], with_test=False)
+    table = load_table(settings["dataset"], settings["protocol"], with_test=False, sources=settings.get("sources"))
     (images,) = decode_images(table.images, processor, [processor.size], args.workers)
     held_out, training = table.folds == fold, table.folds != fold
     labels = table.labels

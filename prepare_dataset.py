@@ -312,8 +312,12 @@ def build_table(slices: list[Slice], n_folds: int, seed: int) -> Table:
     for name, count in zip(classes, np.bincount(label[train], minlength=len(classes)), strict=True):
         if count < n_folds:
             raise SystemExit(f"error: class {name} has {count} training images, fewer than --folds {n_folds}")
+    # Stratified by class within each source, so that one source's rows alone (train.py --sources) still make
+    # stratified folds. Codes keep the class order: one source alone gets exactly the folds of its classes.
+    source_codes = np.unique(source, return_inverse=True)[1]
+    strata = label * (source_codes.max() + 1) + source_codes
     try:
-        fold_train, fold_random_train = assign_folds(label[train], group[train], n_folds, seed)
+        fold_train, fold_random_train = assign_folds(strata[train], group[train], n_folds, seed)
     except ValueError as exc:  # e.g. fewer near-duplicate groups than folds
         raise SystemExit(f"error: cannot make {n_folds} folds: {exc}") from None
     fold, fold_random = np.full(len(slices), NO_FOLD), np.full(len(slices), NO_FOLD)

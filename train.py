@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from filelock import FileLock
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -116,6 +117,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="improved",
         type=model_spec,
         help=f"{', '.join(VARIANTS)} (resnet34 is the baseline, no-* the ablations) or a CONFIG.json",
+    )
+    parser.add_argument(
+        "--sources",
+        type=lambda text: sorted(set(text.split(","))),
+        help="train and evaluate on the rows of these sources only (the dataset's `source` column), such as "
+        "figshare,br35h for brain-tumor-mri-4k within a multi-source dataset (default: every row)",
     )
     parser.add_argument("--epochs", type=number(int, 1), default=100, help="epochs per fold")
     parser.add_argument("--batch-size", type=number(int, 1), default=256, help="global batch, split over processes")
@@ -213,7 +220,7 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
 
     with GracefulStop() as stop:
         started = time.perf_counter()
-        table = load_table(args.dataset, args.protocol, with_test=FULL in args.folds)
+        table = load_table(args.dataset, args.protocol, with_test=FULL in args.folds, sources=args.sources)
         num_folds = int(table.folds.max()) + 1
         selected = expand_folds(args.folds, num_folds)
         config = model_config(args.model, table.class_names)
@@ -369,16 +376,24 @@ def train_fold(fold, args, accelerator, data: DeviceData, config, processor, sto
 def save_fold(fold, args, model, processor, entry: dict, results: dict) -> None:
     """Write the fold's model folder and its cv_results.json entry; only then drop its checkpoints."""
     out = args.output_dir
-    if fold == FULL:
-        results[FULL] = entry
-    else:
-        results.setdefault("folds", {})[str(fold)] = entry
-        results["summary"] = summarize(results["folds"])
-    model.config.training_info = training_info(args, fold, entry, results)
-    save_model_folder(model, processor, out / fold_name(fold), half_storage=fold == FULL)
-    write_json(out / "cv_results.json", results)
-    shutil.rmtree(out / fold_name(fold) / "checkpoints", ignore_errors=True)
-    write_reports(out, results, MODEL_CARD_TEMPLATE.read_text(), args.hub_model_id)
+    # Other processes may be training other folds of this run (one process per fold on one GPU): cv_results.json
+    # is re-read and extended under a lock, so that each keeps the others' folds.
+    with FileLock(out / ".cv_results.lock"):
+        saved = read_json(out / "cv_results.json", default={})
+        results.setdefault("folds", {}).update(saved.get("folds", {}))
+        if FULL in saved:
+            results[FULL] = saved[FULL]
+        if fold == FULL:
+            results[FULL] = entry
+        else:
+            results["folds"][str(fold)] = entry
+        if results["folds"]:
+            results["summary"] = summarize(results["folds"])
+        model.config.training_info = training_info(args, fold, entry, results)
+        save_model_folder(model, processor, out / fold_name(fold), half_storage=fold == FULL)
+        write_json(out / "cv_results.json", results)
+        shutil.rmtree(out / fold_name(fold) / "checkpoints", ignore_errors=True)
+        write_reports(out, results, MODEL_CARD_TEMPLATE.read_text(), args.hub_model_id)
     print(fold_summary(fold, entry))
 
 

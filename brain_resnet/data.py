@@ -121,11 +121,14 @@ def find_near_duplicate_groups(images: list) -> list[int]:
         raise UsageError("grouping near-duplicates needs imagehash and scipy; or use --protocol random") from None
 
 
-def load_table(dataset: str, protocol: str, with_test: bool) -> Table:
-    """The train split with the protocol's folds (and the test split, for the full model's evaluation)."""
+def load_table(dataset: str, protocol: str, with_test: bool, sources: list[str] | None = None) -> Table:
+    """The train split with the protocol's folds (and the test split, for the full model's evaluation); with
+    `sources`, only the rows of those sources (the folds stay as the dataset made them)."""
     splits, class_names = read_splits(dataset)
     if "train" not in splits:
         raise UsageError(f"dataset {dataset!r} has no train split (its splits: {', '.join(splits) or 'none'})")
+    if sources:
+        splits = {name: only_sources(split, sources, dataset) for name, split in splits.items()}
     train = splits["train"]
     missing = [column for column in ("image", "label") if column not in train]
     if missing:
@@ -136,17 +139,31 @@ def load_table(dataset: str, protocol: str, with_test: bool) -> Table:
     labels, class_names = label_indices(train["label"], class_names)
     fold_column = FOLD_COLUMNS[protocol]
     folds = np.asarray(train[fold_column]) if fold_column in train else make_folds(train, labels, protocol)
-    images, sources = list(train["image"]), train.get("source")
+    images, row_sources = list(train["image"]), train.get("source")
     test = splits.get("test")
     if with_test and test is not None and "image" in test and "label" in test:
         test_labels, _ = label_indices(test["label"], class_names)
         images += test["image"]
         labels = np.concatenate([labels, test_labels])
         folds = np.concatenate([folds, np.full(len(test_labels), NO_FOLD)])
-        sources = sources + test["source"] if sources is not None and "source" in test else None
+        row_sources = row_sources + test["source"] if row_sources is not None and "source" in test else None
     if folds.max(initial=NO_FOLD) < 1:
         raise UsageError(f"dataset {dataset!r}: column {fold_column} holds fewer than 2 folds")
-    return Table(images, labels, folds, sources, class_names)
+    return Table(images, labels, folds, row_sources, class_names)
+
+
+def only_sources(split: dict[str, list], sources: list[str], dataset: str) -> dict[str, list]:
+    """The split's rows whose `source` is one of `sources`."""
+    if "source" not in split:
+        raise UsageError(f"--sources: dataset {dataset!r} has no source column (make it with prepare_dataset.py)")
+    unknown = sorted(set(sources) - set(split["source"]))
+    if unknown:
+        raise UsageError(
+            f"--sources: no {', '.join(unknown)} rows in {dataset!r} (its sources: "
+            f"{', '.join(sorted(set(split['source'])))})"
+        )
+    keep = [i for i, source in enumerate(split["source"]) if source in sources]
+    return {column: [values[i] for i in keep] for column, values in split.items()}
 
 
 def decode_images(

@@ -14,6 +14,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # one file
 RUN_SETTINGS = (
     "dataset",
     "protocol",
+    "sources",
     "model",
     "epochs",
     "batch_size",

@@ -1,0 +1,146 @@
+"""Many train.py runs at once on one GPU, within a time limit: the job list of an experiment matrix and the
+scheduler that runs it (run_matrix.py).
+
+One eager training process leaves a large GPU idle between its kernel launches; several processes, one per fold
+of each run, fill it. Each writes its fold into the run's folder (train.py merges cv_results.json under a lock).
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .folds import FOLD_COLUMNS, PROTOCOL_NAMES
+from .modeling import VARIANTS
+
+RELEASE_RUN = "release"  # the run folder of the release candidate
+
+
+@dataclass
+class Job:
+    """One train.py process: one fold of one run."""
+
+    name: str
+    run_dir: Path
+    fold: int
+    arguments: list[str]
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    seconds: float = 0.0
+    status: str = "waiting"  # waiting | running | finished | failed (rc N) | stopped | not started
+    log: Path = field(init=False)
+
+    def __post_init__(self):
+        self.log = self.run_dir / f"train-fold-{self.fold}.log"
+
+
+def parse_run_specs(text: str) -> list[tuple[str, str]]:
+    """`random:improved,grouped:resnet34` -> [(protocol, model)], in the given (priority) order."""
+    specs = []
+    for item in text.split(","):
+        protocol, _, model = item.strip().partition(":")
+        if protocol not in FOLD_COLUMNS or model not in VARIANTS:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: give PROTOCOL:MODEL with PROTOCOL one of {', '.join(FOLD_COLUMNS)} and MODEL one "
+                f"of {', '.join(VARIANTS)}"
+            )
+        specs.append((protocol, model))
+    return specs
+
+
+def run_dir_name(protocol: str, model: str) -> str:
+    return f"{PROTOCOL_NAMES[protocol]}-{model}"
+
+
+def plan_jobs(
+    dataset: str,
+    output_dir: Path,
+    specs: list[tuple[str, str]],
+    folds: list[int],
+    sources: list[str] | None,
+    release_fold: int | None,
+    train_arguments: list[str],
+    workers: int,
+) -> list[Job]:
+    """The release candidate first (the improved model, grouped protocol, every source, one fold held out for its
+    calibration), then every fold of each run in `specs` order, fold by fold within a run."""
+    common = ["--dataset", dataset, "--resume", "--workers", str(workers), *train_arguments]
+    jobs = []
+    if release_fold is not None:
+        run_dir = output_dir / RELEASE_RUN
+        arguments = ["--output-dir", str(run_dir), "--protocol", "grouped", "--model", "improved"]
+        jobs.append(Job(f"{RELEASE_RUN} fold {release_fold}", run_dir, release_fold, arguments + common))
+    for protocol, model in specs:
+        run_dir = output_dir / run_dir_name(protocol, model)
+        arguments = ["--output-dir", str(run_dir), "--protocol", protocol, "--model", model]
+        arguments += ["--sources", ",".join(sources)] if sources else []
+        jobs += [Job(f"{run_dir.name} fold {fold}", run_dir, fold, arguments + common) for fold in folds]
+    for job in jobs:
+        job.arguments += ["--folds", str(job.fold)]
+    return jobs
+
+
+def run_jobs(jobs: list[Job], processes: int, time_limit: float, grace: float = 60.0, poll: float = 1.0) -> None:
+    """Run `jobs` in order, at most `processes` at a time, each `python train.py ...` with its output in job.log.
+
+    A job starts only while its expected duration (the longest finished job's; unknown at first) still fits in
+    `time_limit` seconds; at the limit, running jobs get SIGTERM (train.py checkpoints and exits: `--resume`
+    continues them later), then SIGKILL after `grace` seconds. Progress is printed as jobs start and end."""
+    started = time.perf_counter()
+    train_script = Path(__file__).resolve().parents[1] / "train.py"
+    # The processes share the cores: more torch threads each would only contend.
+    threads = str(max(1, len(os.sched_getaffinity(0)) // processes))
+    environment = os.environ | {"PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "10", "OMP_NUM_THREADS": threads}
+    waiting, running = list(jobs), []
+
+    def elapsed() -> float:
+        return time.perf_counter() - started
+
+    def say(text: str) -> None:
+        print(f"[{elapsed():6.0f} s] {text}", flush=True)
+
+    stopping = False
+    while waiting or running:
+        for job in list(running):
+            if (code := job.process.poll()) is not None:
+                running.remove(job)
+                job.seconds = time.perf_counter() - job.started
+                job.status = "finished" if code == 0 else ("stopped" if stopping else f"failed (rc {code})")
+                say(f"{job.name}: {job.status} after {job.seconds:.0f} s; log {job.log}")
+                if code != 0 and not stopping:
+                    print(tail(job.log), file=sys.stderr)
+        finished = [job.seconds for job in jobs if job.status == "finished"]
+        expected = max(finished, default=0.0)
+        while waiting and len(running) < processes and not stopping and elapsed() + expected <= time_limit:
+            job = waiting.pop(0)
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            with job.log.open("w") as log:
+                job.process = subprocess.Popen(
+                    [sys.executable, str(train_script), *job.arguments], stdout=log, stderr=subprocess.STDOUT,
+                    env=environment,
+                )  # fmt: skip
+            job.started, job.status = time.perf_counter(), "running"
+            running.append(job)
+            say(f"{job.name}: started ({len(running)} running, {len(waiting)} waiting)")
+        if waiting and not running and not stopping:  # nothing left that fits in the time
+            break
+        if not stopping and elapsed() > time_limit and running:
+            stopping = True
+            say(f"time limit: stopping {len(running)} job(s), which checkpoint and can be resumed")
+            for job in running:
+                job.process.send_signal(signal.SIGTERM)
+        if stopping and elapsed() > time_limit + grace:
+            for job in running:
+                job.process.kill()
+        time.sleep(poll)
+    for job in waiting:
+        job.status = "not started"
+    say(", ".join(f"{sum(j.status == s for j in jobs)} {s}" for s in sorted({j.status for j in jobs})))
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""

@@ -1,0 +1,208 @@
+"""The experiment matrix on one GPU in one go: train the release candidate and the cross-validation runs side by
+side, evaluate the fold models where they are, and write the tables.
+
+    python run_matrix.py --dataset data/all-sources --sources figshare,br35h --external data/brain-tumor-mri-sartaj \\
+        --runs random:improved,random:resnet34,grouped:improved,grouped:resnet34 --processes 11 --time-limit 330 \\
+        -- --epochs 60 --image-size 128 --batch-size 128 --no-compile
+
+Steps, each reported as it goes:
+
+1. Training (brain_resnet.matrix): one train.py process per fold, up to --processes at once, in priority order:
+   the release candidate first (the improved model on every source, grouped protocol, --release-fold held out
+   for its calibration), then every fold of each PROTOCOL:MODEL of --runs, on the rows of --sources (the
+   cross-validation runs leave the --external source unseen, so that it measures them). Arguments after `--` go
+   to every train.py. No job starts that would not end by --time-limit; at the limit, running jobs checkpoint and
+   stop (rerunning the same command resumes them).
+2. Evaluation of every run with a finished fold, side by side: make_release.py on the release candidate
+   (into --release), `evaluation.py robustness` (corruptions and the shortcut stress tests) and `evaluation.py
+   external` on the --external folder, then `evaluation.py summary` into RESULTS/summary.json.
+3. With --pack DIR: the release's weight shards as they are and one archive of everything else that a run
+   leaves worth keeping (results, run logs, cv_results, plots, the release's other files), for a machine whose
+   fold models cannot come back.
+
+Each step's output goes to a log in --output-dir and a failed step does not stop the next ones.
+"""
+
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from brain_resnet.cli import HelpFormatter, number
+from brain_resnet.matrix import RELEASE_RUN, Job, parse_run_specs, plan_jobs, run_jobs, tail
+from brain_resnet.runs import epoch_records, has_weights, write_json
+
+ROOT = Path(__file__).resolve().parent
+# What --pack keeps of a run folder: everything but model weights, checkpoints and TensorBoard files.
+PACKED_SUFFIXES = (".json", ".jsonl", ".png", ".md", ".log", ".txt")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else argv
+    own, train_arguments = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(prog="run_matrix.py", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--dataset", required=True, help="a folder from prepare_dataset.py (with a source column)")
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/matrix"), help="one train.py run folder per run")
+    parser.add_argument(
+        "--runs",
+        type=parse_run_specs,
+        default="random:improved,random:resnet34",
+        help="PROTOCOL:MODEL cross-validation runs, in priority order",
+    )
+    parser.add_argument("--folds", default="0,1,2,3,4", help="the folds of each run")
+    parser.add_argument(
+        "--sources", type=lambda text: text.split(","), help="the cross-validation runs' sources (default: every row)"
+    )
+    parser.add_argument(
+        "--release-fold",
+        type=number(int, 0),
+        default=0,
+        help="the grouped fold the release candidate leaves out, for its calibration and unfamiliar threshold",
+    )
+    parser.add_argument("--no-release", action="store_true", help="train no release candidate")
+    parser.add_argument("--release", type=Path, default=Path("release"), help="the folder make_release.py writes")
+    parser.add_argument("--external", type=Path, help="a folder of other-source slices, one folder per class")
+    parser.add_argument("--results", type=Path, default=Path("results/matrix"), help="the evaluations' JSON files")
+    parser.add_argument("--processes", type=number(int, 1), default=4, help="train.py processes at a time")
+    parser.add_argument("--time-limit", type=number(float, 0), default=float("inf"), help="seconds of training")
+    parser.add_argument("--pack", type=Path, help="folder for the release's shards and an archive of the rest")
+    args = parser.parse_args(own)
+    try:
+        args.folds = [int(fold) for fold in args.folds.split(",")]
+    except ValueError:
+        parser.error(f"--folds {args.folds!r}: give fold numbers such as 0,1,2,3,4")
+    if args.external is not None and not args.external.is_dir():
+        parser.error(f"--external {args.external}: no such folder")
+    args.train_arguments = train_arguments
+    args.command = shlex.join(["python", "run_matrix.py", *argv])
+    return args
+
+
+def finished_runs(jobs: list[Job]) -> list[Path]:
+    """Run folders (not the release candidate's) with at least one finished fold model, in job order."""
+    runs = dict.fromkeys(job.run_dir for job in jobs if job.run_dir.name != RELEASE_RUN)
+    return [run for run in runs if any(has_weights(fold) for fold in run.glob("fold-*"))]
+
+
+def evaluate(args: argparse.Namespace, jobs: list[Job]) -> None:
+    """make_release.py, robustness and external side by side, then the summary; each step logged."""
+    python, results = sys.executable, args.results
+    results.mkdir(parents=True, exist_ok=True)
+    runs = finished_runs(jobs)
+    steps = {}
+    candidate = args.output_dir / RELEASE_RUN / f"fold-{args.release_fold}"
+    if not args.no_release and has_weights(candidate):
+        release_report = results / "release.json"
+        steps["release"] = [python, "make_release.py", str(candidate), "--output", str(args.release)]
+        steps["release"] += ["--report", str(release_report), "--workers", "8"]
+    if runs:
+        robustness = results / "robustness.json"
+        steps["robustness"] = [python, "evaluation.py", "robustness", *map(str, runs), "--output", str(robustness)]
+    fold_models = [fold for run in runs for fold in sorted(run.glob("fold-*")) if has_weights(fold)]
+    if args.external is not None and fold_models:
+        external = results / f"external-{args.external.name}.json"
+        models = [part for fold in fold_models for part in ("--model", str(fold))]
+        steps["external"] = [python, "evaluation.py", "external", str(args.external), *models]
+        steps["external"] += ["--output", str(external)]
+    processes = {}
+    for name, command in steps.items():
+        log = (args.output_dir / f"{name}.log").open("w")
+        print(f"evaluation: {shlex.join(command[1:])}", flush=True)
+        processes[name] = (subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log)
+    for name, (process, log) in processes.items():
+        code = process.wait()
+        log.close()
+        print(f"evaluation {name}: {'done' if code == 0 else f'failed (rc {code})'}", flush=True)
+        print(tail(args.output_dir / f"{name}.log", 12), flush=True)
+    if runs:
+        summary = [python, "evaluation.py", "summary", *map(str, runs), "--output", str(results / "summary.json")]
+        if "robustness" in steps and (results / "robustness.json").exists():
+            summary += ["--robustness", str(results / "robustness.json")]
+        if "external" in steps and (results / f"external-{args.external.name}.json").exists():
+            summary += ["--external", str(results / f"external-{args.external.name}.json")]
+        subprocess.run(summary, cwd=ROOT, check=False)
+
+
+def training_report(args: argparse.Namespace, jobs: list[Job], seconds: float) -> dict:
+    """What the training step did: every job's outcome and the aggregate throughput of all the processes (every
+    image of every epoch of every job over the step's wall time, start-up and evaluation included)."""
+    images = 0
+    for run_dir in dict.fromkeys(job.run_dir for job in jobs):
+        images += sum(
+            record["train_images"]
+            for epochs in epoch_records(run_dir / "log.jsonl").values()
+            for record in epochs.values()
+        )
+    return {
+        "command": args.command,
+        "device": torch_device_name(),
+        "processes": args.processes,
+        "training_seconds": round(seconds, 1),
+        "train_images": images,
+        "aggregate_train_images_per_s": round(images / seconds, 1) if seconds else None,
+        "jobs": [
+            {"name": job.name, "status": job.status, "seconds": round(job.seconds, 1), "log": str(job.log)}
+            for job in jobs
+        ],
+    }
+
+
+def torch_device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def pack(args: argparse.Namespace) -> None:
+    """The release's weight shards, copied as they are, and everything else worth keeping in one archive."""
+    args.pack.mkdir(parents=True, exist_ok=True)
+    weights = sorted(args.release.glob("*.safetensors")) if args.release.is_dir() else []
+    for shard in weights:
+        shutil.copy2(shard, args.pack / shard.name)
+    kept = [path for path in args.output_dir.rglob("*") if path.is_file() and path.suffix in PACKED_SUFFIXES]
+    kept = [path for path in kept if "checkpoints" not in path.parts and "tensorboard" not in path.parts]
+    kept += [path for path in args.results.rglob("*") if path.is_file()]
+    if args.release.is_dir():
+        kept += [path for path in args.release.rglob("*") if path.is_file() and path not in weights]
+    with tarfile.open(args.pack / "results.tar.gz", "w:gz") as archive:
+        for path in kept:
+            archive.add(path, arcname=str(path))
+    print(f"packed {len(weights)} weight shard(s) and {len(kept)} files into {args.pack}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    release_fold = None if args.no_release else args.release_fold
+    jobs = plan_jobs(
+        args.dataset,
+        args.output_dir,
+        args.runs,
+        args.folds,
+        args.sources,
+        release_fold,
+        args.train_arguments,
+        workers=2,
+    )
+    print(f"{len(jobs)} training jobs, {args.processes} at a time, {args.time_limit:.0f} s at most", flush=True)
+    run_jobs(jobs, args.processes, args.time_limit)
+    report = training_report(args, jobs, time.perf_counter() - started)
+    args.results.mkdir(parents=True, exist_ok=True)
+    write_json(args.results / "matrix.json", report)
+    print(
+        f"training: {report['train_images']:,} images in {report['training_seconds']:.0f} s, "
+        f"{report['aggregate_train_images_per_s']:,.0f} images/s in aggregate on {report['device']}",
+        flush=True,
+    )
+    evaluate(args, jobs)
+    if args.pack is not None:
+        pack(args)
+    return 0 if all(job.status == "finished" for job in jobs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

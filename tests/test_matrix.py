@@ -1,0 +1,158 @@
+"""run_matrix.py end to end on a tiny two-source dataset on the CPU: folds trained side by side into one run
+folder, the release candidate, the evaluations, the pack a lent GPU machine sends back, the time limit; and
+train.py's --sources."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from brain_resnet import data, matrix
+from brain_resnet.cli import UsageError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
+TRAIN_ARGUMENTS = ["--", "--epochs", "1", "--image-size", "32", "--batch-size", "8"]
+
+
+def copy_slices(source: Path, dest: Path, per_class: int) -> Path:
+    for name in CLASSES:
+        files = sorted((source / name).iterdir())
+        (dest / name).mkdir(parents=True)
+        for file in files[:: len(files) // per_class][:per_class]:
+            shutil.copy(file, dest / name / file.name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory, brain_mri_data) -> tuple[Path, Path]:
+    """A prepared dataset of 10 brain-tumor-mri-4k slices per class (figshare, br35h) and 3 sartaj slices per
+    class (2 folds), and those sartaj slices as an external folder."""
+    root = tmp_path_factory.mktemp("matrix")
+    four_k = copy_slices(brain_mri_data, root / "brain-tumor-mri-4k", 10)
+    sartaj = copy_slices(brain_mri_data.parent / "brain-tumor-mri-sartaj", root / "brain-tumor-mri-sartaj", 3)
+    command = [sys.executable, "prepare_dataset.py", str(four_k), str(sartaj), str(root / "dataset"), "--folds", "2"]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return root / "dataset", sartaj
+
+
+def run_matrix(arguments: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    environment = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, str(REPO_ROOT / "run_matrix.py"), *arguments]
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=900, check=False)
+
+
+@pytest.fixture(scope="module")
+def matrix_run(two_sources, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The release candidate and 2 folds of the improved model on the 4k rows, 3 processes at once, packed."""
+    dataset, sartaj = two_sources
+    work = tmp_path_factory.mktemp("matrix-run")
+    arguments = [
+        "--dataset", str(dataset), "--sources", "figshare,br35h", "--external", str(sartaj),
+        "--runs", "random:improved", "--folds", "0,1", "--processes", "3",
+        "--output-dir", str(work / "runs"), "--results", str(work / "results"), "--release", str(work / "release"),
+        "--pack", str(work / "pack"), *TRAIN_ARGUMENTS,
+    ]  # fmt: skip
+    return work, run_matrix(arguments, REPO_ROOT)
+
+
+def test_folds_trained_side_by_side_share_one_run_folder(matrix_run):
+    work, done = matrix_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((work / "runs/stratified-improved/cv_results.json").read_text())
+    assert sorted(results["folds"]) == ["0", "1"]  # neither process overwrote the other's fold
+    assert results["summary"]["folds"] == [0, 1]
+    # --sources: the cross-validation saw the 40 brain-tumor-mri-4k slices, not the sartaj ones
+    assert sum(fold["num_eval"] for fold in results["folds"].values()) == 40
+
+
+def test_matrix_evaluates_the_fold_models_and_makes_the_release(matrix_run):
+    work, done = matrix_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((work / "results/summary.json").read_text())
+    improved = summary["protocols"]["stratified"]["improved"]
+    assert improved["folds"] == 2
+    assert summary["cross_source"]["brain-tumor-mri-sartaj"]["models"] == 2
+    assert "shortcut_flip_rate" in improved
+    config = json.loads((work / "release/config.json").read_text())
+    assert config["calibration_temperature"] > 0 and config["familiarity_threshold"] > 0
+    report = json.loads((work / "results/release.json").read_text())
+    assert report["held_out"] == "fold 0 (grouped protocol)"
+    trained = json.loads((work / "results/matrix.json").read_text())
+    assert [job["status"] for job in trained["jobs"]] == ["finished"] * 3
+    assert trained["aggregate_train_images_per_s"] > 0
+
+
+def test_pack_holds_the_release_shards_and_one_archive_of_the_rest(matrix_run):
+    work, done = matrix_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    packed = sorted(path.name for path in (work / "pack").iterdir())
+    shards = [name for name in packed if name.endswith(".safetensors")]
+    assert shards and packed == sorted([*shards, "results.tar.gz"])
+    with tarfile.open(work / "pack/results.tar.gz") as archive:
+        names = archive.getnames()
+    assert any(name.endswith("results/summary.json") for name in names)
+    assert any(name.endswith("stratified-improved/cv_results.json") for name in names)
+    assert any(name.endswith("release/config.json") for name in names)
+    assert not any(name.endswith(".safetensors") or "checkpoints" in name for name in names)
+
+
+def test_time_limit_stops_jobs_resumably_and_still_reports(two_sources, tmp_path):
+    """15 s: train.py is past its start-up (it checkpoints on SIGTERM from then on) and far from 1,000 epochs."""
+    dataset, _ = two_sources
+    arguments = [
+        "--dataset", str(dataset), "--runs", "random:improved", "--folds", "0", "--no-release",
+        "--time-limit", "15", "--output-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+        "--", "--epochs", "1000", "--image-size", "32", "--batch-size", "8",
+    ]  # fmt: skip
+    done = run_matrix(arguments, REPO_ROOT)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "time limit: stopping 1 job(s)" in done.stdout
+    trained = json.loads((tmp_path / "results/matrix.json").read_text())
+    assert [job["status"] for job in trained["jobs"]] == ["stopped"]
+    assert list((tmp_path / "runs/stratified-improved/fold-0/checkpoints").glob("epoch-*/progress.json"))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--runs", "random:resnet50"], "PROTOCOL:MODEL"),
+        (["--runs", "paper:improved"], "PROTOCOL:MODEL"),
+        (["--folds", "0,x"], "--folds"),
+        (["--external", "no/such/folder"], "no such folder"),
+    ],
+)
+def test_bad_flags_fail_with_a_usage_message(arguments, message, tmp_path):
+    done = run_matrix(["--dataset", "unused", *arguments], tmp_path)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_jobs_run_release_first_then_runs_in_priority_order(tmp_path):
+    specs = matrix.parse_run_specs("grouped:resnet34,random:improved")
+    jobs = matrix.plan_jobs("data", tmp_path, specs, [0, 1], ["figshare"], 0, ["--epochs", "2"], workers=2)
+    assert [job.name for job in jobs] == [
+        "release fold 0",
+        "grouped-resnet34 fold 0",
+        "grouped-resnet34 fold 1",
+        "stratified-improved fold 0",
+        "stratified-improved fold 1",
+    ]
+    assert "--sources" not in jobs[0].arguments  # the release candidate trains on every source
+    assert jobs[1].arguments[jobs[1].arguments.index("--sources") + 1] == "figshare"
+    assert all(job.arguments[-2:] == ["--folds", str(job.fold)] for job in jobs)
+
+
+def test_sources_keep_only_their_rows(two_sources):
+    dataset, _ = two_sources
+    everything = data.load_table(str(dataset), "random", with_test=False)
+    four_k = data.load_table(str(dataset), "random", with_test=False, sources=["figshare", "br35h"])
+    assert len(everything.labels) == 52 and len(four_k.labels) == 40
+    assert set(four_k.sources) == {"figshare", "br35h"}
+    with pytest.raises(UsageError, match="no kaggle rows"):
+        data.load_table(str(dataset), "random", with_test=False, sources=["kaggle"])

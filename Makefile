@@ -62,6 +62,7 @@ BENCH_TRAIN ?= --batch-size 128 --image-size 128 --steps 40 --warmup 10 --no-com
 MATRIX_OUTPUT ?= runs/gpu
 MATRIX_RESULTS ?= results/gpu
 MATRIX_RELEASE ?= release
+MATRIX_FLAGS ?=
 PACK ?=
 
 gpu-matrix: data/all-sources data/brain-tumor-mri-sartaj
@@ -70,4 +71,4 @@ gpu-matrix: data/all-sources data/brain-tumor-mri-sartaj
 	$(PY) run_matrix.py --dataset data/all-sources --sources figshare,br35h --external data/brain-tumor-mri-sartaj \
 		--runs $(MATRIX_RUNS) --processes $(MATRIX_PROCESSES) --time-limit $(MATRIX_SECONDS) \
 		--output-dir $(MATRIX_OUTPUT) --results $(MATRIX_RESULTS) --release $(MATRIX_RELEASE) $(if $(PACK),--pack $(PACK)) \
-		-- $(MATRIX_TRAIN)
+		$(MATRIX_FLAGS) -- $(MATRIX_TRAIN)

@@ -13,9 +13,11 @@ out from is the only data it never trained on, and the release is fitted on it:
 
 Then the folder is written as the release (float16 shards of <= 15 MB, loading as float32), reloaded as a user would
 load it, and every reported number is measured on that reloaded model: held-out accuracy, log-loss and calibration
-error before and after, the share of held-out slices called unfamiliar, and for each --external folder (one folder
-per class, as `evaluation.py external` reads them) the accuracy, the tumor slices found, the healthy slices called
-notumor and the share called unfamiliar. The numbers go into the model card and into --report.
+error before and after, the share of held-out slices called unfamiliar, the held-out slices of each source (for a
+multi-source dataset), and for each --external folder (one folder per class, as `evaluation.py external` reads
+them) the accuracy, the tumor slices found, the healthy slices called notumor and the share called unfamiliar. The
+numbers go into the model card and into --report; --summary adds `evaluation.py summary`'s cross-validation table
+to the card.
 """
 
 import argparse
@@ -44,7 +46,7 @@ from brain_resnet.engine import model_input
 from brain_resnet.external import TUMOR, external_files, external_metrics, read_external
 from brain_resnet.hub import save_model_folder
 from brain_resnet.modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
-from brain_resnet.reports import render_model_card, render_release_section
+from brain_resnet.reports import render_model_card, render_release_section, render_summary_section
 from brain_resnet.runs import read_json, write_json
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
@@ -58,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=Path("release"), help="the release folder to (re)write")
     parser.add_argument(
         "--external", type=Path, action="append", default=[], help="a folder of other-source slices (repeatable)"
+    )
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        help="`evaluation.py summary` output (results/summary.json) whose cross-validation table goes into the card",
     )
     parser.add_argument("--report", type=Path, help="JSON file for every measured number (default: print only)")
     parser.add_argument("--hub-model-id", help="the Hub repo the card names (default: the output folder)")
@@ -119,6 +126,9 @@ def make_release(args: argparse.Namespace) -> dict:
     processor = BrainResNetImageProcessor.from_pretrained(args.model)
     class_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     external = {folder: external_files(folder, class_names) for folder in args.external}  # checked before the work
+    summary = read_json(args.summary) if args.summary is not None else None
+    if args.summary is not None and "protocols" not in (summary or {}):
+        raise UsageError(f"--summary {args.summary}: no such `evaluation.py summary` output")
     model = model.half().float()  # what the float16 release will compute: fit on the shipped weights
 
     print(f"Decoding {settings['dataset']} ({settings['protocol']} protocol) ...")
@@ -169,6 +179,16 @@ def make_release(args: argparse.Namespace) -> dict:
             },
             "external": {},
         }
+        if table.sources is not None:  # the held-out slices of each source, scored as `external` scores a folder
+            sources = np.asarray(table.sources)[held_out]
+            truths = np.asarray(class_names)[labels[held_out]]
+            predicted = np.asarray(class_names)[probs.argmax(axis=1)]
+            report["held_out_by_source"] = {
+                source: external_metrics(truths[mine].tolist(), predicted[mine].tolist())
+                | {"unfamiliar": float(np.mean(unfamiliarity[mine] > 1))}
+                for source in sorted(set(sources))
+                if (mine := sources == source).any()
+            }
         for folder, files in external.items():
             slices, kept, skipped = read_external(files)
             (external_images,) = decode_images(slices, processor, [processor.size], args.workers)
@@ -184,7 +204,11 @@ def make_release(args: argparse.Namespace) -> dict:
             }
         model_id = args.hub_model_id or str(args.output)
         card = render_model_card(MODEL_CARD_TEMPLATE.read_text(), results, fold, model_id)
-        (staging / "README.md").write_text(render_release_section(card, report))
+        card = render_release_section(card, report)
+        if summary is not None:
+            card = render_summary_section(card, summary, str(args.summary))
+            report["summary"] = str(args.summary)
+        (staging / "README.md").write_text(card)
         if args.output.exists():
             shutil.rmtree(args.output)
         shutil.move(staging, args.output)

@@ -13,9 +13,10 @@ Steps, each reported as it goes:
    cross-validation runs leave the --external source unseen, so that it measures them). Arguments after `--` go
    to every train.py. No job starts that would not end by --time-limit; at the limit, running jobs checkpoint and
    stop (rerunning the same command resumes them).
-2. Evaluation of every run with a finished fold, side by side: make_release.py on the release candidate
-   (into --release), `evaluation.py robustness` (corruptions and the shortcut stress tests) and `evaluation.py
-   external` on the --external folder, then `evaluation.py summary` into RESULTS/summary.json.
+2. Evaluation of every run with a finished fold: `evaluation.py robustness` (corruptions and the shortcut stress
+   tests) and `evaluation.py external` on the --external folder side by side, `evaluation.py summary` into
+   RESULTS/summary.json, then make_release.py on the release candidate (into --release, with that summary in its
+   card).
 3. With --pack DIR: the release's weight shards as they are and one archive of everything else that a run
    leaves worth keeping (results, run logs, cv_results, plots, the release's other files), for a machine whose
    fold models cannot come back.
@@ -89,25 +90,44 @@ def finished_runs(jobs: list[Job]) -> list[Path]:
 
 
 def evaluate(args: argparse.Namespace, jobs: list[Job]) -> None:
-    """make_release.py, robustness and external side by side, then the summary; each step logged."""
+    """Robustness and external side by side, the summary of the runs, then make_release.py with that summary in
+    the release's card; each step logged."""
     python, results = sys.executable, args.results
     results.mkdir(parents=True, exist_ok=True)
     runs = finished_runs(jobs)
+    robustness, summary = results / "robustness.json", results / "summary.json"
+    external = results / f"external-{args.external.name}.json" if args.external is not None else None
     steps = {}
-    candidate = args.output_dir / RELEASE_RUN / f"fold-{args.release_fold}"
-    if not args.no_release and has_weights(candidate):
-        release_report = results / "release.json"
-        steps["release"] = [python, "make_release.py", str(candidate), "--output", str(args.release)]
-        steps["release"] += ["--report", str(release_report), "--workers", "8"]
     if runs:
-        robustness = results / "robustness.json"
         steps["robustness"] = [python, "evaluation.py", "robustness", *map(str, runs), "--output", str(robustness)]
     fold_models = [fold for run in runs for fold in sorted(run.glob("fold-*")) if has_weights(fold)]
-    if args.external is not None and fold_models:
-        external = results / f"external-{args.external.name}.json"
+    if external is not None and fold_models:
         models = [part for fold in fold_models for part in ("--model", str(fold))]
-        steps["external"] = [python, "evaluation.py", "external", str(args.external), *models]
-        steps["external"] += ["--output", str(external)]
+        steps["external"] = [
+            python,
+            "evaluation.py",
+            "external",
+            str(args.external),
+            *models,
+            "--output",
+            str(external),
+        ]
+    run_steps(args, steps)
+    if runs:
+        command = [python, "evaluation.py", "summary", *map(str, runs), "--output", str(summary)]
+        command += ["--robustness", str(robustness)] if robustness.exists() else []
+        command += ["--external", str(external)] if external is not None and external.exists() else []
+        run_steps(args, {"summary": command})
+    candidate = args.output_dir / RELEASE_RUN / f"fold-{args.release_fold}"
+    if not args.no_release and has_weights(candidate):
+        command = [python, "make_release.py", str(candidate), "--output", str(args.release)]
+        command += ["--report", str(results / "release.json"), "--workers", "8"]
+        command += ["--summary", str(summary)] if summary.exists() else []
+        run_steps(args, {"release": command})
+
+
+def run_steps(args: argparse.Namespace, steps: dict[str, list[str]]) -> None:
+    """Run the commands side by side, each logged to OUTPUT_DIR/NAME.log; report each one's end and its log's tail."""
     processes = {}
     for name, command in steps.items():
         log = (args.output_dir / f"{name}.log").open("w")
@@ -118,13 +138,6 @@ def evaluate(args: argparse.Namespace, jobs: list[Job]) -> None:
         log.close()
         print(f"evaluation {name}: {'done' if code == 0 else f'failed (rc {code})'}", flush=True)
         print(tail(args.output_dir / f"{name}.log", 12), flush=True)
-    if runs:
-        summary = [python, "evaluation.py", "summary", *map(str, runs), "--output", str(results / "summary.json")]
-        if "robustness" in steps and (results / "robustness.json").exists():
-            summary += ["--robustness", str(results / "robustness.json")]
-        if "external" in steps and (results / f"external-{args.external.name}.json").exists():
-            summary += ["--external", str(results / f"external-{args.external.name}.json")]
-        subprocess.run(summary, cwd=ROOT, check=False)
 
 
 def training_report(args: argparse.Namespace, jobs: list[Job], seconds: float) -> dict:

@@ -380,14 +380,15 @@ def save_fold(fold, args, model, processor, entry: dict, results: dict) -> None:
     # is re-read and extended under a lock, so that each keeps the others' folds.
     with FileLock(out / ".cv_results.lock"):
         saved = read_json(out / "cv_results.json", default={})
-        results.setdefault("folds", {}).update(saved.get("folds", {}))
         if FULL in saved:
             results[FULL] = saved[FULL]
+        if saved.get("folds") or fold != FULL:
+            results.setdefault("folds", {}).update(saved.get("folds", {}))
         if fold == FULL:
             results[FULL] = entry
         else:
             results["folds"][str(fold)] = entry
-        if results["folds"]:
+        if results.get("folds"):
             results["summary"] = summarize(results["folds"])
         model.config.training_info = training_info(args, fold, entry, results)
         save_model_folder(model, processor, out / fold_name(fold), half_storage=fold == FULL)

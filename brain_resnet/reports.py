@@ -12,6 +12,7 @@ from .runs import FULL, epoch_records, fold_name
 
 RESULTS_START, RESULTS_END = "<!-- train.py:results:start -->", "<!-- train.py:results:end -->"
 RELEASE_START, RELEASE_END = "<!-- make_release.py:release:start -->", "<!-- make_release.py:release:end -->"
+SUMMARY_START, SUMMARY_END = "<!-- make_release.py:summary:start -->", "<!-- make_release.py:summary:end -->"
 
 
 def marked_region(text: str, start_marker: str, end_marker: str) -> tuple[int, int]:
@@ -287,6 +288,19 @@ def release_markdown(report: dict) -> str:
         "log-loss, calibration error and unfamiliar share are in-sample; neither changes the accuracy.",
         "",
     ]
+    if by_source := report.get("held_out_by_source"):
+        lines += [
+            "The same held-out slices by source:",
+            "",
+            "| source | slices | 4-class accuracy | tumor slices called a tumor | healthy slices called notumor "
+            "| called unfamiliar |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, metrics in by_source.items():
+            cells = [metrics.get(key) for key in ("accuracy", "tumor_found", "notumor_specificity")]
+            shown = " | ".join(f"{value:.4f}" if value is not None else "–" for value in cells)
+            lines.append(f"| {name} | {metrics['slices']} | {shown} | {metrics['unfamiliar']:.1%} |")
+        lines.append("")
     if report["external"]:
         lines += [
             "On slices of sources these weights never trained on:",
@@ -310,3 +324,41 @@ def release_markdown(report: dict) -> str:
 def render_release_section(card: str, report: dict) -> str:
     """A rendered model card with its release section filled from make_release.py's report."""
     return replace_region(card, marked_region(card, RELEASE_START, RELEASE_END), release_markdown(report))
+
+
+def summary_markdown(summary: dict, path: str) -> str:
+    """The card's cross-validation section: `evaluation.py summary`'s table of protocols and variants, with the
+    scores of the same fold models on other sources and under the shortcut stress test."""
+    lines = [
+        f"From `{path}` of the project repository (`{summary['command']}`), measured on {summary['device']}: "
+        "models trained on the "
+        "rows of the cross-validation runs' sources only, each fold's model scored on its held-out fold; the other "
+        "columns score the same fold models on slices of a source none of them saw.",
+        "",
+        "| protocol | model | folds | accuracy (mean ± std) | macro-F1 | params | shortcut flip rate "
+        "| other source | its 4-class accuracy | tumor slices called a tumor | healthy slices called notumor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for protocol, variants in summary["protocols"].items():
+        for variant, entry in variants.items():
+            flip = entry.get("shortcut_flip_rate")
+            cells = [
+                protocol,
+                variant,
+                str(entry["folds"]),
+                f"{entry['accuracy_mean']:.4f} ± {entry['accuracy_std']:.4f}",
+                f"{entry['macro_f1_mean']:.4f}",
+                f"{entry['params'] / 1e6:.1f} M",
+                "–" if flip is None else f"{flip:.4f}",
+            ]
+            for data, scores in (entry.get("cross_source") or {"–": {}}).items():
+                shown = [scores.get(key) for key in ("accuracy", "tumor_found", "notumor_specificity")]
+                cells += [data, *("–" if value is None else f"{value:.4f}" for value in shown)]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def render_summary_section(card: str, summary: dict, path: str) -> str:
+    """A rendered model card with its cross-validation section filled from `evaluation.py summary`'s output."""
+    return replace_region(card, marked_region(card, SUMMARY_START, SUMMARY_END), summary_markdown(summary, path))

@@ -82,7 +82,7 @@ HOW_TO_READ = """
 ### How to read the maps
 
 All maps lie over the **model's view**: the slice as the network saw it (grayscale, cropped to the brain, at the
-model's input size: 224×224 by default, 96×96 for the interim CPU-trained release).
+model's input size: 224×224 by default, 128×128 for the bundled release).
 
 - **Grad-CAM** (Selvaraju et al., 2017): where the last stage's features raised the score of the chosen class
   (gradient-weighted sum of its feature maps, 1/32 of the input side, upsampled: coarse for a small input). Each

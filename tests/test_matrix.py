@@ -84,6 +84,12 @@ def test_matrix_evaluates_the_fold_models_and_makes_the_release(matrix_run):
     assert config["calibration_temperature"] > 0 and config["familiarity_threshold"] > 0
     report = json.loads((work / "results/release.json").read_text())
     assert report["held_out"] == "fold 0 (grouped protocol)"
+    by_source = report["held_out_by_source"]  # the release candidate trained and is scored on every source
+    assert sorted(by_source) == ["br35h", "figshare", "sartaj"]
+    assert sum(scores["slices"] for scores in by_source.values()) == report["held_out_scores"]["slices"]
+    card = (work / "release/README.md").read_text()
+    assert "| stratified | improved | 2 |" in card  # the summary's cross-validation table
+    assert "| sartaj |" in card
     trained = json.loads((work / "results/matrix.json").read_text())
     assert [job["status"] for job in trained["jobs"]] == ["finished"] * 3
     assert trained["aggregate_train_images_per_s"] > 0

@@ -26,7 +26,8 @@ DIR holds:
     tensorboard/           the same per-epoch metrics, when tensorboard is installed
 
 SIGINT or SIGTERM (Ctrl-C, a scheduler's time limit) ends the epoch, saves a checkpoint and exits; `--resume`
-continues from there, skipping finished folds.
+continues from there, skipping finished folds. Processes training different folds (`--folds K --resume`, one per
+fold, as run_matrix.py starts them) may share one DIR: each merges its fold into cv_results.json under a lock.
 """
 
 import argparse

@@ -55,7 +55,7 @@ data/brain-tumor-mri-sartaj:
 	mkdir -p data && cp -r $(EXTERNAL) $@
 
 MATRIX_RUNS ?= random:improved,random:resnet34,grouped:improved,grouped:resnet34,random:no-multiscale,random:no-inception,random:no-se
-MATRIX_SECONDS ?= 330
+MATRIX_SECONDS ?= 390
 MATRIX_PROCESSES ?= 11
 MATRIX_TRAIN ?= --epochs 60 --image-size 128 --batch-size 128 --lr 2e-3 --save-every 60 --no-compile
 BENCH_TRAIN ?= --batch-size 128 --image-size 128 --steps 40 --warmup 10 --no-compile

@@ -107,6 +107,11 @@ threshold that 5% of held-out slices exceed); above 1, the page warns that the s
 catches other sequences, planes, scanners and non-MRI pictures that land far from the training data; it cannot
 catch an unfamiliar slice that happens to look familiar to the network, and a familiar slice can still be
 misclassified.
+
+**Where it errs most.** In the paper's data every sagittal, coronal and T1 contrast-enhanced slice is a tumor and the
+healthy slices are axial, many T2-weighted or FLAIR; networks trained on it read the plane and the sequence. The
+release also learned from a collection with both classes in several planes and sequences, which helps, but treat
+"no tumor" on an axial T2-weighted slice, and a tumor on a healthy sagittal or coronal slice, with the most doubt.
 """
 
 CSS = """

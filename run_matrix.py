@@ -17,11 +17,16 @@ Steps, each reported as it goes:
    tests) and `evaluation.py external` on the --external folder side by side, `evaluation.py summary` into
    RESULTS/summary.json, then make_release.py on the release candidate (into --release, with that summary in its
    card).
-3. With --pack DIR: the release's weight shards as they are and one archive of everything else that a run
-   leaves worth keeping (results, run logs, cv_results, plots, the release's other files), for a machine whose
-   fold models cannot come back.
+3. What a run leaves worth keeping (cv_results.json, log.jsonl, plots, train.py's output: everything but weights,
+   checkpoints and TensorBoard files) is copied into RESULTS/runs/. With --pack DIR: the release's weight shards
+   as they are and one archive of RESULTS and the release's other files, for a machine whose fold models cannot
+   come back.
 
 Each step's output goes to a log in --output-dir and a failed step does not stop the next ones.
+
+A later machine continues a matrix with --continue-from EARLIER_RESULTS: the earlier runs' files seed
+--output-dir, the folds they record are not trained again, and the summary includes them with the earlier
+robustness and external scores.
 """
 
 import argparse
@@ -34,7 +39,16 @@ import time
 from pathlib import Path
 
 from brain_resnet.cli import HelpFormatter, number
-from brain_resnet.matrix import RELEASE_RUN, Job, parse_run_specs, plan_jobs, run_jobs, tail
+from brain_resnet.matrix import (
+    RELEASE_RUN,
+    Job,
+    parse_run_specs,
+    plan_jobs,
+    recorded_folds,
+    run_dir_name,
+    run_jobs,
+    tail,
+)
 from brain_resnet.runs import epoch_records, has_weights, write_json
 
 ROOT = Path(__file__).resolve().parent
@@ -70,6 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=Path("results/matrix"), help="the evaluations' JSON files")
     parser.add_argument("--processes", type=number(int, 1), default=4, help="train.py processes at a time")
     parser.add_argument("--time-limit", type=number(float, 0), default=float("inf"), help="seconds of training")
+    parser.add_argument(
+        "--continue-from",
+        type=Path,
+        help="the --results folder of an earlier run_matrix.py: its folds are kept, not trained again",
+    )
     parser.add_argument("--pack", type=Path, help="folder for the release's shards and an archive of the rest")
     args = parser.parse_args(own)
     try:
@@ -78,15 +97,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--folds {args.folds!r}: give fold numbers such as 0,1,2,3,4")
     if args.external is not None and not args.external.is_dir():
         parser.error(f"--external {args.external}: no such folder")
+    if args.continue_from is not None and not (args.continue_from / "runs").is_dir():
+        parser.error(f"--continue-from {args.continue_from}: not a run_matrix.py --results folder (no runs/ in it)")
+    if args.continue_from is not None and args.continue_from.resolve() == args.results.resolve():
+        parser.error("--continue-from and --results name one folder: give this machine's results a new one")
     args.train_arguments = train_arguments
     args.command = shlex.join(["python", "run_matrix.py", *argv])
     return args
 
 
-def finished_runs(jobs: list[Job]) -> list[Path]:
-    """Run folders (not the release candidate's) with at least one finished fold model, in job order."""
-    runs = dict.fromkeys(job.run_dir for job in jobs if job.run_dir.name != RELEASE_RUN)
+def cross_validation_runs(args: argparse.Namespace) -> list[Path]:
+    """The --runs folders in --output-dir, in priority order."""
+    return [args.output_dir / run_dir_name(protocol, model) for protocol, model in args.runs]
+
+
+def with_fold_models(runs: list[Path]) -> list[Path]:
+    """The run folders holding at least one finished fold model (this machine's, not an earlier one's)."""
     return [run for run in runs if any(has_weights(fold) for fold in run.glob("fold-*"))]
+
+
+def kept_files(folder: Path) -> list[Path]:
+    """What is worth keeping of a folder of runs: everything but weights, checkpoints and TensorBoard files."""
+    return [
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.suffix in PACKED_SUFFIXES
+        and not {"checkpoints", "tensorboard"} & set(path.relative_to(folder).parts)
+    ]
+
+
+def seed_from_earlier(args: argparse.Namespace) -> None:
+    """Copy the earlier runs' files into --output-dir (never over a file there): their cv_results.json and logs, to
+    which this machine's folds are added. run_args.json stays behind: train.py writes this machine's own."""
+    earlier = args.continue_from / "runs"
+    copied = 0
+    for path in kept_files(earlier):
+        target = args.output_dir / path.relative_to(earlier)
+        if path.name != "run_args.json" and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            copied += 1
+    print(f"continuing from {args.continue_from}: {copied} files of earlier runs copied into {args.output_dir}")
 
 
 def evaluate(args: argparse.Namespace, jobs: list[Job]) -> None:
@@ -94,7 +146,8 @@ def evaluate(args: argparse.Namespace, jobs: list[Job]) -> None:
     the release's card; each step logged."""
     python, results = sys.executable, args.results
     results.mkdir(parents=True, exist_ok=True)
-    runs = finished_runs(jobs)
+    recorded = [run for run in cross_validation_runs(args) if recorded_folds(run)]
+    runs = with_fold_models(recorded)
     robustness, summary = results / "robustness.json", results / "summary.json"
     external = results / f"external-{args.external.name}.json" if args.external is not None else None
     steps = {}
@@ -113,8 +166,17 @@ def evaluate(args: argparse.Namespace, jobs: list[Job]) -> None:
             str(external),
         ]
     run_steps(args, steps)
-    if runs:
-        command = [python, "evaluation.py", "summary", *map(str, runs), "--output", str(summary)]
+    if recorded:
+        command = [python, "evaluation.py", "summary", *map(str, recorded), "--output", str(summary)]
+        if args.continue_from is not None:  # the earlier machine's scores of its own fold models
+            command += [
+                arg
+                for file in sorted(args.continue_from.glob("robustness*.json"))
+                for arg in ("--robustness", str(file))
+            ]
+            command += [
+                arg for file in sorted(args.continue_from.glob("external-*.json")) for arg in ("--external", str(file))
+            ]
         command += ["--robustness", str(robustness)] if robustness.exists() else []
         command += ["--external", str(external)] if external is not None and external.exists() else []
         run_steps(args, {"summary": command})
@@ -142,14 +204,10 @@ def run_steps(args: argparse.Namespace, steps: dict[str, list[str]]) -> None:
 
 def training_report(args: argparse.Namespace, jobs: list[Job], seconds: float) -> dict:
     """What the training step did: every job's outcome and the aggregate throughput of all the processes (every
-    image of every epoch of every job over the step's wall time, start-up and evaluation included)."""
-    images = 0
-    for run_dir in dict.fromkeys(job.run_dir for job in jobs):
-        images += sum(
-            record["train_images"]
-            for epochs in epoch_records(run_dir / "log.jsonl").values()
-            for record in epochs.values()
-        )
+    image of every epoch of this step's jobs over the step's wall time, start-up and per-epoch evaluation
+    included)."""
+    logs = {run_dir: epoch_records(run_dir / "log.jsonl") for run_dir in {job.run_dir for job in jobs}}
+    images = sum(record["train_images"] for job in jobs for record in logs[job.run_dir].get(job.fold, {}).values())
     return {
         "command": args.command,
         "device": torch_device_name(),
@@ -170,15 +228,22 @@ def torch_device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
+def keep_run_files(args: argparse.Namespace) -> None:
+    """Copy what is worth keeping of every run folder into RESULTS/runs/, beside the evaluations."""
+    for path in kept_files(args.output_dir):
+        target = args.results / "runs" / path.relative_to(args.output_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+
+
 def pack(args: argparse.Namespace) -> None:
-    """The release's weight shards, copied as they are, and everything else worth keeping in one archive."""
+    """The release's weight shards, copied as they are, and the results and the release's other files in one
+    archive."""
     args.pack.mkdir(parents=True, exist_ok=True)
     weights = sorted(args.release.glob("*.safetensors")) if args.release.is_dir() else []
     for shard in weights:
         shutil.copy2(shard, args.pack / shard.name)
-    kept = [path for path in args.output_dir.rglob("*") if path.is_file() and path.suffix in PACKED_SUFFIXES]
-    kept = [path for path in kept if "checkpoints" not in path.parts and "tensorboard" not in path.parts]
-    kept += [path for path in args.results.rglob("*") if path.is_file()]
+    kept = [path for path in args.results.rglob("*") if path.is_file()]
     if args.release.is_dir():
         kept += [path for path in args.release.rglob("*") if path.is_file() and path not in weights]
     with tarfile.open(args.pack / "results.tar.gz", "w:gz") as archive:
@@ -190,6 +255,8 @@ def pack(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
+    if args.continue_from is not None:
+        seed_from_earlier(args)
     release_fold = None if args.no_release else args.release_fold
     jobs = plan_jobs(
         args.dataset,
@@ -212,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     evaluate(args, jobs)
+    keep_run_files(args)
     if args.pack is not None:
         pack(args)
     return 0 if all(job.status == "finished" for job in jobs) else 1

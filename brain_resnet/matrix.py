@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .folds import FOLD_COLUMNS, PROTOCOL_NAMES
 from .modeling import VARIANTS
+from .runs import read_json
 
 RELEASE_RUN = "release"  # the run folder of the release candidate
 
@@ -67,7 +68,8 @@ def plan_jobs(
     workers: int,
 ) -> list[Job]:
     """The release candidate first (the improved model, grouped protocol, every source, one fold held out for its
-    calibration), then every fold of each run in `specs` order, fold by fold within a run."""
+    calibration), then every fold of each run in `specs` order, fold by fold within a run; less the folds that the
+    run folder's cv_results.json records already (a lent machine sends back results, not fold models)."""
     common = ["--dataset", dataset, "--resume", "--workers", str(workers), *train_arguments]
     jobs = []
     if release_fold is not None:
@@ -79,9 +81,16 @@ def plan_jobs(
         arguments = ["--output-dir", str(run_dir), "--protocol", protocol, "--model", model]
         arguments += ["--sources", ",".join(sources)] if sources else []
         jobs += [Job(f"{run_dir.name} fold {fold}", run_dir, fold, arguments + common) for fold in folds]
+    jobs = [job for job in jobs if job.fold not in recorded_folds(job.run_dir)]
     for job in jobs:
         job.arguments += ["--folds", str(job.fold)]
     return jobs
+
+
+def recorded_folds(run_dir: Path) -> set[int]:
+    """The folds a train.py run folder's cv_results.json records as finished, with or without their weights."""
+    results = read_json(run_dir / "cv_results.json", default={})
+    return {int(fold) for fold in results.get("folds", {})}
 
 
 def run_jobs(jobs: list[Job], processes: int, time_limit: float, grace: float = 60.0, poll: float = 1.0) -> None:

@@ -109,6 +109,35 @@ def test_pack_holds_the_release_shards_and_one_archive_of_the_rest(matrix_run):
     assert not any(name.endswith(".safetensors") or "checkpoints" in name for name in names)
 
 
+def test_a_later_machine_continues_the_matrix_without_retraining_recorded_folds(matrix_run, two_sources, tmp_path):
+    """What came back from the first machine (RESULTS with runs/, no fold models) seeds the second one, which
+    trains in a fresh --output-dir of the same name (a new machine's checkout)."""
+    work, done = matrix_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    dataset, sartaj = two_sources
+    arguments = [
+        "--dataset", str(dataset), "--sources", "figshare,br35h", "--external", str(sartaj),
+        "--runs", "random:improved,grouped:improved", "--folds", "0,1", "--no-release",
+        "--continue-from", str(work / "results"), "--output-dir", str(work / "runs"),
+        "--results", str(tmp_path / "results"), *TRAIN_ARGUMENTS,
+    ]  # fmt: skip
+    first_machine = work / "runs-of-the-first-machine"
+    (work / "runs").rename(first_machine)
+    try:
+        later = run_matrix(arguments, REPO_ROOT)
+    finally:
+        shutil.rmtree(work / "runs", ignore_errors=True)
+        first_machine.rename(work / "runs")
+    assert later.returncode == 0, later.stdout[-3000:] + later.stderr[-3000:]
+    trained = json.loads((tmp_path / "results/matrix.json").read_text())
+    assert [job["name"] for job in trained["jobs"]] == ["grouped-improved fold 0", "grouped-improved fold 1"]
+    summary = json.loads((tmp_path / "results/summary.json").read_text())
+    earlier = summary["protocols"]["stratified"]["improved"]  # the first machine's folds and their scores
+    assert earlier["folds"] == 2 and earlier["cross_source"]["brain-tumor-mri-sartaj"]["models"] == 2
+    assert summary["protocols"]["grouped"]["improved"]["folds"] == 2
+    assert (tmp_path / "results/runs/stratified-improved/cv_results.json").exists()
+
+
 def test_time_limit_stops_jobs_resumably_and_still_reports(two_sources, tmp_path):
     """15 s: train.py is past its start-up (it checkpoints on SIGTERM from then on) and far from 1,000 epochs."""
     dataset, _ = two_sources

@@ -52,7 +52,7 @@ from brain_resnet.matrix import (
 from brain_resnet.runs import epoch_records, has_weights, write_json
 
 ROOT = Path(__file__).resolve().parent
-# What --pack keeps of a run folder: everything but model weights, checkpoints and TensorBoard files.
+# The files of a run folder worth keeping in RESULTS/runs/ (kept_files also leaves out checkpoints and TensorBoard).
 PACKED_SUFFIXES = (".json", ".jsonl", ".png", ".md", ".log", ".txt")
 
 
@@ -111,11 +111,6 @@ def cross_validation_runs(args: argparse.Namespace) -> list[Path]:
     return [args.output_dir / run_dir_name(protocol, model) for protocol, model in args.runs]
 
 
-def with_fold_models(runs: list[Path]) -> list[Path]:
-    """The run folders holding at least one finished fold model (this machine's, not an earlier one's)."""
-    return [run for run in runs if any(has_weights(fold) for fold in run.glob("fold-*"))]
-
-
 def kept_files(folder: Path) -> list[Path]:
     """What is worth keeping of a folder of runs: everything but weights, checkpoints and TensorBoard files."""
     return [
@@ -147,13 +142,14 @@ def evaluate(args: argparse.Namespace, jobs: list[Job]) -> None:
     python, results = sys.executable, args.results
     results.mkdir(parents=True, exist_ok=True)
     recorded = [run for run in cross_validation_runs(args) if recorded_folds(run)]
-    runs = with_fold_models(recorded)
+    # This machine's fold models (an earlier machine's folds are recorded without them) and the runs holding them.
+    fold_models = [fold for run in recorded for fold in sorted(run.glob("fold-*")) if has_weights(fold)]
+    runs = list(dict.fromkeys(fold.parent for fold in fold_models))
     robustness, summary = results / "robustness.json", results / "summary.json"
     external = results / f"external-{args.external.name}.json" if args.external is not None else None
     steps = {}
     if runs:
         steps["robustness"] = [python, "evaluation.py", "robustness", *map(str, runs), "--output", str(robustness)]
-    fold_models = [fold for run in runs for fold in sorted(run.glob("fold-*")) if has_weights(fold)]
     if external is not None and fold_models:
         models = [part for fold in fold_models for part in ("--model", str(fold))]
         steps["external"] = [

@@ -43,6 +43,8 @@ def write_reports(out: Path, results: dict, template: str, release_id: str | Non
         plot_confusion_matrix(np.array(matrix), results["class_names"], title, out / "confusion_matrix.png")
     for fold in [*results.get("folds", {}), *([FULL] if FULL in results else [])]:
         folder = out / fold_name(fold if fold == FULL else int(fold))
+        if not folder.is_dir():  # a fold recorded by another machine, whose model did not come back
+            continue
         model_id = release_id if fold == FULL and release_id else str(folder)
         (folder / "README.md").write_text(render_model_card(template, results, fold, model_id))
 

@@ -138,6 +138,28 @@ def test_a_later_machine_continues_the_matrix_without_retraining_recorded_folds(
     assert (tmp_path / "results/runs/stratified-improved/cv_results.json").exists()
 
 
+
+def test_a_fold_trains_beside_folds_recorded_without_their_models(matrix_run, two_sources, tmp_path):
+    """A run folder holding only the cv_results.json of a fold trained on another machine: train.py adds its fold
+    and its card, and keeps the other fold's record."""
+    work, done = matrix_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    dataset, _ = two_sources
+    recorded = json.loads((work / "results/runs/stratified-improved/cv_results.json").read_text())
+    del recorded["folds"]["1"]
+    run_dir = tmp_path / "stratified-improved"
+    run_dir.mkdir()
+    (run_dir / "cv_results.json").write_text(json.dumps(recorded))
+    command = [
+        sys.executable, "train.py", "--dataset", str(dataset), "--sources", "figshare,br35h", "--protocol", "random",
+        "--model", "improved", "--folds", "1", "--output-dir", str(run_dir), *TRAIN_ARGUMENTS[1:],
+    ]  # fmt: skip
+    environment = os.environ | {"HF_HUB_OFFLINE": "1"}
+    trained = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, check=False)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert set(json.loads((run_dir / "cv_results.json").read_text())["folds"]) == {"0", "1"}
+    assert (run_dir / "fold-1/README.md").exists() and not (run_dir / "fold-0").exists()
+
 def test_time_limit_stops_jobs_resumably_and_still_reports(two_sources, tmp_path):
     """15 s: train.py is past its start-up (it checkpoints on SIGTERM from then on) and far from 1,000 epochs."""
     dataset, _ = two_sources

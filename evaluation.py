@@ -494,12 +494,13 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path], external_rep
         settings = results["args"]["settings"]
         key = (PROTOCOL_NAMES[settings["protocol"]], variant_name(settings["model"]))
         groups.setdefault(key, []).append((path, results))
-    shortcut = {}  # run path -> robustness entry
+    shortcut = {}  # run path -> robustness entries, one per file (of the fold models a machine had)
     for file in robustness_files:
         report = read_json(file)
         if report is None or "runs" not in report:
             raise UsageError(f"{file} is not an `evaluation.py robustness` output")
-        shortcut |= {str(Path(run).resolve()): entry for run, entry in report["runs"].items()}
+        for run, entry in report["runs"].items():
+            shortcut.setdefault(str(Path(run).resolve()), []).append(entry)
     external_scores = read_external_reports(list(external_reports))
 
     protocols, devices = {}, set()
@@ -529,10 +530,16 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path], external_rep
         }
         entry["train_images_per_s"] = float(np.median([fold["train_images_per_s"] for fold in folds]))
         entry["wall_seconds_per_run"] = float(np.mean([results["summary"]["wall_seconds"] for _, results in runs]))
-        measured = [shortcut.get(str(path.resolve()), {}).get("shortcut_flip_rate") for path, _ in runs]
-        flip_rates = [rate for rate in measured if rate is not None]
-        if flip_rates:
-            entry["shortcut_flip_rate"] = float(np.mean(flip_rates))
+        # Machines that continued a run measured its other folds: each measurement counts by its folds.
+        measured = [
+            (found["shortcut_flip_rate"], len(found["folds"]))
+            for path, _ in runs
+            for found in shortcut.get(str(path.resolve()), [])
+            if found.get("shortcut_flip_rate") is not None
+        ]
+        if measured:
+            rates, weights = np.array(measured).T
+            entry["shortcut_flip_rate"] = float(np.average(rates, weights=weights))
         if cross_source := cross_source_scores(runs, external_scores):
             entry["cross_source"] = cross_source
         protocols.setdefault(protocol, {})[variant] = entry

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from brain_resnet.cli import HelpFormatter, UsageError, hub_repo_id, model_spec, number
-from brain_resnet.data import CACHE_MARGIN, DeviceData, decode_images, load_table
+from brain_resnet.data import CACHE_MARGIN, DeviceData, balanced_weights, decode_images, load_table
 from brain_resnet.engine import (
     GracefulStop,
     build_optimizer,
@@ -139,6 +139,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of training views whose intensities go through a random non-monotonic curve, so that the "
         "MRI sequence (which gives away the source in the 4k data) stops being a cue",
     )
+    parser.add_argument(
+        "--balance-sources",
+        action="store_true",
+        help="draw each epoch's training slices with every source equally likely (with replacement), so that a "
+        "small source weighs as much as a large one",
+    )
     parser.add_argument("--seed", type=number(int, 0), default=42, help="of weights, batches and augmentation")
     parser.add_argument(
         "--mixed-precision",
@@ -222,6 +228,8 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
     with GracefulStop() as stop:
         started = time.perf_counter()
         table = load_table(args.dataset, args.protocol, with_test=FULL in args.folds, sources=args.sources)
+        if args.balance_sources and table.sources is None:
+            raise UsageError(f"--balance-sources: dataset {args.dataset!r} has no source column")
         num_folds = int(table.folds.max()) + 1
         selected = expand_folds(args.folds, num_folds)
         config = model_config(args.model, table.class_names)
@@ -305,6 +313,9 @@ def train_fold(fold, args, accelerator, data: DeviceData, config, processor, sto
     eval_forward = logits_function(model, accelerator.device, args.bf16 and on_cuda)
 
     eval_labels = table.labels[eval_rows.cpu().numpy()]
+    source_weights = None
+    if args.balance_sources:
+        source_weights = balanced_weights([table.sources[i] for i in train_rows.tolist()])
     eval_batch = args.batch_size // accelerator.num_processes
     writer = tensorboard_writer(out, fold) if main else None
     bar = tqdm(
@@ -314,9 +325,11 @@ def train_fold(fold, args, accelerator, data: DeviceData, config, processor, sto
     for epoch in range(start_epoch, args.epochs):
         epoch_started = time.perf_counter()
         # Seeds per epoch rather than one stream: a resumed run draws exactly what the uninterrupted one drew.
-        order = torch.randperm(
-            len(train_rows), generator=torch.Generator().manual_seed(derive_seed(args.seed, fold, epoch))
-        )
+        generator = torch.Generator().manual_seed(derive_seed(args.seed, fold, epoch))
+        if source_weights is None:
+            order = torch.randperm(len(train_rows), generator=generator)
+        else:
+            order = torch.multinomial(source_weights, len(train_rows), replacement=True, generator=generator)
         torch.manual_seed(derive_seed(args.seed, fold, epoch, "augment", accelerator.process_index))
         np.random.seed(derive_seed(args.seed, fold, epoch, "augment", accelerator.process_index))
         record = {"fold": fold, "epoch": epoch + 1, "epochs": args.epochs}

@@ -4,7 +4,7 @@ the protocol's folds, every image decoded once through the image processor, and 
 import io
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +150,12 @@ def load_table(dataset: str, protocol: str, with_test: bool, sources: list[str] 
     if folds.max(initial=NO_FOLD) < 1:
         raise UsageError(f"dataset {dataset!r}: column {fold_column} holds fewer than 2 folds")
     return Table(images, labels, folds, row_sources, class_names)
+
+
+def balanced_weights(sources: list[str]) -> torch.Tensor:
+    """Sampling weights under which every source is drawn equally often: 1 / (its rows) for each row."""
+    counts = Counter(sources)
+    return torch.tensor([1.0 / counts[source] for source in sources], dtype=torch.float64)
 
 
 def only_sources(split: dict[str, list], sources: list[str], dataset: str) -> dict[str, list]:

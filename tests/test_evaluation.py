@@ -266,6 +266,20 @@ def test_summary_gathers_runs_by_protocol_and_variant(run, robustness_result, tm
     assert summary["device"] == "cpu"
 
 
+def test_summary_weighs_each_machines_flip_rate_by_the_folds_it_measured(run, robustness_result, tmp_path):
+    """A matrix continued on a second machine: each machine measured the fold models it had."""
+    _, robustness_file = robustness_result
+    files = []
+    for name, folds, rate in (("first", [0], 0.0), ("second", [1, 2, 3], 0.4)):
+        report = json.loads(robustness_file.read_text())
+        report["runs"][str(run)] |= {"folds": folds, "shortcut_flip_rate": rate}
+        files += ["--robustness", str(tmp_path / f"{name}.json")]
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+    output = tmp_path / "summary.json"
+    assert evaluation.main(["summary", str(run), *files, "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["protocols"]["grouped"]["tiny"]["shortcut_flip_rate"] == pytest.approx(0.3)
+
+
 def test_summary_reports_cross_source_scores_of_the_fold_models(run, external_folder, tmp_path):
     scored = tmp_path / "external.json"
     models = [arg for fold in ("fold-0", "fold-1") for arg in ("--model", str(run / fold))]

@@ -8,9 +8,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from brain_resnet import data, matrix
 from brain_resnet.cli import UsageError
@@ -138,7 +140,6 @@ def test_a_later_machine_continues_the_matrix_without_retraining_recorded_folds(
     assert (tmp_path / "results/runs/stratified-improved/cv_results.json").exists()
 
 
-
 def test_a_fold_trains_beside_folds_recorded_without_their_models(matrix_run, two_sources, tmp_path):
     """A run folder holding only the cv_results.json of a fold trained on another machine: train.py adds its fold
     and its card, and keeps the other fold's record."""
@@ -159,6 +160,7 @@ def test_a_fold_trains_beside_folds_recorded_without_their_models(matrix_run, tw
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert set(json.loads((run_dir / "cv_results.json").read_text())["folds"]) == {"0", "1"}
     assert (run_dir / "fold-1/README.md").exists() and not (run_dir / "fold-0").exists()
+
 
 def test_time_limit_stops_jobs_resumably_and_still_reports(two_sources, tmp_path):
     """15 s: train.py is past its start-up (it checkpoints on SIGTERM from then on) and far from 1,000 epochs."""
@@ -213,3 +215,20 @@ def test_sources_keep_only_their_rows(two_sources):
     assert set(four_k.sources) == {"figshare", "br35h"}
     with pytest.raises(UsageError, match="no kaggle rows"):
         data.load_table(str(dataset), "random", with_test=False, sources=["kaggle"])
+
+
+def test_balanced_sources_are_drawn_equally_often(two_sources, tmp_path):
+    dataset, _ = two_sources
+    sources = data.load_table(str(dataset), "random", with_test=False).sources  # 40 4k rows, 12 sartaj
+    draws = torch.multinomial(data.balanced_weights(sources), 30_000, replacement=True)
+    shares = Counter(sources[i] for i in draws.tolist())
+    assert all(abs(count / 30_000 - 1 / 3) < 0.02 for count in shares.values()) and len(shares) == 3
+
+    command = [
+        sys.executable, "train.py", "--dataset", str(dataset), "--folds", "0", "--balance-sources",
+        "--output-dir", str(tmp_path / "run"), *TRAIN_ARGUMENTS[1:],
+    ]  # fmt: skip
+    environment = os.environ | {"HF_HUB_OFFLINE": "1"}
+    trained = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, check=False)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert json.loads((tmp_path / "run/run_args.json").read_text())["settings"]["balance_sources"] is True

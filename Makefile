@@ -56,7 +56,8 @@ data/brain-tumor-mri-sartaj:
 
 MATRIX_RUNS ?= random:improved,random:resnet34,grouped:improved,grouped:resnet34,random:no-multiscale,random:no-inception,random:no-se
 MATRIX_SECONDS ?= 390
-MATRIX_PROCESSES ?= 11
+MATRIX_PROCESSES ?= 16
+MATRIX_MPS ?= --mps
 MATRIX_TRAIN ?= --epochs 60 --image-size 128 --batch-size 128 --lr 2e-3 --save-every 60 --no-compile
 BENCH_TRAIN ?= --batch-size 128 --image-size 128 --steps 40 --warmup 10 --no-compile
 MATRIX_OUTPUT ?= runs/gpu
@@ -69,6 +70,6 @@ gpu-matrix: data/all-sources data/brain-tumor-mri-sartaj
 	mkdir -p $(MATRIX_RESULTS)
 	$(PY) benchmarks/bench_train.py $(BENCH_TRAIN) | tee $(MATRIX_RESULTS)/bench-train.txt
 	$(PY) run_matrix.py --dataset data/all-sources --sources figshare,br35h --external data/brain-tumor-mri-sartaj \
-		--runs $(MATRIX_RUNS) --processes $(MATRIX_PROCESSES) --time-limit $(MATRIX_SECONDS) \
+		--runs $(MATRIX_RUNS) --processes $(MATRIX_PROCESSES) $(MATRIX_MPS) --time-limit $(MATRIX_SECONDS) \
 		--output-dir $(MATRIX_OUTPUT) --results $(MATRIX_RESULTS) --release $(MATRIX_RELEASE) $(if $(PACK),--pack $(PACK)) \
 		$(MATRIX_FLAGS) -- $(MATRIX_TRAIN)

@@ -12,7 +12,8 @@ Steps, each reported as it goes:
    for its calibration), then every fold of each PROTOCOL:MODEL of --runs, on the rows of --sources (the
    cross-validation runs leave the --external source unseen, so that it measures them). Arguments after `--` go
    to every train.py. No job starts that would not end by --time-limit; at the limit, running jobs checkpoint and
-   stop (rerunning the same command resumes them).
+   stop (rerunning the same command resumes them). With --mps the processes train under CUDA MPS, whose kernels
+   then share the GPU at once instead of taking turns.
 2. Evaluation of every run with a finished fold: `evaluation.py robustness` (corruptions and the shortcut stress
    tests) and `evaluation.py external` on the --external folder side by side, `evaluation.py summary` into
    RESULTS/summary.json, then make_release.py on the release candidate (into --release, with that summary in its
@@ -36,12 +37,14 @@ import subprocess
 import sys
 import tarfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from brain_resnet.cli import HelpFormatter, number
 from brain_resnet.matrix import (
     RELEASE_RUN,
     Job,
+    cuda_mps,
     parse_run_specs,
     plan_jobs,
     recorded_folds,
@@ -90,6 +93,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the --results folder of an earlier run_matrix.py: its folds are kept, not trained again",
     )
     parser.add_argument("--pack", type=Path, help="folder for the release's shards and an archive of the rest")
+    parser.add_argument(
+        "--mps",
+        action="store_true",
+        help="train under CUDA MPS, started and stopped here (where it cannot start, training goes on without it)",
+    )
     args = parser.parse_args(own)
     try:
         args.folds = [int(fold) for fold in args.folds.split(",")]
@@ -265,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         workers=2,
     )
     print(f"{len(jobs)} training jobs, {args.processes} at a time, {args.time_limit:.0f} s at most", flush=True)
-    run_jobs(jobs, args.processes, args.time_limit)
-    report = training_report(args, jobs, time.perf_counter() - started)
+    with cuda_mps() if args.mps else nullcontext(False) as mps:
+        run_jobs(jobs, args.processes, args.time_limit)
+    report = training_report(args, jobs, time.perf_counter() - started) | {"cuda_mps": mps}
     args.results.mkdir(parents=True, exist_ok=True)
     write_json(args.results / "matrix.json", report)
     print(

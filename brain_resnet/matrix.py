@@ -7,10 +7,13 @@ of each run, fill it. Each writes its fold into the run's folder (train.py merge
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +152,43 @@ def run_jobs(jobs: list[Job], processes: int, time_limit: float, grace: float = 
     for job in waiting:
         job.status = "not started"
     say(", ".join(f"{sum(j.status == s for j in jobs)} {s}" for s in sorted({j.status for j in jobs})))
+
+
+@contextmanager
+def cuda_mps() -> Iterator[bool]:
+    """CUDA MPS (NVIDIA's Multi-Process Service) for the block: the processes' kernels then share the GPU at once
+    instead of taking turns. Started here and stopped at the end; where it cannot start, or a CUDA process cannot
+    reach the GPU through it, the block runs without it. Yields whether it is on."""
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        print("CUDA MPS: nvidia-cuda-mps-control not found; the processes take turns on the GPU", flush=True)
+        yield False
+        return
+    started = subprocess.run([control, "-d"], capture_output=True, text=True, check=False)
+    if started.returncode != 0:
+        reason = (started.stdout + started.stderr).strip() or f"rc {started.returncode}"
+        print(f"CUDA MPS: did not start ({reason}); the processes take turns on the GPU", flush=True)
+        yield False
+        return
+    probe = [sys.executable, "-c", "import torch; torch.ones(1, device='cuda').sum().item()"]
+    try:
+        reached = subprocess.run(probe, capture_output=True, timeout=120, check=False).returncode == 0
+    except subprocess.TimeoutExpired:
+        reached = False
+    if not reached:
+        stop_mps(control)
+        print("CUDA MPS: no CUDA process got through it, so it is stopped; the processes take turns", flush=True)
+        yield False
+        return
+    print("CUDA MPS: on", flush=True)
+    try:
+        yield True
+    finally:
+        stop_mps(control)
+
+
+def stop_mps(control: str) -> None:
+    subprocess.run([control], input="quit\n", text=True, capture_output=True, check=False)
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -166,7 +166,7 @@ def test_time_limit_stops_jobs_resumably_and_still_reports(two_sources, tmp_path
     """15 s: train.py is past its start-up (it checkpoints on SIGTERM from then on) and far from 1,000 epochs."""
     dataset, _ = two_sources
     arguments = [
-        "--dataset", str(dataset), "--runs", "random:improved", "--folds", "0", "--no-release",
+        "--dataset", str(dataset), "--runs", "random:improved", "--folds", "0", "--no-release", "--mps",
         "--time-limit", "15", "--output-dir", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
         "--", "--epochs", "1000", "--image-size", "32", "--batch-size", "8",
     ]  # fmt: skip
@@ -175,6 +175,7 @@ def test_time_limit_stops_jobs_resumably_and_still_reports(two_sources, tmp_path
     assert "time limit: stopping 1 job(s)" in done.stdout
     trained = json.loads((tmp_path / "results/matrix.json").read_text())
     assert [job["status"] for job in trained["jobs"]] == ["stopped"]
+    assert trained["cuda_mps"] is False and "CUDA MPS: " in done.stdout  # no GPU here: trained without it
     assert list((tmp_path / "runs/stratified-improved/fold-0/checkpoints").glob("epoch-*/progress.json"))
 
 
@@ -190,6 +191,34 @@ def test_time_limit_stops_jobs_resumably_and_still_reports(two_sources, tmp_path
 def test_bad_flags_fail_with_a_usage_message(arguments, message, tmp_path):
     done = run_matrix(["--dataset", "unused", *arguments], tmp_path)
     assert done.returncode == 2 and message in done.stderr
+
+
+def fake_mps_control(folder: Path, rc: int) -> Path:
+    """An nvidia-cuda-mps-control that records its arguments and input, and exits with `rc`."""
+    calls = folder / "calls.txt"
+    script = folder / "nvidia-cuda-mps-control"
+    script.write_text(f'#!/bin/sh\necho "args:$*" >> {calls}\n[ -t 0 ] || cat >> {calls}\nexit {rc}\n')
+    script.chmod(0o755)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("installed", "rc", "message"),
+    [
+        (False, 0, "not found"),
+        (True, 1, "did not start"),
+        (True, 0, "no CUDA process got through it"),  # the CPU machine's torch cannot reach a GPU through it
+    ],
+)
+def test_cuda_mps_falls_back_to_taking_turns(installed, rc, message, tmp_path, monkeypatch, capsys):
+    calls = fake_mps_control(tmp_path, rc) if installed else tmp_path / "calls.txt"
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin" if installed else "/nonexistent")
+    with matrix.cuda_mps() as on:
+        assert on is False
+    assert message in capsys.readouterr().out
+    started = calls.read_text().split("\n") if calls.exists() else []
+    # A daemon that started and cannot serve is told to quit before the block runs.
+    assert started == ([] if not installed else ["args:-d", ""] if rc else ["args:-d", "args:", "quit", ""])
 
 
 def test_jobs_run_release_first_then_runs_in_priority_order(tmp_path):

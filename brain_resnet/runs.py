@@ -79,10 +79,11 @@ def check_resume(args: argparse.Namespace) -> dict | None:
         )
     saved = read_json(path)
     current = run_settings(args)
+    # A setting added after the run was saved is off in it: it matches when it is off now.
     changed = [
         f"--{name.replace('_', '-')} {saved['settings'].get(name)} (now {value})"
         for name, value in current.items()
-        if saved["settings"].get(name) != value
+        if saved["settings"].get(name) != value and (name in saved["settings"] or value)
     ]
     if changed:
         raise UsageError(f"--resume continues a run with its own settings; it was run with {', '.join(changed)}")

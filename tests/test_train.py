@@ -313,6 +313,16 @@ def test_resume_needs_the_runs_own_settings(python_run, common, capsys):
     assert "--lr 0.002 (now 0.01)" in capsys.readouterr().err
 
 
+def test_a_run_saved_before_a_setting_existed_resumes_with_it_off(python_run, common, capsys, tmp_path):
+    run = shutil.copytree(python_run, tmp_path / "run")
+    saved = json.loads((run / "run_args.json").read_text())
+    del saved["settings"]["balance_sources"]  # as run_args.json was written before --balance-sources
+    (run / "run_args.json").write_text(json.dumps(saved))
+    assert train.main([*common, "--output-dir", str(run), "--resume"]) == 0
+    assert train.main([*common, "--output-dir", str(run), "--resume", "--balance-sources"]) == 2
+    assert "--balance-sources None (now True)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

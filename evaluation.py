@@ -544,6 +544,12 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path], external_rep
             entry["cross_source"] = cross_source
         protocols.setdefault(protocol, {})[variant] = entry
         devices.update(entry["device"])
+    for protocol, variants in protocols.items():
+        for variant, entry in variants.items():
+            if variant != "improved" and "improved" in variants:
+                paired = paired_difference(groups[(protocol, "improved")], groups[(protocol, variant)])
+                if paired is not None:
+                    entry["paired_with_improved"] = paired
 
     def improved(name: str):  # the improved model's, under the honest protocol when it was measured there
         found = [protocols.get(p, {}).get("improved", {}).get(name) for p in ("grouped", "stratified")]
@@ -559,6 +565,30 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path], external_rep
     }
 
 
+def paired_difference(improved: list[tuple[Path, dict]], other: list[tuple[Path, dict]]) -> dict | None:
+    """The improved model's accuracy minus another variant's, fold by fold over the (seed, fold) pairs both have:
+    variants of one protocol share its folds, so each pair differs only in the model. None under two pairs."""
+
+    def accuracies(runs):
+        return {
+            (results["args"]["settings"]["seed"], fold): scores["accuracy"]
+            for _, results in runs
+            for fold, scores in results["folds"].items()
+        }
+
+    ours, theirs = accuracies(improved), accuracies(other)
+    differences = np.array([ours[key] - theirs[key] for key in sorted(ours.keys() & theirs.keys())])
+    if len(differences) < 2:
+        return None
+    return {
+        "folds": len(differences),
+        "improved_minus_this_mean": float(differences.mean()),
+        "improved_minus_this_std": float(differences.std(ddof=1)),
+        "improved_ahead": int((differences > 0).sum()),
+        "ties": int((differences == 0).sum()),
+    }
+
+
 def print_summary(result: dict) -> None:
     print(f"device: {result['device']}")
     heading = f"{'protocol':<11} {'variant':<14} {'folds':>5} {'accuracy':>17} {'macro-F1':>8} {'params':>11}"
@@ -571,6 +601,14 @@ def print_summary(result: dict) -> None:
                 f"{e['macro_f1_mean']:>8.4f} {e['params']:>11,} {e['forward_gflops']:>7.2f} "
                 f"{e['train_images_per_s']:>8,.0f} {'-' if flip is None else f'{flip:.4f}':>6}"
             )
+    for protocol, variants in result["protocols"].items():
+        for variant, e in variants.items():
+            if (paired := e.get("paired_with_improved")) is not None:
+                print(
+                    f"{protocol}: improved minus {variant}, fold by fold over {paired['folds']} folds: "
+                    f"{paired['improved_minus_this_mean'] * 100:+.2f} ± {paired['improved_minus_this_std'] * 100:.2f} "
+                    f"points; improved ahead in {paired['improved_ahead']}, tied in {paired['ties']}"
+                )
 
 
 # ---------------------------------------------------------------- command line

@@ -280,6 +280,27 @@ def test_summary_weighs_each_machines_flip_rate_by_the_folds_it_measured(run, ro
     assert json.loads(output.read_text())["protocols"]["grouped"]["tiny"]["shortcut_flip_rate"] == pytest.approx(0.3)
 
 
+def test_summary_pairs_each_variant_with_the_improved_model_fold_by_fold(run, tmp_path, capsys):
+    """Two variants of one protocol on the same folds: their accuracy differences pair up by fold."""
+    runs = []
+    for name, model, accuracies in (("improved", "improved", [0.9, 0.8]), ("other", None, [0.85, 0.8])):
+        copy = shutil.copytree(run, tmp_path / name)
+        results = json.loads((copy / "cv_results.json").read_text())
+        results["args"]["settings"]["model"] = model or results["args"]["settings"]["model"]
+        for fold, accuracy in zip(sorted(results["folds"]), accuracies, strict=True):
+            results["folds"][fold]["accuracy"] = accuracy
+        (copy / "cv_results.json").write_text(json.dumps(results))
+        runs.append(str(copy))
+    output = tmp_path / "summary.json"
+    assert evaluation.main(["summary", *runs, "--output", str(output)]) == 0
+    variants = json.loads(output.read_text())["protocols"]["grouped"]
+    assert "paired_with_improved" not in variants["improved"]
+    paired = variants["tiny"]["paired_with_improved"]
+    assert paired["folds"] == 2 and paired["improved_ahead"] == 1 and paired["ties"] == 1
+    assert paired["improved_minus_this_mean"] == pytest.approx(0.025)
+    assert "improved minus tiny, fold by fold over 2 folds: +2.50" in capsys.readouterr().out
+
+
 def test_summary_reports_cross_source_scores_of_the_fold_models(run, external_folder, tmp_path):
     scored = tmp_path / "external.json"
     models = [arg for fold in ("fold-0", "fold-1") for arg in ("--model", str(run / fold))]

@@ -357,6 +357,26 @@ def summary_markdown(summary: dict, path: str) -> str:
                 shown = [scores.get(key) for key in ("accuracy", "tumor_found", "notumor_specificity")]
                 cells += [data, *("–" if value is None else f"{value:.4f}" for value in shown)]
             lines.append("| " + " | ".join(cells) + " |")
+    paired = [
+        (protocol, variant, entry["paired_with_improved"])
+        for protocol, variants in summary["protocols"].items()
+        for variant, entry in variants.items()
+        if "paired_with_improved" in entry
+    ]
+    if paired:
+        lines += [
+            "",
+            "Fold by fold (the variants of a protocol share its folds), the improved model's accuracy minus each "
+            "variant's:",
+            "",
+            "| protocol | compared with | folds | mean difference | std of the differences | improved ahead | tied |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {protocol} | {variant} | {p['folds']} | {p['improved_minus_this_mean'] * 100:+.2f} points "
+            f"| {p['improved_minus_this_std'] * 100:.2f} | {p['improved_ahead']} | {p['ties']} |"
+            for protocol, variant, p in paired
+        ]
     lines.append("")
     return "\n".join(lines)
 

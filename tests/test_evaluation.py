@@ -14,6 +14,7 @@ from PIL import Image
 from test_train import CLASSES, TINY_CONFIG
 
 import evaluation
+from brain_resnet.reports import summary_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -299,6 +300,8 @@ def test_summary_pairs_each_variant_with_the_improved_model_fold_by_fold(run, tm
     assert paired["folds"] == 2 and paired["improved_ahead"] == 1 and paired["ties"] == 1
     assert paired["improved_minus_this_mean"] == pytest.approx(0.025)
     assert "improved minus tiny, fold by fold over 2 folds: +2.50" in capsys.readouterr().out
+    card = summary_markdown(json.loads(output.read_text()), "summary.json")  # the release card's section
+    assert "| grouped | tiny | 2 | +2.50 points | 3.54 | 1 | 1 |" in card
 
 
 def test_summary_reports_cross_source_scores_of_the_fold_models(run, external_folder, tmp_path):

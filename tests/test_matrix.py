@@ -44,10 +44,14 @@ def two_sources(tmp_path_factory, brain_mri_data) -> tuple[Path, Path]:
     return root / "dataset", sartaj
 
 
-def run_matrix(arguments: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def run_script(script: str, arguments: list[str], cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     environment = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, str(REPO_ROOT / "run_matrix.py"), *arguments]
+    command = [sys.executable, str(REPO_ROOT / script), *arguments]
     return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=900, check=False)
+
+
+def run_matrix(arguments: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return run_script("run_matrix.py", arguments, cwd)
 
 
 @pytest.fixture(scope="module")
@@ -151,12 +155,11 @@ def test_a_fold_trains_beside_folds_recorded_without_their_models(matrix_run, tw
     run_dir = tmp_path / "stratified-improved"
     run_dir.mkdir()
     (run_dir / "cv_results.json").write_text(json.dumps(recorded))
-    command = [
-        sys.executable, "train.py", "--dataset", str(dataset), "--sources", "figshare,br35h", "--protocol", "random",
+    arguments = [
+        "--dataset", str(dataset), "--sources", "figshare,br35h", "--protocol", "random",
         "--model", "improved", "--folds", "1", "--output-dir", str(run_dir), *TRAIN_ARGUMENTS[1:],
     ]  # fmt: skip
-    environment = os.environ | {"HF_HUB_OFFLINE": "1"}
-    trained = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, check=False)
+    trained = run_script("train.py", arguments)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert set(json.loads((run_dir / "cv_results.json").read_text())["folds"]) == {"0", "1"}
     assert (run_dir / "fold-1/README.md").exists() and not (run_dir / "fold-0").exists()
@@ -253,11 +256,10 @@ def test_balanced_sources_are_drawn_equally_often(two_sources, tmp_path):
     shares = Counter(sources[i] for i in draws.tolist())
     assert all(abs(count / 30_000 - 1 / 3) < 0.02 for count in shares.values()) and len(shares) == 3
 
-    command = [
-        sys.executable, "train.py", "--dataset", str(dataset), "--folds", "0", "--balance-sources",
+    arguments = [
+        "--dataset", str(dataset), "--folds", "0", "--balance-sources",
         "--output-dir", str(tmp_path / "run"), *TRAIN_ARGUMENTS[1:],
     ]  # fmt: skip
-    environment = os.environ | {"HF_HUB_OFFLINE": "1"}
-    trained = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, check=False)
+    trained = run_script("train.py", arguments)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads((tmp_path / "run/run_args.json").read_text())["settings"]["balance_sources"] is True

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from scipy import stats
 from transformers.utils import logging as transformers_logging
 
 from brain_resnet.cli import UsageError, number
@@ -567,25 +568,42 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path], external_rep
 
 def paired_difference(improved: list[tuple[Path, dict]], other: list[tuple[Path, dict]]) -> dict | None:
     """The improved model's accuracy minus another variant's, fold by fold over the (seed, fold) pairs both have:
-    variants of one protocol share its folds, so each pair differs only in the model. None under two pairs."""
+    variants of one protocol share its folds, so each pair differs only in the model. None under two pairs.
 
-    def accuracies(runs):
+    `p_value` is the corrected resampled t-test's (Nadeau & Bengio 2003; for repeated k-fold, Bouckaert & Frank
+    2004): cross-validation folds share most of their training slices, so the differences are not independent and a
+    plain paired t-test would overstate the evidence; the correction adds test/train size to the variance's 1/n.
+    """
+
+    def folds(runs):
         return {
-            (results["args"]["settings"]["seed"], fold): scores["accuracy"]
+            (results["args"]["settings"]["seed"], fold): scores
             for _, results in runs
             for fold, scores in results["folds"].items()
         }
 
-    ours, theirs = accuracies(improved), accuracies(other)
-    differences = np.array([ours[key] - theirs[key] for key in sorted(ours.keys() & theirs.keys())])
+    ours, theirs = folds(improved), folds(other)
+    pairs = sorted(ours.keys() & theirs.keys())
+    differences = np.array([ours[key]["accuracy"] - theirs[key]["accuracy"] for key in pairs])
     if len(differences) < 2:
         return None
+    mean, std = float(differences.mean()), float(differences.std(ddof=1))
+    test_to_train = float(np.mean([ours[key]["num_eval"] / ours[key]["num_train"] for key in pairs]))
+    spread = std * np.sqrt(1 / len(differences) + test_to_train)
+    if spread > 0:
+        t_statistic = mean / spread
+        p_value = float(2 * stats.t.sf(abs(t_statistic), df=len(differences) - 1))
+    else:  # every pair differs by the same amount
+        t_statistic, p_value = (0.0, 1.0) if mean == 0 else (float(np.sign(mean) * np.inf), 0.0)
     return {
         "folds": len(differences),
-        "improved_minus_this_mean": float(differences.mean()),
-        "improved_minus_this_std": float(differences.std(ddof=1)),
+        "seeds": len({seed for seed, _ in pairs}),
+        "improved_minus_this_mean": mean,
+        "improved_minus_this_std": std,
         "improved_ahead": int((differences > 0).sum()),
         "ties": int((differences == 0).sum()),
+        "corrected_t": float(t_statistic),
+        "p_value": p_value,
     }
 
 
@@ -607,7 +625,8 @@ def print_summary(result: dict) -> None:
                 print(
                     f"{protocol}: improved minus {variant}, fold by fold over {paired['folds']} folds: "
                     f"{paired['improved_minus_this_mean'] * 100:+.2f} ± {paired['improved_minus_this_std'] * 100:.2f} "
-                    f"points; improved ahead in {paired['improved_ahead']}, tied in {paired['ties']}"
+                    f"points; improved ahead in {paired['improved_ahead']}, tied in {paired['ties']}; "
+                    f"corrected t-test p = {paired['p_value']:.2f}"
                 )
 
 

@@ -4,35 +4,51 @@
     python benchmarks/bench_train.py --batch-size 16 --image-size 64 --steps 3 --warmup 1   # a CPU-sized run
     python benchmarks/bench_train.py --models improved --batch-size 64 --image-size 96 --steps 6 --warmup 2 \
         --compare-float32                           # the CPU fast path against plain float32, side by side
+    python benchmarks/bench_train.py --no-compile --profile 5   # also: kernels launched and GPU-busy time per step
+    python benchmarks/bench_train.py --models improved --no-compile --processes 16 --mps   # 16 trainings at once
 
 Each step is exactly train.py's: a batch gathered from a device-resident uint8 cache, augmented on the device,
 forward and backward (bf16 autocast on CUDA and on CPUs with bf16 instructions, channels_last), AdamW and the LR
 schedule. Data is random: speed does not depend on it. The first `--warmup` steps (compilation, cuDNN autotuning)
 are not timed; they are reported apart. --compare-float32 also times each model the way train.py ran before its
-fast path (float32, contiguous tensors) and prints the speed-up.
+fast path (float32, contiguous tensors) and prints the speed-up. --profile N runs N more steps under
+torch.profiler and prints, per step, the kernels launched, the time some kernel was running against the wall time
+(a GPU busy far less than the wall time waits on Python and kernel launches), and the operators that take the most
+device time.
+
+--processes N trains N copies of each model at once, one process each (as run_matrix.py trains folds side by side;
+with --mps under CUDA MPS), their timed steps starting together; it prints each process's images/s and all of
+them together (every process's images over the span from the first timed step to the last).
 """
 
 import argparse
+import copy
+import queue
+import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import torch.multiprocessing as mp
 from accelerate import Accelerator
+from torch.autograd import DeviceType
 from transformers import get_cosine_schedule_with_warmup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
 from brain_resnet.data import CACHE_MARGIN  # noqa: E402
 from brain_resnet.engine import build_optimizer, logits_function, model_config, native_bf16, train_step  # noqa: E402
+from brain_resnet.matrix import cuda_mps  # noqa: E402
 from brain_resnet.modeling import VARIANTS, BrainResNetForImageClassification, BrainResNetImageProcessor  # noqa: E402
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 
 
-def measure(name: str, args, accelerator: Accelerator, bf16: bool, layout: torch.memory_format) -> dict:
+def measure(name: str, args, accelerator: Accelerator, bf16: bool, layout: torch.memory_format, barrier=None) -> dict:
     """Warm-up seconds and timed images/s of train.py's step (engine.train_step) for one model variant, precision
-    and layout."""
+    and layout; with a `barrier`, the timed steps wait for every process sharing it to finish its warm-up."""
     device = accelerator.device
     torch.manual_seed(0)
     config = model_config(name, CLASSES)
@@ -68,9 +84,90 @@ def measure(name: str, args, accelerator: Accelerator, bf16: bool, layout: torch
 
     model.train()
     warmup_seconds = run(args.warmup)
+    if barrier is not None:
+        barrier.wait()
+    started = time.time()
     seconds = run(args.steps)
+    result = {
+        "params": params,
+        "warmup_s": warmup_seconds,
+        "images_per_s": args.steps * args.batch_size / seconds,
+        "span": (started, started + seconds),
+    }
+    if args.profile:
+        result["profile"] = profile_steps(run, args.profile, device)
     accelerator.free_memory()
-    return {"params": params, "warmup_s": warmup_seconds, "images_per_s": args.steps * args.batch_size / seconds}
+    return result
+
+
+def measure_together(name: str, args, processes: int) -> dict:
+    """`processes` processes each train their own copy of the model at once; each one's images/s, and all of them
+    together over the span from the first timed step's start to the last one's end."""
+    context = mp.get_context("spawn")
+    barrier = context.Barrier(processes)
+    results = context.Queue()
+    worker_args = copy.copy(args)
+    worker_args.profile = 0
+    workers = [
+        context.Process(target=measure_in_worker, args=(name, worker_args, barrier, results)) for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    measured = []
+    while len(measured) < processes:
+        try:
+            measured.append(results.get(timeout=5))
+        except queue.Empty:
+            if any(worker.exitcode not in (None, 0) for worker in workers):
+                barrier.abort()
+                for worker in workers:
+                    worker.terminate()
+                sys.exit(f"a benchmark process for {name} failed (its error is above)")
+    for worker in workers:
+        worker.join()
+    rates = [result["images_per_s"] for result in measured]
+    first_start = min(result["span"][0] for result in measured)
+    last_end = max(result["span"][1] for result in measured)
+    return {
+        "params": measured[0]["params"],
+        "warmup_s": max(result["warmup_s"] for result in measured),
+        "per_process": rates,
+        "images_per_s": processes * args.steps * args.batch_size / (last_end - first_start),
+    }
+
+
+def measure_in_worker(name: str, args, barrier, results) -> None:
+    accelerator = Accelerator(mixed_precision="no")
+    configure_backends(accelerator.device)
+    results.put(measure(name, args, accelerator, native_bf16(), torch.channels_last, barrier=barrier))
+
+
+def configure_backends(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def profile_steps(run, steps: int, device: torch.device) -> dict:
+    """Per step: kernels launched, milliseconds some kernel ran, wall milliseconds; and the operators with the most
+    self time on the device (the CPU's time where there is no GPU)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        wall_seconds = run(steps)
+    averages = profiler.key_averages()
+    kernels = [event for event in averages if event.device_type == DeviceType.CUDA]
+    operators = [event for event in averages if event.device_type == DeviceType.CPU and event.key.startswith("aten::")]
+    time_of = (lambda e: e.self_device_time_total) if kernels else (lambda e: e.self_cpu_time_total)
+    top = sorted(operators, key=time_of, reverse=True)[:8]
+    return {
+        "operators_per_step": sum(event.count for event in operators) / steps,
+        "kernels_per_step": sum(event.count for event in kernels) / steps,
+        "busy_ms_per_step": sum(event.self_device_time_total for event in kernels) / steps / 1000,
+        "wall_ms_per_step": wall_seconds / steps * 1000,
+        "top_operators": [(event.key, event.count / steps, time_of(event) / steps / 1000) for event in top],
+    }
 
 
 def main():
@@ -92,14 +189,27 @@ def main():
         action="store_true",
         help="also time float32 with contiguous tensors (train.py before its CPU fast path) and print the speed-up",
     )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="profile this many more steps: kernels and device-busy time per step, the costliest operators",
+    )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="train this many copies of each model at once, one process each"
+    )
+    parser.add_argument("--mps", action="store_true", help="with --processes: run them under CUDA MPS")
     args = parser.parse_args()
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    if args.processes > 1 and (args.profile or args.compare_float32):
+        parser.error("--profile and --compare-float32 measure one process: leave out --processes")
 
     accelerator = Accelerator(mixed_precision="no")
     device = accelerator.device
     args.compile = device.type == "cuda" if args.compile is None else args.compile
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
+    configure_backends(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     bf16 = native_bf16()  # what train.py's --mixed-precision auto picks
     precision = f"{'bf16 autocast' if bf16 else 'float32'}, channels_last"
@@ -108,6 +218,11 @@ def main():
     print(f"batch {args.batch_size}, {args.image_size} px, {args.warmup} warm-up + {args.steps} timed steps")
 
     variants = args.models.split(",")
+    if args.processes > 1:
+        with cuda_mps() if args.mps else nullcontext(False):
+            together = {variant: measure_together(variant, args, args.processes) for variant in variants}
+        print_together(together, args.processes)
+        return
     results = {variant: measure(variant, args, accelerator, bf16, torch.channels_last) for variant in variants}
     baseline = results.get("resnet34", next(iter(results.values())))["images_per_s"]
     print(f"{'model':<14} {'params':>12} {'warm-up s':>10} {'train img/s':>12} {'x R34':>6}")
@@ -116,6 +231,9 @@ def main():
             f"{variant:<14} {result['params']:>12,} {result['warmup_s']:>10.1f} {result['images_per_s']:>12,.0f} "
             f"{result['images_per_s'] / baseline:>6.3f}"
         )
+    for variant, result in results.items():
+        if "profile" in result:
+            print_profile(variant, result["profile"])
     if args.compare_float32:
         print(f"\nthe same step in float32, contiguous tensors ({compiled}):")
         print(f"{'model':<14} {'float32 img/s':>14} {'train.py img/s':>15} {'speed-up':>9}")
@@ -123,6 +241,25 @@ def main():
             plain = measure(variant, args, accelerator, False, torch.contiguous_format)["images_per_s"]
             fast = results[variant]["images_per_s"]
             print(f"{variant:<14} {plain:>14,.1f} {fast:>15,.1f} {fast / plain:>8.2f}x")
+
+
+def print_together(results: dict, processes: int) -> None:
+    print(f"{processes} processes at once, each training its own copy; timed steps start together")
+    print(f"{'model':<14} {'params':>12} {'per process img/s (min-median-max)':>36} {'together img/s':>15}")
+    for variant, result in results.items():
+        rates = result["per_process"]
+        spread = f"{min(rates):,.0f}-{statistics.median(rates):,.0f}-{max(rates):,.0f}"
+        print(f"{variant:<14} {result['params']:>12,} {spread:>36} {result['images_per_s']:>15,.0f}")
+
+
+def print_profile(variant: str, profile: dict) -> None:
+    counts = f"{profile['operators_per_step']:,.0f} aten operators"
+    if profile["kernels_per_step"]:
+        counts += f", {profile['kernels_per_step']:,.0f} kernels, device busy {profile['busy_ms_per_step']:.2f} ms"
+    print(f"\n{variant}, per step under torch.profiler: {counts}, {profile['wall_ms_per_step']:.2f} ms wall")
+    print(f"  {'operator':<44} {'calls':>7} {'self ms':>8}")
+    for name, calls, milliseconds in profile["top_operators"]:
+        print(f"  {name:<44} {calls:>7.0f} {milliseconds:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -367,14 +367,16 @@ def summary_markdown(summary: dict, path: str) -> str:
         lines += [
             "",
             "Fold by fold (the variants of a protocol share its folds), the improved model's accuracy minus each "
-            "variant's:",
+            "variant's. p is the corrected resampled t-test's (Nadeau & Bengio, 2003), which allows for folds "
+            "sharing most of their training slices; p well under 0.05 is needed before a difference means anything:",
             "",
-            "| protocol | compared with | folds | mean difference | std of the differences | improved ahead | tied |",
-            "|---|---|---|---|---|---|---|",
+            "| protocol | compared with | folds | mean difference | std of the differences | improved ahead | tied "
+            "| p |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {protocol} | {variant} | {p['folds']} | {p['improved_minus_this_mean'] * 100:+.2f} points "
-            f"| {p['improved_minus_this_std'] * 100:.2f} | {p['improved_ahead']} | {p['ties']} |"
+            f"| {p['improved_minus_this_std'] * 100:.2f} | {p['improved_ahead']} | {p['ties']} | {p['p_value']:.2f} |"
             for protocol, variant, p in paired
         ]
     lines.append("")

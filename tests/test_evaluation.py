@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import stats
 from test_train import CLASSES, TINY_CONFIG
 
 import evaluation
@@ -299,9 +300,14 @@ def test_summary_pairs_each_variant_with_the_improved_model_fold_by_fold(run, tm
     paired = variants["tiny"]["paired_with_improved"]
     assert paired["folds"] == 2 and paired["improved_ahead"] == 1 and paired["ties"] == 1
     assert paired["improved_minus_this_mean"] == pytest.approx(0.025)
+    # corrected resampled t-test: t = mean / (std * sqrt(1/n + test/train)), n - 1 degrees of freedom
+    fold = json.loads((Path(runs[0]) / "cv_results.json").read_text())["folds"]["0"]
+    spread = 0.05 / np.sqrt(2) * np.sqrt(1 / 2 + fold["num_eval"] / fold["num_train"])
+    assert paired["p_value"] == pytest.approx(2 * stats.t.sf(0.025 / spread, df=1))
+    assert paired["p_value"] > 0.05  # two folds that disagree prove nothing
     assert "improved minus tiny, fold by fold over 2 folds: +2.50" in capsys.readouterr().out
     card = summary_markdown(json.loads(output.read_text()), "summary.json")  # the release card's section
-    assert "| grouped | tiny | 2 | +2.50 points | 3.54 | 1 | 1 |" in card
+    assert f"| grouped | tiny | 2 | +2.50 points | 3.54 | 1 | 1 | {paired['p_value']:.2f} |" in card
 
 
 def test_summary_reports_cross_source_scores_of_the_fold_models(run, external_folder, tmp_path):

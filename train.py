@@ -156,6 +156,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the training step (default: on CUDA)"
     )
     parser.add_argument(
+        "--compile-mode",
+        choices=("reduce-overhead", "default", "max-autotune", "max-autotune-no-cudagraphs"),
+        default="reduce-overhead",
+        help="torch.compile's mode. reduce-overhead replays each step as CUDA graphs: one eager process launches "
+        "kernels too slowly to keep a GPU busy, and benchmarks/bench_train.py measured 2.6x its images/s on an H200",
+    )
+    parser.add_argument(
         "--save-every",
         type=number(int, 1),
         help="epochs between resumable checkpoints (default: 1 on the CPU, 10 on CUDA, where an epoch takes less "
@@ -264,7 +271,7 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
         accelerator.print(
             f"{len(table.labels):,} images decoded in {time.perf_counter() - started:.1f} s; training "
             f"{', '.join(fold_name(f) for f in pending)} on {device_name(accelerator)} x {accelerator.num_processes} "
-            f"({'bf16 autocast' if args.bf16 else 'float32'}, compile {'on' if args.compile else 'off'})"
+            f"({'bf16 autocast' if args.bf16 else 'float32'}, compile {args.compile_mode if args.compile else 'off'})"
         )
         for fold in pending:
             finished = train_fold(fold, args, accelerator, data, config, processor, stop, results)
@@ -306,7 +313,8 @@ def train_fold(fold, args, accelerator, data: DeviceData, config, processor, sto
         accelerator.print(f"{fold_name(fold)}: resuming after epoch {start_epoch}")
     # Only training is compiled: evaluation is a tenth of the work, not worth a second (no-grad) compilation.
     # Folds after the first reuse the first one's graphs: same code, new parameters as graph inputs.
-    train_forward = logits_function(torch.compile(model) if args.compile else model, accelerator.device, args.bf16)
+    compiled = torch.compile(model, mode=args.compile_mode) if args.compile else model
+    train_forward = logits_function(compiled, accelerator.device, args.bf16)
     # On the CPU, held-out scores come from float32, as the Space and make_release.py compute (bf16 would flip a
     # few borderline slices); on CUDA evaluation stays in the training precision.
     on_cuda = accelerator.device.type == "cuda"
@@ -373,7 +381,7 @@ def train_fold(fold, args, accelerator, data: DeviceData, config, processor, sto
             "device": device_name(accelerator),
             "num_processes": accelerator.num_processes,
             "mixed_precision": "bf16" if args.bf16 else "no",
-            "compile": args.compile,
+            "compile": args.compile and args.compile_mode,
             "final_train_loss": record["train_loss"],
         }
         if logits is not None:

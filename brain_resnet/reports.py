@@ -367,8 +367,8 @@ def summary_markdown(summary: dict, path: str) -> str:
         lines += [
             "",
             "Fold by fold (the variants of a protocol share its folds), the improved model's accuracy minus each "
-            "variant's. p is the corrected resampled t-test's (Nadeau & Bengio, 2003), which allows for folds "
-            "sharing most of their training slices; p well under 0.05 is needed before a difference means anything:",
+            "variant's, with the corrected resampled t-test's p (Nadeau & Bengio, 2003), which allows for folds "
+            "sharing most of their training slices: a difference with p above 0.05 is within what chance gives.",
             "",
             "| protocol | compared with | folds | mean difference | std of the differences | improved ahead | tied "
             "| p |",

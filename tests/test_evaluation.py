@@ -325,6 +325,21 @@ def test_summary_reports_cross_source_scores_of_the_fold_models(run, external_fo
     assert evaluation.main(["summary", str(run), "--external", str(output)]) == 2  # a summary is no external output
 
 
+def test_summary_names_every_machine_that_trained_a_continued_runs_folds(run, tmp_path):
+    """A run continued on a second machine records that machine at its top; its first folds came from the first."""
+    copy = shutil.copytree(run, tmp_path / "continued")
+    results = json.loads((copy / "cv_results.json").read_text())
+    first, second = sorted(results["folds"])
+    results["folds"][first]["device"], results["folds"][second]["device"] = "GPU A", "GPU B"
+    results["device"] = "GPU B"
+    (copy / "cv_results.json").write_text(json.dumps(results))
+    output = tmp_path / "summary.json"
+    assert evaluation.main(["summary", str(copy), "--output", str(output)]) == 0
+    summary = json.loads(output.read_text())
+    assert summary["protocols"]["grouped"]["tiny"]["device"] == ["GPU A", "GPU B"]
+    assert summary["device"] == "GPU A, GPU B"
+
+
 def test_summary_rejects_an_unfinished_run(tmp_path, capsys):
     assert evaluation.main(["summary", str(tmp_path)]) == 2
     assert "not a finished train.py cross-validation run" in capsys.readouterr().err

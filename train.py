@@ -158,9 +158,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--compile-mode",
         choices=("reduce-overhead", "default", "max-autotune", "max-autotune-no-cudagraphs"),
-        default="reduce-overhead",
-        help="torch.compile's mode. reduce-overhead replays each step as CUDA graphs: one eager process launches "
-        "kernels too slowly to keep a GPU busy, and benchmarks/bench_train.py measured 2.6x its images/s on an H200",
+        help="torch.compile's mode (default: reduce-overhead on one process, default under several). "
+        "reduce-overhead replays each step as CUDA graphs: one eager process launches kernels too slowly to keep a "
+        "GPU busy, and benchmarks/bench_train.py measured 2.6x its images/s on an H200",
     )
     parser.add_argument(
         "--save-every",
@@ -227,6 +227,8 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
         raise UsageError(f"--batch-size {args.batch_size} does not split over {accelerator.num_processes} processes")
     on_cuda = accelerator.device.type == "cuda"
     args.compile = on_cuda if args.compile is None else args.compile
+    # Under DDP, inductor skips CUDA graphs for BatchNorm's buffer updates (pytorch/pytorch#139207).
+    args.compile_mode = args.compile_mode or ("reduce-overhead" if accelerator.num_processes == 1 else "default")
     args.save_every = args.save_every or (10 if on_cuda else 1)
     if on_cuda:
         torch.backends.cudnn.benchmark = True  # every batch has one shape

@@ -38,6 +38,7 @@ from torch.autograd import DeviceType
 from transformers import get_cosine_schedule_with_warmup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
+from brain_resnet.cli import number  # noqa: E402
 from brain_resnet.data import CACHE_MARGIN  # noqa: E402
 from brain_resnet.engine import build_optimizer, logits_function, model_config, native_bf16, train_step  # noqa: E402
 from brain_resnet.matrix import cuda_mps  # noqa: E402
@@ -191,18 +192,21 @@ def main():
     )
     parser.add_argument(
         "--profile",
-        type=int,
+        type=number(int, 0),
         default=0,
         metavar="STEPS",
         help="profile this many more steps: kernels and device-busy time per step, the costliest operators",
     )
     parser.add_argument(
-        "--processes", type=int, default=1, help="train this many copies of each model at once, one process each"
+        "--processes",
+        type=number(int, 1),
+        default=1,
+        help="train this many copies of each model at once, one process each",
     )
     parser.add_argument("--mps", action="store_true", help="with --processes: run them under CUDA MPS")
     args = parser.parse_args()
-    if args.processes < 1:
-        parser.error("--processes must be at least 1")
+    if args.mps and args.processes == 1:
+        parser.error("--mps shares the GPU between processes: give --processes too")
     if args.processes > 1 and (args.profile or args.compare_float32):
         parser.error("--profile and --compare-float32 measure one process: leave out --processes")
 

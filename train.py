@@ -314,7 +314,8 @@ def train_fold(fold, args, accelerator, data: DeviceData, config, processor, sto
         accelerator.load_state(str(checkpoint[1]))
         accelerator.print(f"{fold_name(fold)}: resuming after epoch {start_epoch}")
     # Only training is compiled: evaluation is a tenth of the work, not worth a second (no-grad) compilation.
-    # Folds after the first reuse the first one's graphs: same code, new parameters as graph inputs.
+    # Folds after the first reuse the first one's compiled code, new parameters as graph inputs (CUDA graphs are
+    # recorded again for them).
     compiled = torch.compile(model, mode=args.compile_mode) if args.compile else model
     train_forward = logits_function(compiled, accelerator.device, args.bf16)
     # On the CPU, held-out scores come from float32, as the Space and make_release.py compute (bf16 would flip a

@@ -519,10 +519,7 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path], external_rep
             "image_size": settings["image_size"],
             "params": first["params"],
             "forward_gflops": flops / 1e9,
-            # each fold's own: a continued run's folds may come from several machines
-            "device": sorted(
-                {fold.get("device", results["device"]) for _, results in runs for fold in results["folds"].values()}
-            ),
+            "device": sorted({fold["device"] for fold in folds}),  # a continued run's folds: several machines
             "commands": [results["args"]["command"] for _, results in runs],
         }
         for metric in ("accuracy", "macro_f1", "roc_auc_macro"):

@@ -51,6 +51,7 @@ from brain_resnet.data import CACHE_MARGIN, DeviceData, balanced_weights, decode
 from brain_resnet.engine import (
     GracefulStop,
     build_optimizer,
+    configure_backends,
     derive_seed,
     device_name,
     latest_checkpoint,
@@ -230,9 +231,7 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
     # Under DDP, inductor skips CUDA graphs for BatchNorm's buffer updates (pytorch/pytorch#139207).
     args.compile_mode = args.compile_mode or ("reduce-overhead" if accelerator.num_processes == 1 else "default")
     args.save_every = args.save_every or (10 if on_cuda else 1)
-    if on_cuda:
-        torch.backends.cudnn.benchmark = True  # every batch has one shape
-        torch.backends.cuda.matmul.allow_tf32 = True
+    configure_backends(accelerator.device)
 
     with GracefulStop() as stop:
         started = time.perf_counter()

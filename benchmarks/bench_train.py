@@ -40,7 +40,14 @@ from transformers import get_cosine_schedule_with_warmup
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
 from brain_resnet.cli import number  # noqa: E402
 from brain_resnet.data import CACHE_MARGIN  # noqa: E402
-from brain_resnet.engine import build_optimizer, logits_function, model_config, native_bf16, train_step  # noqa: E402
+from brain_resnet.engine import (  # noqa: E402
+    build_optimizer,
+    configure_backends,
+    logits_function,
+    model_config,
+    native_bf16,
+    train_step,
+)
 from brain_resnet.matrix import cuda_mps  # noqa: E402
 from brain_resnet.modeling import VARIANTS, BrainResNetForImageClassification, BrainResNetImageProcessor  # noqa: E402
 
@@ -141,12 +148,6 @@ def measure_in_worker(name: str, args, barrier, results) -> None:
     accelerator = Accelerator(mixed_precision="no")
     configure_backends(accelerator.device)
     results.put(measure(name, args, accelerator, native_bf16(), torch.channels_last, barrier=barrier))
-
-
-def configure_backends(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
 
 
 def profile_steps(run, steps: int, device: torch.device) -> dict:

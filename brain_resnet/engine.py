@@ -42,6 +42,14 @@ def model_input(images: torch.Tensor, processor: BrainResNetImageProcessor) -> t
     return processor.normalize_pixel_values(images).contiguous(memory_format=torch.channels_last)
 
 
+def configure_backends(device: torch.device) -> None:
+    """train.py's CUDA settings: cuDNN times its kernels once for the batch shape (every batch has one), and float32
+    matrix products may use TF32."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
 def native_bf16() -> bool:
     """Whether bf16 autocast speeds training up here: on CUDA, and on CPUs with bf16 instructions (on others
     oneDNN emulates bf16, slower than float32)."""

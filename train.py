@@ -124,7 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sources",
         type=lambda text: sorted(set(text.split(","))),
         help="train and evaluate on the rows of these sources only (the dataset's `source` column), such as "
-        "figshare,br35h for brain-tumor-mri-4k within a multi-source dataset (default: every row)",
+        "figshare,br35h for brain-tumor-mri-4k within a multi-source dataset, or of one class of a source: "
+        "figshare,br35h,sartaj/notumor adds sartaj's healthy slices only (default: every row)",
     )
     parser.add_argument("--epochs", type=number(int, 1), default=100, help="epochs per fold")
     parser.add_argument("--batch-size", type=number(int, 1), default=256, help="global batch, split over processes")
@@ -139,6 +140,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="share of training views whose intensities go through a random non-monotonic curve, so that the "
         "MRI sequence (which gives away the source in the 4k data) stops being a cue",
+    )
+    parser.add_argument(
+        "--mirror-prob",
+        type=number(float, 0, 1),
+        default=0.0,
+        help="share of the axial and coronal glioma and meningioma slices that train as one half of the brain and "
+        "its mirror image: the tumour's half (label kept) or the healthy half (labelled notumor), each as likely. "
+        "The healthy mirror images are healthy brains in the tumour source's sequence and planes, which the 4k "
+        "data lacks",
     )
     parser.add_argument(
         "--balance-sources",
@@ -269,6 +279,8 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
             torch.from_numpy(table.labels).to(accelerator.device),
             table,
         )
+        if args.mirror_prob:
+            data.enable_mirroring()
         accelerator.print(
             f"{len(table.labels):,} images decoded in {time.perf_counter() - started:.1f} s; training "
             f"{', '.join(fold_name(f) for f in pending)} on {device_name(accelerator)} x {accelerator.num_processes} "

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .augment import LATERAL_TUMOUR_CLASSES, tumour_sides
 from .cli import UsageError
 from .folds import FOLD_COLUMNS, NO_FOLD, assign_folds, image_hashes, near_duplicate_groups
 from .modeling import BrainResNetImageProcessor
@@ -21,6 +22,7 @@ from .runs import FULL
 DATASET_COLUMNS = ("image", "label", "source", "group", *FOLD_COLUMNS.values())
 # Training crops are cut from a cache this much larger than --image-size, so that zooming in keeps detail.
 CACHE_MARGIN = 1.15
+NOTUMOR = "notumor"  # the label of healthy slices
 
 
 @dataclass
@@ -123,12 +125,12 @@ def find_near_duplicate_groups(images: list) -> list[int]:
 
 def load_table(dataset: str, protocol: str, with_test: bool, sources: list[str] | None = None) -> Table:
     """The train split with the protocol's folds (and the test split, for the full model's evaluation); with
-    `sources`, only the rows of those sources (the folds stay as the dataset made them)."""
+    `sources`, only the rows of those sources or source/class cells (the folds stay as the dataset made them)."""
     splits, class_names = read_splits(dataset)
     if "train" not in splits:
         raise UsageError(f"dataset {dataset!r} has no train split (its splits: {', '.join(splits) or 'none'})")
     if sources:
-        splits = {name: only_sources(split, sources, dataset) for name, split in splits.items()}
+        splits = {name: only_sources(split, sources, dataset, class_names) for name, split in splits.items()}
     train = splits["train"]
     missing = [column for column in ("image", "label") if column not in train]
     if missing:
@@ -158,17 +160,27 @@ def balanced_weights(sources: list[str]) -> torch.Tensor:
     return torch.tensor([1.0 / counts[source] for source in sources], dtype=torch.float64)
 
 
-def only_sources(split: dict[str, list], sources: list[str], dataset: str) -> dict[str, list]:
-    """The split's rows whose `source` is one of `sources`."""
+def only_sources(split: dict[str, list], sources: list[str], dataset: str, class_names: list[str] | None) -> dict:
+    """The split's rows of `sources`: each a source (a value of the `source` column), or SOURCE/CLASS for that
+    source's slices of one class (sartaj/notumor: its healthy slices only)."""
     if "source" not in split:
         raise UsageError(f"--sources: dataset {dataset!r} has no source column (make it with prepare_dataset.py)")
-    unknown = sorted(set(sources) - set(split["source"]))
+    rows = split["source"]
+    labels = split.get("label") or [None] * len(rows)
+    names = [class_names[label] if class_names and isinstance(label, int) else str(label) for label in labels]
+    wanted = [tuple(spec.partition("/")[::2]) for spec in sources]  # (source, class, or "" for every class)
+    cells = set(zip(rows, names, strict=True))
+    present = [(source, name) in cells if name else source in rows for source, name in wanted]
+    unknown = [spec for spec, found in zip(sources, present, strict=True) if not found]
     if unknown:
         raise UsageError(
-            f"--sources: no {', '.join(unknown)} rows in {dataset!r} (its sources: "
-            f"{', '.join(sorted(set(split['source'])))})"
+            f"--sources: no {', '.join(unknown)} rows in {dataset!r} (its sources: {', '.join(sorted(set(rows)))})"
         )
-    keep = [i for i, source in enumerate(split["source"]) if source in sources]
+    keep = [
+        i
+        for i, (source, name) in enumerate(zip(rows, names, strict=True))
+        if (source, "") in wanted or (source, name) in wanted
+    ]
     return {column: [values[i] for i in keep] for column, values in split.items()}
 
 
@@ -209,6 +221,21 @@ class DeviceData:
     eval_images: torch.Tensor  # uint8 (N, 1, size, size): exactly what the processor gives at the image size
     labels: torch.Tensor
     table: Table
+    # train.py --mirror-prob: augment.tumour_sides of each row of a lateral tumour class (0 for other rows), and the
+    # label its healthy mirror images get
+    tumour_sides: torch.Tensor | None = None
+    healthy_label: int | None = None
+
+    def enable_mirroring(self) -> None:
+        """Find the tumour side of every slice of a lateral tumour class (train.py --mirror-prob)."""
+        names = self.table.class_names
+        missing = [name for name in (*LATERAL_TUMOUR_CLASSES, NOTUMOR) if name not in names]
+        if missing:
+            raise UsageError(f"--mirror-prob needs the classes {', '.join(missing)}; the dataset has {names}")
+        lateral = np.isin(self.table.labels, [names.index(name) for name in LATERAL_TUMOUR_CLASSES])
+        sides = tumour_sides(self.train_images)
+        self.tumour_sides = torch.where(torch.from_numpy(lateral).to(sides.device), sides, 0).to(torch.int8)
+        self.healthy_label = names.index(NOTUMOR)
 
     def indices(self, fold) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows to train on and rows to evaluate on: the other folds and this one, or all folds and the test split."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from .augment import augment
+from .augment import augment, mirror_hemispheres
 from .cli import UsageError
 from .modeling import VARIANTS, BrainResNetConfig, BrainResNetImageProcessor
 from .runs import fold_name, read_json, write_json
@@ -73,8 +73,13 @@ def logits_function(model: torch.nn.Module, device: torch.device, bf16: bool):
     return logits
 
 
-def train_step(forward, optimizer, scheduler, accelerator, images, labels, args, processor):
-    """One optimisation step on cached uint8 slices; returns loss and correct count as device tensors (no sync)."""
+def train_step(forward, optimizer, scheduler, accelerator, images, labels, args, processor, mirror=None):
+    """One optimisation step on cached uint8 slices; returns loss and correct count as device tensors (no sync).
+
+    `mirror`: (tumour sides of these slices, the healthy label) when args.mirror_prob asks for hemisphere mirroring.
+    """
+    if mirror is not None:
+        images, labels = mirror_hemispheres(images, labels, *mirror, args.mirror_prob)
     logits = forward(model_input(augment(images, args.image_size, args.remap_prob), processor))
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
     accelerator.backward(loss)
@@ -96,8 +101,17 @@ def train_epoch(forward, model, optimizer, scheduler, accelerator, data, train_r
     started = time.perf_counter()
     for step in range(steps):
         batch = rows[step * args.batch_size + rank * per_process :][:per_process]
+        mirror = None if data.tumour_sides is None else (data.tumour_sides[batch], data.healthy_label)
         loss, hits = train_step(
-            forward, optimizer, scheduler, accelerator, data.train_images[batch], data.labels[batch], args, processor
+            forward,
+            optimizer,
+            scheduler,
+            accelerator,
+            data.train_images[batch],
+            data.labels[batch],
+            args,
+            processor,
+            mirror,
         )
         loss_sum += loss
         correct += hits

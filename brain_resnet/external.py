@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .cli import UsageError
-from .data import open_image
+from .data import NOTUMOR, open_image
 
-NOTUMOR = "notumor"
 TUMOR = "tumor"  # an external folder of tumor slices of unknown type
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # Folder names of public brain-MRI sets, read as the model's labels: Br35H's yes/no and the *_tumor / no_tumor

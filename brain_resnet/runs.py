@@ -24,6 +24,7 @@ RUN_SETTINGS = (
     "warmup",
     "label_smoothing",
     "remap_prob",
+    "mirror_prob",
     "balance_sources",
     "seed",
     "mixed_precision",

@@ -247,6 +247,15 @@ def test_sources_keep_only_their_rows(two_sources):
     assert set(four_k.sources) == {"figshare", "br35h"}
     with pytest.raises(UsageError, match="no kaggle rows"):
         data.load_table(str(dataset), "random", with_test=False, sources=["kaggle"])
+    # SOURCE/CLASS: one class of a source, as a source seen with healthy slices only
+    healthy_only = data.load_table(
+        str(dataset), "random", with_test=False, sources=["figshare", "br35h", "sartaj/notumor"]
+    )
+    names = [healthy_only.class_names[label] for label in healthy_only.labels]
+    cells = Counter(zip(healthy_only.sources, names, strict=True))
+    assert cells[("sartaj", "notumor")] == 3 and sum(cells.values()) == 43  # no sartaj tumour slice
+    with pytest.raises(UsageError, match="no figshare/notumor rows"):
+        data.load_table(str(dataset), "random", with_test=False, sources=["figshare/notumor"])
 
 
 def test_balanced_sources_are_drawn_equally_often(two_sources, tmp_path):

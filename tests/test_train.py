@@ -21,7 +21,7 @@ from huggingface_hub import ModelCard
 
 import train
 from brain_resnet import data, engine, folds, hub, reports, runs
-from brain_resnet.augment import augment, gaussian_blur, remap_intensity
+from brain_resnet.augment import augment, gaussian_blur, mirror_hemispheres, remap_intensity, tumour_sides
 from brain_resnet.cli import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -422,6 +422,60 @@ def test_intensity_remap_changes_contrast_but_not_background_or_shape():
     plain = augmented(images, seed=1)
     assert torch.equal(plain, augmented(images, seed=1, remap_prob=0.0))  # off: the same random stream as before
     assert not torch.equal(plain, augmented(images, seed=1, remap_prob=1.0))
+
+
+def brain_slice(lesion_side: int = 0, centre_column: float = 31.5, size: int = 64) -> torch.Tensor:
+    """A uint8 (1, size, size) slice: a grey ellipse "brain" around `centre_column`, with a bright lesion in the
+    image's left (lesion_side 1) or right (-1) half, or none (0)."""
+    rows, columns = torch.meshgrid(
+        torch.arange(float(size)) - 31.5, torch.arange(float(size)) - centre_column, indexing="ij"
+    )
+    image = torch.where((rows / 28) ** 2 + (columns / 22) ** 2 < 1, 100.0, 0.0)
+    if lesion_side:
+        lesion = (rows + 6) ** 2 + (columns + 12 * lesion_side) ** 2 < 36  # 12 px off the midline, 6 up
+        image = torch.where(lesion, 250.0, image)
+    return image.to(torch.uint8).unsqueeze(0)
+
+
+def test_tumour_side_is_the_half_brighter_than_its_mirror_image_of_symmetric_slices_only():
+    slices = torch.stack([brain_slice(1), brain_slice(-1), brain_slice(1, centre_column=18)])
+    # the last, off-centre, is not left-right symmetric (like a sagittal slice): no half of it makes a brain
+    assert tumour_sides(slices).tolist() == [1, -1, 0]
+    assert tumour_sides(slices, chunk=1).tolist() == [1, -1, 0]
+
+
+def test_mirror_hemispheres_makes_healthy_and_bilateral_views_equally_often():
+    batch = 400
+    images = torch.stack([brain_slice(1), brain_slice(-1), brain_slice(1, centre_column=18), brain_slice(-1)] * 100)
+    labels = torch.tensor([0, 1, 0, 3] * 100)  # glioma, meningioma, glioma, pituitary
+    sides = torch.tensor([1, -1, 0, 0] * 100, dtype=torch.int8)  # as DeviceData.enable_mirroring leaves them
+    healthy = brain_slice(0)
+    torch.manual_seed(0)
+    views, new_labels = mirror_hemispheres(images, labels, sides, healthy_label=2, prob=1.0)
+    mirrored = sides != 0
+    assert torch.equal(views[~mirrored], images[~mirrored]) and torch.equal(new_labels[~mirrored], labels[~mirrored])
+    assert torch.equal(views[mirrored], views[mirrored].flip(-1))  # one half and its mirror image
+    made_healthy = mirrored & (new_labels == 2)
+    assert torch.equal(views[made_healthy], healthy.expand(int(made_healthy.sum()), 1, 64, 64))  # lesion gone
+    bilateral = mirrored & (new_labels != 2)
+    assert torch.equal(new_labels[bilateral], labels[bilateral])  # the tumour's half keeps the tumour's label
+    assert (views[bilateral] == 250).sum(dim=(1, 2, 3)).min() == 2 * (images[0] == 250).sum()  # lesion on both sides
+    assert abs(int(made_healthy.sum()) - batch // 4) < 30  # half the 200 mirrored rows each way
+    unchanged = mirror_hemispheres(images, labels, sides, healthy_label=2, prob=0.0)
+    assert torch.equal(unchanged[0], images) and torch.equal(unchanged[1], labels)
+
+
+def test_mirroring_needs_the_lateral_tumour_and_healthy_classes(dataset):
+    table = data.load_table(str(dataset), "grouped", with_test=False)
+    images = brain_slice(1).expand(len(table.labels), 1, 64, 64)  # every row: a lesion in the left half
+    device_data = data.DeviceData(images, images, torch.from_numpy(table.labels), table)
+    device_data.enable_mirroring()
+    assert device_data.healthy_label == CLASSES.index("notumor")
+    lateral = np.isin(table.labels, [CLASSES.index("glioma"), CLASSES.index("meningioma")])
+    assert device_data.tumour_sides.tolist() == np.where(lateral, 1, 0).tolist()  # pituitary and healthy: never
+    table.class_names = ["tumor", "notumor", "other", "more"]
+    with pytest.raises(UsageError, match="--mirror-prob needs the classes glioma, meningioma"):
+        data.DeviceData(images, images, torch.from_numpy(table.labels), table).enable_mirroring()
 
 
 SHARDS = """

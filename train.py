@@ -151,6 +151,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "data lacks",
     )
     parser.add_argument(
+        "--paste-prob",
+        type=number(float, 0, 1),
+        default=0.0,
+        help="share of the healthy slices that train with the lesion of a glioma or meningioma slice of the batch "
+        "added at the same place, labelled as that tumour, so that a healthy slice's source stops meaning healthy",
+    )
+    parser.add_argument(
         "--balance-sources",
         action="store_true",
         help="draw each epoch's training slices with every source equally likely (with replacement), so that a "
@@ -279,7 +286,7 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
             torch.from_numpy(table.labels).to(accelerator.device),
             table,
         )
-        if args.mirror_prob:
+        if args.mirror_prob or args.paste_prob:
             data.enable_mirroring()
         accelerator.print(
             f"{len(table.labels):,} images decoded in {time.perf_counter() - started:.1f} s; training "

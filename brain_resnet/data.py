@@ -221,17 +221,19 @@ class DeviceData:
     eval_images: torch.Tensor  # uint8 (N, 1, size, size): exactly what the processor gives at the image size
     labels: torch.Tensor
     table: Table
-    # train.py --mirror-prob: augment.tumour_sides of each row of a lateral tumour class (0 for other rows), and the
-    # label its healthy mirror images get
+    # train.py --mirror-prob and --paste-prob: augment.tumour_sides of each row of a lateral tumour class (0 for
+    # other rows), and the label of healthy slices
     tumour_sides: torch.Tensor | None = None
     healthy_label: int | None = None
 
     def enable_mirroring(self) -> None:
-        """Find the tumour side of every slice of a lateral tumour class (train.py --mirror-prob)."""
+        """Find the tumour side of every slice of a lateral tumour class (train.py --mirror-prob, --paste-prob)."""
         names = self.table.class_names
         missing = [name for name in (*LATERAL_TUMOUR_CLASSES, NOTUMOR) if name not in names]
         if missing:
-            raise UsageError(f"--mirror-prob needs the classes {', '.join(missing)}; the dataset has {names}")
+            raise UsageError(
+                f"--mirror-prob and --paste-prob need the classes {', '.join(missing)}; the dataset has {names}"
+            )
         lateral = np.isin(self.table.labels, [names.index(name) for name in LATERAL_TUMOUR_CLASSES])
         sides = tumour_sides(self.train_images)
         self.tumour_sides = torch.where(torch.from_numpy(lateral).to(sides.device), sides, 0).to(torch.int8)

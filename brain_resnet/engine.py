@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from .augment import augment, mirror_hemispheres
+from .augment import augment, mirror_hemispheres, paste_lesions
 from .cli import UsageError
 from .modeling import VARIANTS, BrainResNetConfig, BrainResNetImageProcessor
 from .runs import fold_name, read_json, write_json
@@ -76,9 +76,12 @@ def logits_function(model: torch.nn.Module, device: torch.device, bf16: bool):
 def train_step(forward, optimizer, scheduler, accelerator, images, labels, args, processor, mirror=None):
     """One optimisation step on cached uint8 slices; returns loss and correct count as device tensors (no sync).
 
-    `mirror`: (tumour sides of these slices, the healthy label) when args.mirror_prob asks for hemisphere mirroring.
+    `mirror`: (tumour sides of these slices, the healthy label) when args.paste_prob or args.mirror_prob asks for
+    lesion pasting or hemisphere mirroring.
     """
-    if mirror is not None:
+    if mirror is not None and args.paste_prob:
+        images, labels = paste_lesions(images, labels, *mirror, args.paste_prob)
+    if mirror is not None and args.mirror_prob:
         images, labels = mirror_hemispheres(images, labels, *mirror, args.mirror_prob)
     logits = forward(model_input(augment(images, args.image_size, args.remap_prob), processor))
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)

@@ -25,6 +25,7 @@ RUN_SETTINGS = (
     "label_smoothing",
     "remap_prob",
     "mirror_prob",
+    "paste_prob",
     "balance_sources",
     "seed",
     "mixed_precision",

@@ -21,7 +21,14 @@ from huggingface_hub import ModelCard
 
 import train
 from brain_resnet import data, engine, folds, hub, reports, runs
-from brain_resnet.augment import augment, gaussian_blur, mirror_hemispheres, remap_intensity, tumour_sides
+from brain_resnet.augment import (
+    augment,
+    gaussian_blur,
+    mirror_hemispheres,
+    paste_lesions,
+    remap_intensity,
+    tumour_sides,
+)
 from brain_resnet.cli import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -465,6 +472,21 @@ def test_mirror_hemispheres_makes_healthy_and_bilateral_views_equally_often():
     assert torch.equal(unchanged[0], images) and torch.equal(unchanged[1], labels)
 
 
+def test_paste_lesions_gives_healthy_slices_a_tumour_slices_lesion_and_label():
+    images = torch.stack([brain_slice(0), brain_slice(-1), brain_slice(0), brain_slice(0)] * 50)
+    labels = torch.tensor([2, 1, 2, 3] * 50)  # healthy, meningioma with a lesion on the right, healthy, pituitary
+    sides = torch.tensor([0, -1, 0, 0] * 50, dtype=torch.int8)
+    torch.manual_seed(0)
+    pasted, new_labels = paste_lesions(images, labels, sides, healthy_label=2, prob=0.5)
+    healthy = labels == 2
+    given = healthy & (new_labels != 2)
+    assert torch.equal(pasted[~given], images[~given]) and torch.equal(new_labels[~healthy], labels[~healthy])
+    assert torch.equal(pasted[given], brain_slice(-1).expand(int(given.sum()), 1, 64, 64))  # the lesion, in place
+    assert (new_labels[given] == 1).all() and 30 < int(given.sum()) < 70  # about half of the 100 healthy slices
+    no_donor = paste_lesions(images, labels, torch.zeros_like(sides), healthy_label=2, prob=1.0)
+    assert torch.equal(no_donor[0], images) and torch.equal(no_donor[1], labels)  # no tumour slice: unchanged
+
+
 def test_mirroring_needs_the_lateral_tumour_and_healthy_classes(dataset):
     table = data.load_table(str(dataset), "grouped", with_test=False)
     images = brain_slice(1).expand(len(table.labels), 1, 64, 64)  # every row: a lesion in the left half
@@ -474,7 +496,7 @@ def test_mirroring_needs_the_lateral_tumour_and_healthy_classes(dataset):
     lateral = np.isin(table.labels, [CLASSES.index("glioma"), CLASSES.index("meningioma")])
     assert device_data.tumour_sides.tolist() == np.where(lateral, 1, 0).tolist()  # pituitary and healthy: never
     table.class_names = ["tumor", "notumor", "other", "more"]
-    with pytest.raises(UsageError, match="--mirror-prob needs the classes glioma, meningioma"):
+    with pytest.raises(UsageError, match="--mirror-prob and --paste-prob need the classes glioma, meningioma"):
         data.DeviceData(images, images, torch.from_numpy(table.labels), table).enable_mirroring()
 
 

@@ -287,7 +287,7 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
             table,
         )
         if args.mirror_prob or args.paste_prob:
-            data.enable_mirroring()
+            data.find_tumour_sides()
         accelerator.print(
             f"{len(table.labels):,} images decoded in {time.perf_counter() - started:.1f} s; training "
             f"{', '.join(fold_name(f) for f in pending)} on {device_name(accelerator)} x {accelerator.num_processes} "

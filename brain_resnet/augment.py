@@ -87,8 +87,8 @@ def low_resolution(x: torch.Tensor, factor: float) -> torch.Tensor:
     return F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-# Hemisphere mirroring (train.py --mirror-prob) applies to these classes: tumours that usually sit in one half of
-# the brain (a pituitary tumour sits on the midline, so no half of its slice is healthy).
+# Hemisphere mirroring and lesion pasting (train.py --mirror-prob, --paste-prob) take the tumours of these classes:
+# they usually sit in one half of the brain (a pituitary tumour sits on the midline: no half of its slice is healthy).
 LATERAL_TUMOUR_CLASSES = ("glioma", "meningioma")
 # Left-right correlation of a slice with its mirror image above which it is axial or coronal, so that one half
 # mirrored makes a plausible whole brain. Measured on brain-tumor-mri-4k at 96 px: Br35H's (mostly axial) healthy

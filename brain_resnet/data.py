@@ -226,7 +226,7 @@ class DeviceData:
     tumour_sides: torch.Tensor | None = None
     healthy_label: int | None = None
 
-    def enable_mirroring(self) -> None:
+    def find_tumour_sides(self) -> None:
         """Find the tumour side of every slice of a lateral tumour class (train.py --mirror-prob, --paste-prob)."""
         names = self.table.class_names
         missing = [name for name in (*LATERAL_TUMOUR_CLASSES, NOTUMOR) if name not in names]

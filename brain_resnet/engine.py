@@ -73,16 +73,15 @@ def logits_function(model: torch.nn.Module, device: torch.device, bf16: bool):
     return logits
 
 
-def train_step(forward, optimizer, scheduler, accelerator, images, labels, args, processor, mirror=None):
+def train_step(forward, optimizer, scheduler, accelerator, images, labels, args, processor, sides=None):
     """One optimisation step on cached uint8 slices; returns loss and correct count as device tensors (no sync).
 
-    `mirror`: (tumour sides of these slices, the healthy label) when args.paste_prob or args.mirror_prob asks for
-    lesion pasting or hemisphere mirroring.
+    `sides`: (the tumour sides of these slices, the healthy label) for args.paste_prob and args.mirror_prob.
     """
-    if mirror is not None and args.paste_prob:
-        images, labels = paste_lesions(images, labels, *mirror, args.paste_prob)
-    if mirror is not None and args.mirror_prob:
-        images, labels = mirror_hemispheres(images, labels, *mirror, args.mirror_prob)
+    if sides is not None and args.paste_prob:
+        images, labels = paste_lesions(images, labels, *sides, args.paste_prob)
+    if sides is not None and args.mirror_prob:
+        images, labels = mirror_hemispheres(images, labels, *sides, args.mirror_prob)
     logits = forward(model_input(augment(images, args.image_size, args.remap_prob), processor))
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
     accelerator.backward(loss)
@@ -104,7 +103,7 @@ def train_epoch(forward, model, optimizer, scheduler, accelerator, data, train_r
     started = time.perf_counter()
     for step in range(steps):
         batch = rows[step * args.batch_size + rank * per_process :][:per_process]
-        mirror = None if data.tumour_sides is None else (data.tumour_sides[batch], data.healthy_label)
+        sides = None if data.tumour_sides is None else (data.tumour_sides[batch], data.healthy_label)
         loss, hits = train_step(
             forward,
             optimizer,
@@ -114,7 +113,7 @@ def train_epoch(forward, model, optimizer, scheduler, accelerator, data, train_r
             data.labels[batch],
             args,
             processor,
-            mirror,
+            sides,
         )
         loss_sum += loss
         correct += hits

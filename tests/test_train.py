@@ -455,7 +455,7 @@ def test_mirror_hemispheres_makes_healthy_and_bilateral_views_equally_often():
     batch = 400
     images = torch.stack([brain_slice(1), brain_slice(-1), brain_slice(1, centre_column=18), brain_slice(-1)] * 100)
     labels = torch.tensor([0, 1, 0, 3] * 100)  # glioma, meningioma, glioma, pituitary
-    sides = torch.tensor([1, -1, 0, 0] * 100, dtype=torch.int8)  # as DeviceData.enable_mirroring leaves them
+    sides = torch.tensor([1, -1, 0, 0] * 100, dtype=torch.int8)  # as DeviceData.find_tumour_sides leaves them
     healthy = brain_slice(0)
     torch.manual_seed(0)
     views, new_labels = mirror_hemispheres(images, labels, sides, healthy_label=2, prob=1.0)
@@ -491,13 +491,13 @@ def test_mirroring_needs_the_lateral_tumour_and_healthy_classes(dataset):
     table = data.load_table(str(dataset), "grouped", with_test=False)
     images = brain_slice(1).expand(len(table.labels), 1, 64, 64)  # every row: a lesion in the left half
     device_data = data.DeviceData(images, images, torch.from_numpy(table.labels), table)
-    device_data.enable_mirroring()
+    device_data.find_tumour_sides()
     assert device_data.healthy_label == CLASSES.index("notumor")
     lateral = np.isin(table.labels, [CLASSES.index("glioma"), CLASSES.index("meningioma")])
     assert device_data.tumour_sides.tolist() == np.where(lateral, 1, 0).tolist()  # pituitary and healthy: never
     table.class_names = ["tumor", "notumor", "other", "more"]
     with pytest.raises(UsageError, match="--mirror-prob and --paste-prob need the classes glioma, meningioma"):
-        data.DeviceData(images, images, torch.from_numpy(table.labels), table).enable_mirroring()
+        data.DeviceData(images, images, torch.from_numpy(table.labels), table).find_tumour_sides()
 
 
 SHARDS = """

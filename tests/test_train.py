@@ -523,14 +523,14 @@ expected = (images[rows].float().div(255) - 0.5).div(0.5).mean(dim=(1, 2, 3))
 assert torch.allclose(logits[:, 0], expected), (logits[:, 0], expected)
 
 seen = []
-def record(forward, optimizer, scheduler, accelerator, images, labels, args, processor):
+def record(forward, optimizer, scheduler, accelerator, images, labels, args, processor, sides):
     seen.append(images[:, 0, 0, 0].long() // 10)
     return torch.zeros(()), torch.zeros((), dtype=torch.long)
 engine.train_step = record  # train_epoch calls it through the module
 order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(1))
 args = types.SimpleNamespace(batch_size=batch)
 scheduler = types.SimpleNamespace(get_last_lr=lambda: [0.0])
-data = types.SimpleNamespace(train_images=images, labels=torch.zeros(count, dtype=torch.long))
+data = types.SimpleNamespace(train_images=images, labels=torch.zeros(count, dtype=torch.long), tumour_sides=None)
 engine.train_epoch(echo, model, None, scheduler, accelerator, data, rows, order, args, processor)
 steps = len(rows) // batch
 shares = accelerator.gather(torch.stack(seen)).view(accelerator.num_processes, steps, -1)

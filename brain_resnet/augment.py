@@ -127,6 +127,13 @@ def left_right_symmetry(images: torch.Tensor) -> torch.Tensor:
     return (x * mirrored).sum(1) / x.pow(2).sum(1).clamp(min=1e-6)
 
 
+def image_halves(width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean (width,) masks of the columns of an image's left and right halves; an odd width's middle column is
+    in neither (it is its own mirror image)."""
+    column = torch.arange(width, device=device)
+    return column < width // 2, column >= width - width // 2
+
+
 def mirror_hemispheres(
     images: torch.Tensor, labels: torch.Tensor, sides: torch.Tensor, healthy_label: int, prob: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,11 +149,10 @@ def mirror_hemispheres(
     chosen = (sides != 0) & (torch.rand(batch, device=device) < prob)
     keep_tumour = torch.rand(batch, device=device) < 0.5
     keep_left = (sides > 0) == keep_tumour
-    width = images.shape[-1]
-    column = torch.arange(width, device=device)
+    left, right = image_halves(images.shape[-1], device)
     mirrored = images.flip(-1)
-    left_kept = torch.where(column < width // 2, images, mirrored)
-    right_kept = torch.where(column >= width - width // 2, images, mirrored)
+    left_kept = torch.where(left, images, mirrored)
+    right_kept = torch.where(right, images, mirrored)
     views = torch.where(keep_left.view(-1, 1, 1, 1), left_kept, right_kept)
     images = torch.where(chosen.view(-1, 1, 1, 1), views, images)
     labels = torch.where(chosen & ~keep_tumour, torch.full_like(labels, healthy_label), labels)
@@ -168,9 +174,8 @@ def lesion_maps(images: torch.Tensor, sides: torch.Tensor) -> tuple[torch.Tensor
     """The lesion of each uint8 (N, 1, S, S) slice with a known tumour side: float (N, 1, S, S), what the tumour's
     half has brighter than its mirror image where that is a blob (0 elsewhere and for side 0), and its area share."""
     x = images.float()
-    width = x.shape[-1]
-    column = torch.arange(width, device=x.device)
-    tumour_half = torch.where(sides.view(-1, 1, 1, 1) > 0, column < width // 2, column >= width - width // 2)
+    left, right = image_halves(x.shape[-1], x.device)
+    tumour_half = torch.where(sides.view(-1, 1, 1, 1) > 0, left, right)
     excess = (x - x.flip(-1)) * (tumour_half & (sides != 0).view(-1, 1, 1, 1))
     blob = F.avg_pool2d(excess, LESION_WINDOW, 1, LESION_WINDOW // 2) > LESION_MIN_EXCESS
     area = blob.float().mean((1, 2, 3))

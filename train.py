@@ -59,6 +59,7 @@ from brain_resnet.engine import (
     model_config,
     native_bf16,
     predict,
+    pretrained_weights,
     save_checkpoint,
     tensorboard_writer,
     train_epoch,
@@ -119,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="improved",
         type=model_spec,
         help=f"{', '.join(VARIANTS)} (resnet34 is the baseline, no-* the ablations) or a CONFIG.json",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="start every fold from this trained model's weights (a folder such as release/, or a Hub id) instead "
+        "of random ones: fine-tuning. Its network must be --model's and its classes the dataset's",
     )
     parser.add_argument(
         "--sources",
@@ -258,6 +265,7 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
         num_folds = int(table.folds.max()) + 1
         selected = expand_folds(args.folds, num_folds)
         config = model_config(args.model, table.class_names)
+        start_weights = pretrained_weights(args.init_from, config) if args.init_from else None
         if accelerator.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
             if saved is None:
@@ -294,7 +302,7 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
             f"({'bf16 autocast' if args.bf16 else 'float32'}, compile {args.compile_mode if args.compile else 'off'})"
         )
         for fold in pending:
-            finished = train_fold(fold, args, accelerator, data, config, processor, stop, results)
+            finished = train_fold(fold, args, accelerator, data, config, processor, stop, results, start_weights)
             if not finished or (fold != pending[-1] and stop.requested(accelerator)):
                 name = signal.Signals(stop.signal).name if stop.signal else "a signal"
                 resume = args.command if args.resume else f"{args.command} --resume"
@@ -306,8 +314,11 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
 
 
 # ---------------------------------------------------------------- one fold
-def train_fold(fold, args, accelerator, data: DeviceData, config, processor, stop, results: dict) -> bool:
-    """Train one fold from scratch (or from its checkpoint), save its model folder and record it in results.
+def train_fold(
+    fold, args, accelerator, data: DeviceData, config, processor, stop, results: dict, start_weights=None
+) -> bool:
+    """Train one fold from scratch or from `start_weights` (or from its checkpoint), save its model folder and
+    record it in results.
 
     Returns False when stopped by a signal, with a checkpoint to resume from.
     """
@@ -320,6 +331,8 @@ def train_fold(fold, args, accelerator, data: DeviceData, config, processor, sto
 
     torch.manual_seed(derive_seed(args.seed, fold, "init"))
     model = BrainResNetForImageClassification(config)
+    if start_weights is not None:
+        model.load_state_dict(start_weights)
     # channels_last: tensor-core convolutions on CUDA and oneDNN's bf16 ones on the CPU both run faster in it.
     model.to(accelerator.device, memory_format=torch.channels_last)
     optimizer = build_optimizer(model, args.lr, args.weight_decay, fused=accelerator.device.type == "cuda")

@@ -15,7 +15,7 @@ from accelerate import Accelerator
 
 from .augment import augment, mirror_hemispheres, paste_lesions
 from .cli import UsageError
-from .modeling import VARIANTS, BrainResNetConfig, BrainResNetImageProcessor
+from .modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
 from .runs import fold_name, read_json, write_json
 
 
@@ -27,6 +27,29 @@ def model_config(spec: str, class_names: list[str]) -> BrainResNetConfig:
     config.id2label = dict(enumerate(class_names))
     config.label2id = {name: i for i, name in enumerate(class_names)}
     return config
+
+
+def pretrained_weights(source: str, config: BrainResNetConfig) -> dict[str, torch.Tensor]:
+    """The float32 weights of the trained model at ``source`` (a folder or Hub id) to start training from,
+    checked to fit the network ``config`` describes and to name its classes in the same order.
+
+    The familiarity detector's statistics are left out: they describe the old weights' features, and
+    make_release.py fits new ones for the new weights.
+    """
+    try:
+        trained = BrainResNetForImageClassification.from_pretrained(source, dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--init-from {source}: {error}") from None
+    names, wanted = (list(c.id2label[i] for i in range(c.num_labels)) for c in (trained.config, config))
+    if names != wanted:
+        raise UsageError(f"--init-from {source}: its classes {names} are not the dataset's {wanted}")
+    weights = {name: value for name, value in trained.state_dict().items() if not name.startswith("familiarity_")}
+    try:
+        BrainResNetForImageClassification(config).load_state_dict(weights)
+    except RuntimeError as error:
+        first_problem = str(error).splitlines()[-1].strip()[:160]
+        raise UsageError(f"--init-from {source}: its weights do not fit --model's network ({first_problem})") from None
+    return weights
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, fused: bool) -> torch.optim.AdamW:

@@ -235,6 +235,7 @@ def training_info(args, fold, entry: dict, results: dict) -> dict:
         "folds": results["num_folds"],
         "trained_on": "all folds" if fold == FULL else f"all folds but fold {fold}",
         "model": args.model,
+        **({"init_from": args.init_from} if args.init_from else {}),
         "epochs": args.epochs,
         "image_size": args.image_size,
         "batch_size": args.batch_size,

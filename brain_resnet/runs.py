@@ -16,6 +16,7 @@ RUN_SETTINGS = (
     "protocol",
     "sources",
     "model",
+    "init_from",
     "epochs",
     "batch_size",
     "image_size",
@@ -64,8 +65,8 @@ def epoch_records(log_path: Path) -> dict:
 
 def run_settings(args: argparse.Namespace) -> dict:
     settings = {name: getattr(args, name) for name in RUN_SETTINGS}
-    for name in ("dataset", "model"):  # the same file or folder however it is spelled
-        if Path(settings[name]).exists():
+    for name in ("dataset", "model", "init_from"):  # the same file or folder however it is spelled
+        if settings[name] is not None and Path(settings[name]).exists():
             settings[name] = str(Path(settings[name]).resolve())
     return settings
 

@@ -30,6 +30,7 @@ from brain_resnet.augment import (
     tumour_sides,
 )
 from brain_resnet.cli import UsageError
+from brain_resnet.modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -328,6 +329,46 @@ def test_a_run_saved_before_a_setting_existed_resumes_with_it_off(python_run, co
     assert train.main([*common, "--output-dir", str(run), "--resume"]) == 0
     assert train.main([*common, "--output-dir", str(run), "--resume", "--balance-sources"]) == 2
     assert "--balance-sources None (now True)" in capsys.readouterr().err
+
+
+def test_init_from_starts_every_fold_from_a_trained_models_weights(python_run, common, tmp_path):
+    """Fine-tuning from a folder like release/ (float16 shards, a fitted familiarity detector): with a learning rate
+    too small to move them, both folds end with its weights rather than random ones, and name it; the detector's
+    statistics, which describe the old weights, are not carried over."""
+    trained = BrainResNetForImageClassification.from_pretrained(python_run / "fold-0")
+    features = trained.config.hidden_sizes[-1]
+    trained.set_familiarity(torch.zeros(len(CLASSES), features), torch.eye(features), threshold=1.0)
+    release = tmp_path / "release"
+    processor = BrainResNetImageProcessor.from_pretrained(python_run / "fold-0")
+    hub.save_model_folder(trained, processor, release, half_storage=True)
+    out = tmp_path / "fine-tuned"
+    argv = [*common, "--output-dir", str(out), "--init-from", str(release), "--epochs", "1", "--lr", "1e-12"]
+    assert train.main(argv) == 0
+    start = {name: value.float() for name, value in trained.half().state_dict().items()}  # what the shards hold
+    for fold in ("fold-0", "fold-1"):
+        tuned = BrainResNetForImageClassification.from_pretrained(out / fold)
+        assert tuned.config.familiarity_threshold is None
+        assert tuned.config.training_info["init_from"] == str(release)
+        for name, value in tuned.named_parameters():
+            torch.testing.assert_close(value, start[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_init_from_refuses_a_model_of_other_classes_or_another_network(python_run, common, tmp_path, capsys):
+    other_classes = shutil.copytree(python_run / "fold-0", tmp_path / "other-classes")
+    config = json.loads((other_classes / "config.json").read_text())
+    config["id2label"] = dict(enumerate(reversed(CLASSES)))
+    config["label2id"] = {name: i for i, name in enumerate(reversed(CLASSES))}
+    (other_classes / "config.json").write_text(json.dumps(config))
+    nowhere = tmp_path / "nowhere"
+    cases = [
+        ([str(other_classes)], f"its classes {list(reversed(CLASSES))} are not the dataset's {CLASSES}"),
+        ([str(python_run / "fold-0"), "--model", "improved"], "its weights do not fit --model's network"),
+        ([str(nowhere)], f"train.py: error: --init-from {nowhere}: "),
+    ]
+    for flags, message in cases:
+        assert train.main([*common, "--output-dir", str(tmp_path / "run"), "--init-from", *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,7 @@ from brain_resnet.engine import (
     derive_seed,
     device_name,
     latest_checkpoint,
+    logits_and_features_function,
     logits_function,
     model_config,
     native_bf16,
@@ -169,6 +170,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="draw each epoch's training slices with every source equally likely (with replacement), so that a "
         "small source weighs as much as a large one",
+    )
+    parser.add_argument(
+        "--match-sources",
+        metavar="WEIGHT",
+        type=number(float, 0),
+        default=0.0,
+        help="weight of a penalty on how far apart the sources' mean pooled features lie within each class of a "
+        "batch, so that a source seen with one class only stops meaning that class (brain_resnet/alignment.py). "
+        "Needs a `source` column (0: off)",
     )
     parser.add_argument("--seed", type=number(int, 0), default=42, help="of weights, batches and augmentation")
     parser.add_argument(
@@ -296,6 +306,8 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
         )
         if args.mirror_prob or args.paste_prob:
             data.find_tumour_sides()
+        if args.match_sources:
+            data.find_source_ids()
         accelerator.print(
             f"{len(table.labels):,} images decoded in {time.perf_counter() - started:.1f} s; training "
             f"{', '.join(fold_name(f) for f in pending)} on {device_name(accelerator)} x {accelerator.num_processes} "
@@ -348,7 +360,8 @@ def train_fold(
     # Folds after the first reuse the first one's compiled code, new parameters as graph inputs (CUDA graphs are
     # recorded again for them).
     compiled = torch.compile(model, mode=args.compile_mode) if args.compile else model
-    train_forward = logits_function(compiled, accelerator.device, args.bf16)
+    outputs = logits_and_features_function if args.match_sources else logits_function
+    train_forward = outputs(compiled, accelerator.device, args.bf16)
     # On the CPU, held-out scores come from float32, as the Space and make_release.py compute (bf16 would flip a
     # few borderline slices); on CUDA evaluation stays in the training precision.
     on_cuda = accelerator.device.type == "cuda"

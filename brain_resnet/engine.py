@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
+from .alignment import source_mean_gap
 from .augment import augment, mirror_hemispheres, paste_lesions
 from .cli import UsageError
 from .modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
@@ -96,17 +97,37 @@ def logits_function(model: torch.nn.Module, device: torch.device, bf16: bool):
     return logits
 
 
-def train_step(forward, optimizer, scheduler, accelerator, images, labels, args, processor, sides=None):
+def logits_and_features_function(model: torch.nn.Module, device: torch.device, bf16: bool):
+    """pixel_values -> (float32 logits, float32 pooled features), under bf16 autocast when asked."""
+
+    def logits_and_features(pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            output = model(pixel_values=pixel_values, output_hidden_states=True)
+            features = output.hidden_states[-1].mean(dim=(2, 3))  # = the pooled features the classifier reads
+        return output.logits.float(), features.float()
+
+    return logits_and_features
+
+
+def train_step(forward, optimizer, scheduler, accelerator, images, labels, args, processor, sides=None, sources=None):
     """One optimisation step on cached uint8 slices; returns loss and correct count as device tensors (no sync).
 
     `sides`: (the tumour sides of these slices, the healthy label) for args.paste_prob and args.mirror_prob.
+    `sources`: (the slices' source ids, the number of sources) for args.match_sources, whose `forward` is a
+    logits_and_features_function.
     """
     if sides is not None and args.paste_prob:
         images, labels = paste_lesions(images, labels, *sides, args.paste_prob)
     if sides is not None and args.mirror_prob:
         images, labels = mirror_hemispheres(images, labels, *sides, args.mirror_prob)
-    logits = forward(model_input(augment(images, args.image_size, args.remap_prob), processor))
-    loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing)
+    pixel_values = model_input(augment(images, args.image_size, args.remap_prob), processor)
+    if sources is None:
+        logits, alignment = forward(pixel_values), 0.0
+    else:
+        logits, features = forward(pixel_values)
+        gap = source_mean_gap(features, labels, sources[0], logits.shape[1], sources[1])
+        alignment = args.match_sources * gap
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing) + alignment
     accelerator.backward(loss)
     optimizer.step()
     scheduler.step()
@@ -127,6 +148,7 @@ def train_epoch(forward, model, optimizer, scheduler, accelerator, data, train_r
     for step in range(steps):
         batch = rows[step * args.batch_size + rank * per_process :][:per_process]
         sides = None if data.tumour_sides is None else (data.tumour_sides[batch], data.healthy_label)
+        sources = None if data.source_ids is None else (data.source_ids[batch], data.num_sources)
         loss, hits = train_step(
             forward,
             optimizer,
@@ -137,6 +159,7 @@ def train_epoch(forward, model, optimizer, scheduler, accelerator, data, train_r
             args,
             processor,
             sides,
+            sources,
         )
         loss_sum += loss
         correct += hits

@@ -28,6 +28,7 @@ RUN_SETTINGS = (
     "mirror_prob",
     "paste_prob",
     "balance_sources",
+    "match_sources",
     "seed",
     "mixed_precision",
 )

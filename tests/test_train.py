@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from huggingface_hub import ModelCard
 
 import train
 from brain_resnet import data, engine, folds, hub, reports, runs
+from brain_resnet.alignment import source_mean_gap
 from brain_resnet.augment import (
     augment,
     gaussian_blur,
@@ -541,6 +543,85 @@ def test_mirroring_needs_the_lateral_tumour_and_healthy_classes(dataset):
         data.DeviceData(images, images, torch.from_numpy(table.labels), table).find_tumour_sides()
 
 
+def test_source_mean_gap_is_the_spread_of_each_classs_source_means():
+    features = torch.tensor([[0.0, 0.0], [2.0, 0.0], [4.0, 0.0], [0.0, 6.0], [1.0, 1.0], [9.0, 9.0]])
+    labels = torch.tensor([0, 0, 0, 0, 1, 2])
+    sources = torch.tensor([0, 0, 1, 2, 0, 1])
+    # Class 0: source means (1, 0), (4, 0), (0, 6) around (5/3, 2); squared distances summed over both features,
+    # halved (per feature), averaged over the 3 sources. Classes 1 and 2 have one source each: left out.
+    centre = torch.tensor([5 / 3, 2.0])
+    means = torch.tensor([[1.0, 0.0], [4.0, 0.0], [0.0, 6.0]])
+    expected = ((means - centre) ** 2).mean(dim=1).mean()
+    assert source_mean_gap(features, labels, sources, 3, 3) == pytest.approx(expected.item())
+    same_means = torch.tensor([[1.0, 5.0], [3.0, 1.0], [2.0, 3.0], [2.0, 3.0]])
+    assert source_mean_gap(same_means, torch.zeros(4, dtype=torch.long), torch.tensor([0, 0, 1, 2]), 1, 3) == 0
+    assert source_mean_gap(features, labels, torch.zeros(6, dtype=torch.long), 3, 3) == 0  # one source per class
+
+
+def test_matching_source_means_makes_features_hide_the_source_but_not_the_class():
+    """On inputs that carry class and source (each in noise), an encoder trained for the class keeps the source
+    readable by a fresh probe of each class; trained with the penalty as well, it keeps the class and hides the
+    source."""
+    generator = torch.Generator().manual_seed(0)
+    n = 512
+    labels, sources = torch.randint(0, 2, (n,), generator=generator), torch.randint(0, 2, (n,), generator=generator)
+    x = torch.stack([labels, sources], dim=1).float() + 0.5 * torch.randn(n, 2, generator=generator)
+
+    def fit(modules, loss_of, steps=300):
+        optimizer = torch.optim.Adam([p for m in modules for p in m.parameters()], lr=1e-2)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss_of().backward()
+            optimizer.step()
+
+    def readable(weight: float) -> tuple[float, float]:
+        torch.manual_seed(0)
+        encoder, classifier, probe = torch.nn.Linear(2, 8), torch.nn.Linear(8, 2), torch.nn.Linear(8, 4)
+        penalty = lambda: weight * source_mean_gap(encoder(x), labels, sources, 2, 2)  # noqa: E731
+        fit([encoder, classifier], lambda: F.cross_entropy(classifier(encoder(x)), labels) + penalty())
+        features = encoder(x).detach()
+        source_logits = lambda: probe(features).view(n, 2, 2)[torch.arange(n), labels]  # noqa: E731
+        fit([probe], lambda: F.cross_entropy(source_logits(), sources))
+        class_accuracy = (classifier(features).argmax(1) == labels).float().mean().item()
+        return class_accuracy, (source_logits().argmax(1) == sources).float().mean().item()
+
+    (plain_class, plain_source), (matched_class, matched_source) = readable(0.0), readable(10.0)
+    assert plain_source > 0.8 and matched_source < 0.62
+    assert matched_class > plain_class - 0.02
+
+
+def test_match_sources_trains_on_the_source_column_and_refuses_a_dataset_of_one_source(
+    dataset, common, tmp_path, capsys, monkeypatch
+):
+    import datasets
+
+    seen = []
+
+    def spy(features, labels, sources, num_classes, num_sources):
+        seen.append((features.shape, sources.unique().tolist(), num_classes, num_sources))
+        return source_mean_gap(features, labels, sources, num_classes, num_sources)
+
+    monkeypatch.setattr(engine, "source_mean_gap", spy)
+    out = tmp_path / "matched"
+    assert train.main([*common, "--output-dir", str(out), "--match-sources", "1"]) == 0  # br35h and figshare
+    assert len(seen) == 2 * 3 * (PER_CLASS * len(CLASSES) // FOLDS // 8)  # every step of 3 epochs x 2 folds
+    assert all(shape == (8, TINY_CONFIG["hidden_sizes"][-1]) and n == [4, 2] for shape, _, *n in seen)
+    assert {source for _, sources, *_ in seen for source in sources} == {0, 1}
+    assert check_cv_results(out)["args"]["settings"]["match_sources"] == 1.0
+    for fold in ("fold-0", "fold-1"):
+        check_model_folder(out / fold)
+
+    one_source = tmp_path / "one-source"
+    split = datasets.load_dataset(str(dataset), split="train").remove_columns("source")
+    (one_source / "data").mkdir(parents=True)
+    split.add_column("source", ["figshare"] * len(split)).to_parquet(one_source / "data" / "train.parquet")
+    single = [*common, "--dataset", str(one_source), "--output-dir", str(tmp_path / "single"), "--match-sources", "1"]
+    assert train.main(single) == 2
+    assert "--match-sources needs a `source` column naming 2 or more sources; found ['figshare']" in (
+        capsys.readouterr().err
+    )
+
+
 SHARDS = """
 import sys, types
 import torch
@@ -564,14 +645,16 @@ expected = (images[rows].float().div(255) - 0.5).div(0.5).mean(dim=(1, 2, 3))
 assert torch.allclose(logits[:, 0], expected), (logits[:, 0], expected)
 
 seen = []
-def record(forward, optimizer, scheduler, accelerator, images, labels, args, processor, sides):
+def record(forward, optimizer, scheduler, accelerator, images, labels, args, processor, sides, sources):
     seen.append(images[:, 0, 0, 0].long() // 10)
     return torch.zeros(()), torch.zeros((), dtype=torch.long)
 engine.train_step = record  # train_epoch calls it through the module
 order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(1))
 args = types.SimpleNamespace(batch_size=batch)
 scheduler = types.SimpleNamespace(get_last_lr=lambda: [0.0])
-data = types.SimpleNamespace(train_images=images, labels=torch.zeros(count, dtype=torch.long), tumour_sides=None)
+data = types.SimpleNamespace(
+    train_images=images, labels=torch.zeros(count, dtype=torch.long), tumour_sides=None, source_ids=None
+)
 engine.train_epoch(echo, model, None, scheduler, accelerator, data, rows, order, args, processor)
 steps = len(rows) // batch
 shares = accelerator.gather(torch.stack(seen)).view(accelerator.num_processes, steps, -1)

@@ -1,0 +1,211 @@
+"""Image processor of the brain-tumor ResNet: any image -> grayscale, brain crop, intensity scaling, resize."""
+
+import torch
+import torch.nn.functional as F
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import is_pil_image, to_numpy_array
+
+# PIL modes that hold more than 8 bits per pixel: read as numbers, never through an 8-bit conversion that clips.
+_HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _pil_to_tensor(image) -> torch.Tensor:
+    """A PIL image of any mode as a float (H, W) grayscale tensor in the image's own value range."""
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        return torch.from_numpy(to_numpy_array(image).astype("float32"))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels are background: composite over black, as MRI background is black.
+        rgba = torch.from_numpy(to_numpy_array(image.convert("RGBA")).astype("float32"))
+        return _to_gray(rgba[..., :3].permute(2, 0, 1)) * (rgba[..., 3] / 255.0)
+    return torch.from_numpy(to_numpy_array(image.convert("L")).astype("float32"))
+
+
+def _to_gray(channels_first: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) with C in 1, 3, 4 -> (H, W); alpha is dropped, colour becomes luma (ITU-R 601)."""
+    if channels_first.shape[0] == 1:
+        return channels_first[0]
+    weights = torch.tensor(_LUMA, dtype=channels_first.dtype, device=channels_first.device)
+    return torch.einsum("chw,c->hw", channels_first[:3], weights)
+
+
+def _array_to_tensor(array) -> torch.Tensor:
+    """A numpy array or torch tensor, (H, W), (H, W, C) or (C, H, W), as a float (H, W) grayscale tensor."""
+    tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(array.copy())
+    tensor = tensor.detach().to("cpu")
+    if tensor.dtype == torch.bool:
+        tensor = tensor.to(torch.uint8)
+    tensor = tensor.float()
+    if tensor.ndim == 2:
+        return tensor
+    if tensor.ndim != 3:
+        raise ValueError(f"expected an image of 2 or 3 dimensions, got shape {tuple(tensor.shape)}")
+    if tensor.shape[-1] in (1, 3, 4) and tensor.shape[0] not in (1, 3, 4):
+        tensor = tensor.permute(2, 0, 1)
+    if tensor.shape[0] not in (1, 3, 4):
+        raise ValueError(f"cannot tell the channel axis of an image of shape {tuple(tensor.shape)}")
+    return _to_gray(tensor)
+
+
+def _flatten_images(images) -> list:
+    """One image or a batch (list, tuple, 4-D array/tensor) -> a flat list of single images."""
+    if is_pil_image(images):
+        return [images]
+    if isinstance(images, (list, tuple)):
+        return [image for item in images for image in _flatten_images(item)]
+    if hasattr(images, "ndim") and images.ndim == 4:
+        return list(images)
+    if hasattr(images, "ndim"):
+        return [images]
+    raise TypeError(f"unsupported image type {type(images).__name__}: give PIL images, numpy arrays or tensors")
+
+
+def _foreground_box(image: torch.Tensor, threshold: float, margin: float) -> tuple[int, int, int, int]:
+    """Bounding box (top, bottom, left, right) of the rows/columns that hold foreground, with a relative margin."""
+    mask = image > threshold
+    height, width = image.shape
+    # A row/column counts only if 1% of it is foreground, so burned-in text and stray specks do not widen the box.
+    rows = torch.nonzero(mask.sum(dim=1) > 0.01 * width).flatten()
+    cols = torch.nonzero(mask.sum(dim=0) > 0.01 * height).flatten()
+    if len(rows) == 0 or len(cols) == 0:
+        return 0, height, 0, width
+    top, bottom, left, right = rows[0].item(), rows[-1].item() + 1, cols[0].item(), cols[-1].item() + 1
+    pad = round(margin * max(bottom - top, right - left))
+    return max(top - pad, 0), min(bottom + pad, height), max(left - pad, 0), min(right + pad, width)
+
+
+def _pad_to_square(image: torch.Tensor) -> torch.Tensor:
+    """Zero-pad (H, W) to a centred square, so that resizing never changes the aspect ratio of the anatomy."""
+    height, width = image.shape
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    return F.pad(image, (left, side - width - left, top, side - height - top))
+
+
+class BrainResNetImageProcessor(BaseImageProcessor):
+    r"""
+    Turns MRI slices into `pixel_values` for [`BrainResNetForImageClassification`]. The same steps serve training,
+    evaluation and the demo, and each removes a cue by which images of one source differ from another's rather than
+    by anatomy:
+
+    1. **Grayscale**: PIL images of any mode (L, RGB, RGBA, I;16, CMYK, P, ...), numpy arrays and torch tensors
+       (`(H, W)`, `(H, W, C)` or `(C, H, W)`, single or batched) become one float channel; colour becomes luma,
+       transparency becomes black, 16-bit data keeps its full range.
+    2. **Intensity scaling** (`do_scale_intensity`): the `intensity_percentile` of the foreground maps to 1 and
+       black to 0, so brightness, contrast and bit depth no longer tell scanners apart.
+    3. **Brain crop** (`do_crop_foreground`): the image is cut to the bounding box of the pixels brighter than
+       `foreground_threshold` (plus `crop_margin`), then zero-padded to a square, so framing and aspect ratio are the
+       same for every source.
+    4. **Resize** to `size` x `size` (bilinear, antialiased).
+    5. **Normalise** (`do_normalize`): `(x - image_mean) / image_std`, and repeat to `num_channels`.
+
+    Steps 1-4 give values in [0, 1]; the trainer caches those and calls
+    [`~BrainResNetImageProcessor.normalize_pixel_values`] itself after augmenting.
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        size: int = 224,
+        num_channels: int = 1,
+        do_scale_intensity: bool = True,
+        intensity_percentile: float = 99.5,
+        do_crop_foreground: bool = True,
+        foreground_threshold: float = 0.1,
+        crop_margin: float = 0.04,
+        do_normalize: bool = True,
+        image_mean: float = 0.5,
+        image_std: float = 0.5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.size = size
+        self.num_channels = num_channels
+        self.do_scale_intensity = do_scale_intensity
+        self.intensity_percentile = intensity_percentile
+        self.do_crop_foreground = do_crop_foreground
+        self.foreground_threshold = foreground_threshold
+        self.crop_margin = crop_margin
+        self.do_normalize = do_normalize
+        self.image_mean = image_mean
+        self.image_std = image_std
+
+    def to_grayscale(self, image) -> torch.Tensor:
+        """One image (PIL, numpy or torch) as a float (H, W) tensor in its own value range."""
+        if is_pil_image(image):
+            return _pil_to_tensor(image)
+        if hasattr(image, "ndim"):
+            return _array_to_tensor(image)
+        raise TypeError(f"unsupported image type {type(image).__name__}")
+
+    def scale_intensity(self, image: torch.Tensor) -> torch.Tensor:
+        """Map black to 0 and the foreground's `intensity_percentile` to 1, clipping above."""
+        image = image - image.min()
+        peak = image.max()
+        if peak <= 0:
+            return image
+        image = image / peak
+        foreground = image[image > self.foreground_threshold]
+        if foreground.numel() == 0:
+            return image
+        if foreground.numel() > 1_000_000:  # torch.quantile has an input size limit; a subsample is as good
+            foreground = foreground[:: foreground.numel() // 1_000_000 + 1]
+        high = torch.quantile(foreground, self.intensity_percentile / 100)
+        return (image / high).clamp_(0, 1)
+
+    def crop_foreground(self, image: torch.Tensor) -> torch.Tensor:
+        """Cut (H, W) in [0, 1] to the brain's bounding box and pad it to a square."""
+        top, bottom, left, right = _foreground_box(image, self.foreground_threshold, self.crop_margin)
+        return _pad_to_square(image[top:bottom, left:right])
+
+    def resize_square(self, image: torch.Tensor, size: int) -> torch.Tensor:
+        """(H, W) -> (size, size), bilinear with antialiasing when shrinking."""
+        resized = F.interpolate(image[None, None], size=(size, size), mode="bilinear", antialias=True)
+        return resized[0, 0].clamp_(0, 1)
+
+    def normalize_pixel_values(self, pixel_values: torch.Tensor, num_channels: int | None = None) -> torch.Tensor:
+        """(B, 1, H, W) in [0, 1], on any device -> normalised model input with `num_channels` channels."""
+        num_channels = num_channels or self.num_channels
+        pixel_values = (pixel_values - self.image_mean) / self.image_std
+        return pixel_values.expand(-1, num_channels, -1, -1) if num_channels != 1 else pixel_values
+
+    def preprocess_one(self, image, size: int | None = None) -> torch.Tensor:
+        """Steps 1-4 for one image: a (size, size) float tensor in [0, 1]."""
+        gray = self.to_grayscale(image)
+        if gray.ndim != 2 or min(gray.shape) < 1:
+            raise ValueError(f"image has no pixels (shape {tuple(gray.shape)})")
+        if self.do_scale_intensity:
+            gray = self.scale_intensity(gray)
+        else:  # assume the common 8/16-bit ranges
+            gray = gray / (65535.0 if gray.max() > 255 else 255.0 if gray.max() > 1 else 1.0)
+        if self.do_crop_foreground:
+            gray = self.crop_foreground(gray)
+        return self.resize_square(gray, size or self.size)
+
+    def preprocess(
+        self,
+        images,
+        size: int | None = None,
+        do_normalize: bool | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Args:
+            images: one image or a batch: PIL images (any mode), numpy arrays or torch tensors.
+            size: output side in pixels (default `self.size`).
+            do_normalize: apply mean/std and channel repeat (default `self.do_normalize`); without it the
+                values are in [0, 1] with one channel.
+            return_tensors: `"pt"` (the default; the model is PyTorch-only) or None.
+
+        Returns:
+            `BatchFeature` with `pixel_values` of shape `(batch, channels, size, size)`.
+        """
+        if return_tensors not in ("pt", None):
+            raise ValueError(f"return_tensors must be 'pt' or None, got {return_tensors!r}")
+        do_normalize = self.do_normalize if do_normalize is None else do_normalize
+        batch = torch.stack([self.preprocess_one(image, size) for image in _flatten_images(images)])[:, None]
+        if do_normalize:
+            batch = self.normalize_pixel_values(batch)
+        return BatchFeature(data={"pixel_values": batch}, tensor_type=return_tensors)

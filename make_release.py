@@ -9,7 +9,10 @@ out from is the only data it never trained on, and the release is fitted on it:
 
 - the calibration temperature (config.calibration_temperature), which minimises the held-out log-loss;
 - the familiarity detector (config.familiarity_threshold and two buffers): class means and shared covariance of
-  the training folds' pooled features, and the held-out distances' 95th percentile as the threshold.
+  the training folds' pooled features, and the held-out distances' 95th percentile as the threshold;
+- with --healthy-false-alarms F, the operating point: an offset added to the notumor logit (the classifier's bias,
+  so every user of the weights gets it) after which at most a share F of the held-out healthy slices is called a
+  tumor. Fitted first; the temperature is then fitted on the shifted logits.
 
 Then the folder is written as the release (float16 shards of <= 15 MB, loading as float32), reloaded as a user would
 load it, and every reported number is measured on that reloaded model: held-out accuracy, log-loss and calibration
@@ -38,10 +41,11 @@ from brain_resnet.calibration import (
     expected_calibration_error,
     fit_familiarity,
     fit_temperature,
+    notumor_offset,
     unfamiliar_threshold,
 )
-from brain_resnet.cli import UsageError
-from brain_resnet.data import decode_images, load_table
+from brain_resnet.cli import UsageError, number
+from brain_resnet.data import NOTUMOR, decode_images, load_table
 from brain_resnet.engine import model_input
 from brain_resnet.external import TUMOR, external_files, external_metrics, read_external
 from brain_resnet.hub import save_model_folder
@@ -65,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--summary",
         type=Path,
         help="`evaluation.py summary` output (results/summary.json) whose cross-validation table goes into the card",
+    )
+    parser.add_argument(
+        "--healthy-false-alarms",
+        type=number(float, 0, 0.5, low_inclusive=False),
+        help="set the operating point so that at most this share of held-out healthy slices is called a tumor "
+        "(default: the top class as trained)",
     )
     parser.add_argument("--report", type=Path, help="JSON file for every measured number (default: print only)")
     parser.add_argument("--hub-model-id", help="the Hub repo the card names (default: the output folder)")
@@ -95,6 +105,22 @@ def released_outputs(model, images: torch.Tensor, processor, batch_size: int) ->
         probs.append(outputs.logits.softmax(dim=1))
         unfamiliarity.append(outputs.unfamiliarity)
     return torch.cat(probs).numpy(), torch.cat(unfamiliarity).numpy()
+
+
+def shift_notumor_logit(model, held_logits: torch.Tensor, labels: np.ndarray, notumor: int, args) -> float:
+    """Add the operating point's offset to the classifier's notumor bias, as the float16 release will store it,
+    and to the held-out logits; returns the offset applied."""
+    if not (labels == notumor).any():
+        raise UsageError("--healthy-false-alarms: the held-out fold has no healthy slices to set it on")
+    bias = model.classifier[-1].bias.data
+    wanted = float(bias[notumor]) + notumor_offset(held_logits, labels, notumor, args.healthy_false_alarms)
+    stored = np.float16(wanted)
+    if float(stored) < wanted:  # round up: never more false alarms than asked for
+        stored = np.nextafter(stored, np.float16(np.inf))
+    offset = float(stored) - float(bias[notumor])
+    bias[notumor] = float(stored)
+    held_logits[:, notumor] += offset
+    return offset
 
 
 def held_out_scores(probs: np.ndarray, labels: np.ndarray, unfamiliarity: np.ndarray) -> dict:
@@ -140,6 +166,14 @@ def make_release(args: argparse.Namespace) -> dict:
     print(f"Fitting on the {held_out.sum():,} slices of held-out fold {fold} ...")
     held_logits, held_features = logits_and_features(model, images[held_out], processor, args.batch_size)
     _, train_features = logits_and_features(model, images[training], processor, args.batch_size)
+    trained_logits = held_logits.clone()  # before any operating point: the "as trained" scores
+    if args.healthy_false_alarms is not None:
+        if NOTUMOR not in class_names:
+            raise UsageError(f"--healthy-false-alarms: the model has no {NOTUMOR!r} class")
+        offset = shift_notumor_logit(model, held_logits, labels[held_out], class_names.index(NOTUMOR), args)
+        model.config.training_info = model.config.training_info | {
+            "operating_point": {"healthy_false_alarms": args.healthy_false_alarms, "notumor_logit_offset": offset}
+        }
     temperature = fit_temperature(held_logits, torch.from_numpy(labels[held_out]))
     means, precision = fit_familiarity(train_features, labels[training], model.config.num_labels)
     model.set_familiarity(means.half().float(), precision.half().float(), threshold=1.0)  # set from distances next
@@ -159,7 +193,7 @@ def make_release(args: argparse.Namespace) -> dict:
         save_model_folder(model, processor, staging, half_storage=True)
         released = AutoModelForImageClassification.from_pretrained(staging, trust_remote_code=True).eval()
         probs, unfamiliarity = released_outputs(released, images[held_out], processor, args.batch_size)
-        uncalibrated = torch.softmax(held_logits, dim=1).numpy()
+        uncalibrated = torch.softmax(trained_logits, dim=1).numpy()
         report = {
             "command": args.command,
             "device": "cpu",
@@ -174,11 +208,18 @@ def make_release(args: argparse.Namespace) -> dict:
             "familiarity_threshold": released.config.familiarity_threshold,
             "held_out_scores": held_out_scores(probs, labels[held_out], unfamiliarity),
             "held_out_scores_uncalibrated": {
-                "log_loss": float(F.cross_entropy(held_logits, torch.from_numpy(labels[held_out]))),
+                "accuracy": float(np.mean(trained_logits.argmax(dim=1).numpy() == labels[held_out])),
+                "log_loss": float(F.cross_entropy(trained_logits, torch.from_numpy(labels[held_out]))),
                 "calibration_error": expected_calibration_error(uncalibrated, labels[held_out]),
             },
             "external": {},
         }
+        if args.healthy_false_alarms is not None:
+            notumor = class_names.index(NOTUMOR)
+            healthy = labels[held_out] == notumor
+            report["operating_point"] = model.config.training_info["operating_point"] | {
+                "held_out_healthy_called_tumor": float(np.mean(probs[healthy].argmax(axis=1) != notumor))
+            }
         if table.sources is not None:  # the held-out slices of each source, scored as `external` scores a folder
             sources = np.asarray(table.sources)[held_out]
             truths = np.asarray(class_names)[labels[held_out]]
@@ -226,6 +267,12 @@ def print_report(report: dict) -> None:
         f"{scores['calibration_error']:.4f} at temperature {report['calibration_temperature']:.3f}; "
         f"{scores['unfamiliar']:.1%} called unfamiliar"
     )
+    if point := report.get("operating_point"):
+        print(
+            f"operating point: notumor logit {point['notumor_logit_offset']:+.3f}, "
+            f"{point['held_out_healthy_called_tumor']:.1%} of held-out healthy slices called a tumor "
+            f"(asked for at most {point['healthy_false_alarms']:.1%}); accuracy as trained {before['accuracy']:.4f}"
+        )
     for name, metrics in report["external"].items():
         shown = ", ".join(
             f"{key} {metrics[key]:.4f}"

@@ -9,15 +9,15 @@ Steps, each reported as it goes:
 
 1. Training (brain_resnet.matrix): one train.py process per fold, up to --processes at once, in priority order:
    the release candidate first (the improved model on every source, grouped protocol, --release-fold held out
-   for its calibration), then every fold of each PROTOCOL:MODEL of --runs, on the rows of --sources (the
-   cross-validation runs leave the --external source unseen, so that it measures them). Arguments after `--` go
-   to every train.py. No job starts that would not end by --time-limit; at the limit, running jobs checkpoint and
-   stop (rerunning the same command resumes them). With --mps the processes train under CUDA MPS, whose kernels
-   then share the GPU at once instead of taking turns.
+   for its calibration, plus --release-training: pasted lesions), then every fold of each PROTOCOL:MODEL of
+   --runs, on the rows of --sources (the cross-validation runs leave the --external source unseen, so that it
+   measures them). Arguments after `--` go to every train.py. No job starts that would not end by --time-limit;
+   at the limit, running jobs checkpoint and stop (rerunning the same command resumes them). With --mps the
+   processes train under CUDA MPS, whose kernels then share the GPU at once instead of taking turns.
 2. Evaluation of every run with a finished fold: `evaluation.py robustness` (corruptions and the shortcut stress
    tests) and `evaluation.py external` on the --external folder side by side, `evaluation.py summary` into
    RESULTS/summary.json, then make_release.py on the release candidate (into --release, with that summary in its
-   card).
+   card and its operating point at --healthy-false-alarms).
 3. What a run leaves worth keeping (cv_results.json, log.jsonl, plots, train.py's output: everything but weights,
    checkpoints and TensorBoard files) is copied into RESULTS/runs/. With --pack DIR: the release's weight shards
    as they are and one archive of RESULTS and the release's other files, for a machine whose fold models cannot
@@ -82,6 +82,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the grouped fold the release candidate leaves out, for its calibration and unfamiliar threshold",
     )
     parser.add_argument("--no-release", action="store_true", help="train no release candidate")
+    parser.add_argument(
+        "--release-training",
+        default="--paste-prob 0.3",
+        help="train.py arguments of the release candidate alone, after those after `--`",
+    )
+    parser.add_argument(
+        "--healthy-false-alarms",
+        type=number(float, 0, 0.5, low_inclusive=False),
+        default=0.03,
+        help="make_release.py's operating point for the release: this share of held-out healthy slices called a tumor",
+    )
     parser.add_argument("--release", type=Path, default=Path("release"), help="the folder make_release.py writes")
     parser.add_argument("--external", type=Path, help="a folder of other-source slices, one folder per class")
     parser.add_argument("--results", type=Path, default=Path("results/matrix"), help="the evaluations' JSON files")
@@ -188,6 +199,7 @@ def evaluate(args: argparse.Namespace, jobs: list[Job]) -> None:
     if not args.no_release and has_weights(candidate):
         command = [python, "make_release.py", str(candidate), "--output", str(args.release)]
         command += ["--report", str(results / "release.json"), "--workers", "8"]
+        command += ["--healthy-false-alarms", str(args.healthy_false_alarms)]
         command += ["--summary", str(summary)] if summary.exists() else []
         run_steps(args, {"release": command})
 
@@ -271,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         release_fold,
         args.train_arguments,
         workers=2,
+        release_arguments=shlex.split(args.release_training),
     )
     print(f"{len(jobs)} training jobs, {args.processes} at a time, {args.time_limit:.0f} s at most", flush=True)
     with cuda_mps() if args.mps else nullcontext(False) as mps:

@@ -8,6 +8,9 @@ familiarity detector that the model then carries (see modeling.BrainResNetConfig
   shrunk by Ledoit-Wolf (512 features from a few thousand slices); a slice's score is its squared Mahalanobis
   distance to the nearest class mean. The threshold is a quantile of held-out slices' scores, so that at most
   1 - quantile of slices like the training data raise the "unfamiliar" warning.
+- Operating point: one offset added to the notumor logit so that a chosen share of held-out healthy slices is
+  called a tumor (false alarms). A model trained with pasted lesions finds more tumors of unseen sources at equal
+  false alarms but calls more healthy slices a tumor at its top class; the offset sets where it stands.
 """
 
 import numpy as np
@@ -57,3 +60,15 @@ def fit_familiarity(features: np.ndarray, labels: np.ndarray, num_labels: int) -
 def unfamiliar_threshold(held_out_distances: np.ndarray, quantile: float = UNFAMILIAR_QUANTILE) -> float:
     """The distance above which a slice counts as unfamiliar: the held-out distances' `quantile`."""
     return float(np.quantile(held_out_distances, quantile))
+
+
+def notumor_offset(logits: torch.Tensor, labels: np.ndarray, notumor: int, false_alarms: float) -> float:
+    """The smallest offset to the notumor logit after which at most `false_alarms` of the held-out healthy slices
+    (labels == notumor) are called a tumor (a tumor class has the top logit); negative where the model already
+    calls fewer, so that it then finds more tumors."""
+    healthy = logits[torch.from_numpy(labels == notumor)].float()
+    tumor = torch.cat([healthy[:, :notumor], healthy[:, notumor + 1 :]], dim=1).max(dim=1).values
+    margins = np.sort((tumor - healthy[:, notumor]).numpy())[::-1]  # a slice is a false alarm while margin > offset
+    allowed = int(np.floor(false_alarms * len(margins)))  # false_alarms < 1: at least one healthy slice stays healthy
+    # Just above the first margin that must not raise an alarm, clear of float rounding (a tie goes to the tumor).
+    return float(margins[allowed]) + 1e-3

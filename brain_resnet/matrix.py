@@ -69,16 +69,19 @@ def plan_jobs(
     release_fold: int | None,
     train_arguments: list[str],
     workers: int,
+    release_arguments: list[str] = (),
 ) -> list[Job]:
     """The release candidate first (the improved model, grouped protocol, every source, one fold held out for its
-    calibration), then every fold of each run in `specs` order, fold by fold within a run; less the folds that the
-    run folder's cv_results.json records already (a lent machine sends back results, not fold models)."""
+    calibration, `release_arguments` after the common ones), then every fold of each run in `specs` order, fold by
+    fold within a run; less the folds that the run folder's cv_results.json records already (a lent machine sends
+    back results, not fold models)."""
     common = ["--dataset", dataset, "--resume", "--workers", str(workers), *train_arguments]
     jobs = []
     if release_fold is not None:
         run_dir = output_dir / RELEASE_RUN
         arguments = ["--output-dir", str(run_dir), "--protocol", "grouped", "--model", "improved"]
-        jobs.append(Job(f"{RELEASE_RUN} fold {release_fold}", run_dir, release_fold, arguments + common))
+        arguments += [*common, *release_arguments]
+        jobs.append(Job(f"{RELEASE_RUN} fold {release_fold}", run_dir, release_fold, arguments))
     for protocol, model in specs:
         run_dir = output_dir / run_dir_name(protocol, model)
         arguments = ["--output-dir", str(run_dir), "--protocol", protocol, "--model", model]

@@ -277,6 +277,11 @@ def model_status(config) -> str:
     honesty = []
     if (temperature := getattr(config, "calibration_temperature", 1.0)) != 1.0:
         honesty.append(f"probabilities calibrated on held-out slices (temperature {temperature:.2f})")
+    if point := info.get("operating_point"):
+        honesty.append(
+            f"the tumor threshold is set so that at most {point['healthy_false_alarms']:.0%} of held-out healthy "
+            "slices are called a tumor"
+        )
     if getattr(config, "familiarity_threshold", None) is not None:
         honesty.append("slices unlike the training data are flagged as unfamiliar")
     return f"Model: trained ({facts})." + (f" {'; '.join(honesty).capitalize()}." if honesty else "")

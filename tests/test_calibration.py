@@ -6,7 +6,13 @@ import pytest
 import torch
 from transformers import AutoModelForImageClassification
 
-from brain_resnet.calibration import expected_calibration_error, fit_familiarity, fit_temperature, unfamiliar_threshold
+from brain_resnet.calibration import (
+    expected_calibration_error,
+    fit_familiarity,
+    fit_temperature,
+    notumor_offset,
+    unfamiliar_threshold,
+)
 from modeling import BrainResNetConfig, BrainResNetForImageClassification
 
 
@@ -16,6 +22,25 @@ def test_temperature_scaling_recovers_the_temperature_that_made_the_labels():
     labels = torch.multinomial(torch.softmax(logits / 2.5, dim=1), 1, generator=generator)[:, 0]
 
     assert fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.05)
+
+
+def test_notumor_offset_sets_the_share_of_healthy_slices_called_a_tumor():
+    generator = torch.Generator().manual_seed(0)
+    logits, labels, notumor = torch.randn(400, 4, generator=generator), np.arange(400) % 4, 2
+    logits[labels == notumor, notumor] -= 1.0  # a model that calls many healthy slices a tumor
+
+    def false_alarms(offset: float) -> int:
+        shifted = logits.clone()
+        shifted[:, notumor] += offset
+        return int((shifted[labels == notumor].argmax(dim=1) != notumor).sum())
+
+    assert false_alarms(0.0) > 50  # of 100 healthy slices
+    for share in (0.01, 0.05, 0.2):
+        offset = notumor_offset(logits, labels, notumor, share)
+        assert offset > 0 and false_alarms(offset) <= share * 100
+        assert false_alarms(offset - 0.002) > share * 100  # the smallest such offset: no sensitivity given away
+    logits[labels == notumor, notumor] += 5.0  # a model that calls almost none: the offset lets it find more tumors
+    assert notumor_offset(logits, labels, notumor, 0.2) < 0
 
 
 def test_calibration_error_of_known_cases():

@@ -70,10 +70,32 @@ def test_report_measures_the_released_model(release, run):  # noqa: F811
     assert f"{held_out['accuracy']:.4f}" in card and "fold 0's model" in card
 
 
+def test_operating_point_is_set_on_held_out_healthy_slices_and_shipped_in_the_weights(release, run, tmp_path):  # noqa: F811
+    out, report = tmp_path / "release", tmp_path / "release.json"
+    argv = [str(run / "fold-0"), "--output", str(out), "--report", str(report), "--healthy-false-alarms", "0.2"]
+    assert make_release.main(argv) == 0
+    shifted, point = json.loads(report.read_text()), json.loads(report.read_text())["operating_point"]
+    plain = AutoModelForImageClassification.from_pretrained(release[0], trust_remote_code=True)
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
+    notumor = model.config.label2id["notumor"]
+
+    assert point["held_out_healthy_called_tumor"] <= 0.2  # measured on the reloaded release: 5 healthy slices
+    assert model.config.training_info["operating_point"]["notumor_logit_offset"] == point["notumor_logit_offset"]
+    bias, plain_bias = model.classifier[-1].bias.detach(), plain.classifier[-1].bias.detach()
+    assert float(bias[notumor] - plain_bias[notumor]) == pytest.approx(point["notumor_logit_offset"], abs=1e-6)
+    assert torch.equal(torch.cat([bias[:notumor], bias[notumor + 1 :]]),
+                       torch.cat([plain_bias[:notumor], plain_bias[notumor + 1 :]]))  # fmt: skip
+    assert shifted["held_out_scores_uncalibrated"]["accuracy"] == release[1]["held_out_scores"]["accuracy"]
+    assert "The operating point was set on these slices' healthy ones" in (out / "README.md").read_text()
+
+
 def test_what_is_not_a_fold_of_a_finished_run_is_refused_and_nothing_is_written(run, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "release"
     assert make_release.main([str(run), "--output", str(out)]) == 2
     assert "is not a fold folder of a finished train.py run" in capsys.readouterr().err
     assert make_release.main([str(run / "fold-0"), "--output", str(out), "--external", str(tmp_path / "none")]) == 2
     assert "no such folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        make_release.main([str(run / "fold-0"), "--output", str(out), "--healthy-false-alarms", "0.7"])
+    assert "out of range" in capsys.readouterr().err
     assert not out.exists()

@@ -88,6 +88,9 @@ def test_matrix_evaluates_the_fold_models_and_makes_the_release(matrix_run):
     assert "shortcut_flip_rate" in improved
     config = json.loads((work / "release/config.json").read_text())
     assert config["calibration_temperature"] > 0 and config["familiarity_threshold"] > 0
+    assert config["training_info"]["operating_point"]["healthy_false_alarms"] == 0.03  # the release recipe's
+    release_run = json.loads((work / "runs/release/run_args.json").read_text())
+    assert release_run["settings"]["paste_prob"] == 0.3
     report = json.loads((work / "results/release.json").read_text())
     assert report["held_out"] == "fold 0 (grouped protocol)"
     by_source = report["held_out_by_source"]  # the release candidate trained and is scored on every source
@@ -226,7 +229,8 @@ def test_cuda_mps_falls_back_to_taking_turns(installed, rc, message, tmp_path, m
 
 def test_jobs_run_release_first_then_runs_in_priority_order(tmp_path):
     specs = matrix.parse_run_specs("grouped:resnet34,random:improved")
-    jobs = matrix.plan_jobs("data", tmp_path, specs, [0, 1], ["figshare"], 0, ["--epochs", "2"], workers=2)
+    release_recipe = ["--paste-prob", "0.3"]
+    jobs = matrix.plan_jobs("data", tmp_path, specs, [0, 1], ["figshare"], 0, ["--epochs", "2"], 2, release_recipe)
     assert [job.name for job in jobs] == [
         "release fold 0",
         "grouped-resnet34 fold 0",
@@ -235,6 +239,7 @@ def test_jobs_run_release_first_then_runs_in_priority_order(tmp_path):
         "stratified-improved fold 1",
     ]
     assert "--sources" not in jobs[0].arguments  # the release candidate trains on every source
+    assert jobs[0].arguments[-4:-2] == release_recipe and all("--paste-prob" not in job.arguments for job in jobs[1:])
     assert jobs[1].arguments[jobs[1].arguments.index("--sources") + 1] == "figshare"
     assert all(job.arguments[-2:] == ["--folds", str(job.fold)] for job in jobs)
 

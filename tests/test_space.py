@@ -289,6 +289,9 @@ def test_probabilities_are_the_models_calibrated_ones(tmp_path):
     status = app.model_status(honest)
     assert "calibrated on held-out slices (temperature 0.62)" in status and "flagged as unfamiliar" in status
     assert "calibrated" not in app.model_status(BrainResNetConfig(training_info={"epochs": 50}))
+    point = {"healthy_false_alarms": 0.03, "notumor_logit_offset": 1.64}
+    status = app.model_status(BrainResNetConfig(training_info={"epochs": 60, "operating_point": point}))
+    assert "threshold is set so that at most 3% of held-out healthy slices are called a tumor" in status
 
 
 def test_a_model_without_multiscale_stem_or_se_still_gets_its_maps(tmp_path):

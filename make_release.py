@@ -107,13 +107,15 @@ def released_outputs(model, images: torch.Tensor, processor, batch_size: int) ->
     return torch.cat(probs).numpy(), torch.cat(unfamiliarity).numpy()
 
 
-def shift_notumor_logit(model, held_logits: torch.Tensor, labels: np.ndarray, notumor: int, args) -> float:
+def shift_notumor_logit(
+    model, held_logits: torch.Tensor, labels: np.ndarray, notumor: int, false_alarms: float
+) -> float:
     """Add the operating point's offset to the classifier's notumor bias, as the float16 release will store it,
     and to the held-out logits; returns the offset applied."""
     if not (labels == notumor).any():
         raise UsageError("--healthy-false-alarms: the held-out fold has no healthy slices to set it on")
     bias = model.classifier[-1].bias.data
-    wanted = float(bias[notumor]) + notumor_offset(held_logits, labels, notumor, args.healthy_false_alarms)
+    wanted = float(bias[notumor]) + notumor_offset(held_logits, labels, notumor, false_alarms)
     stored = np.float16(wanted)
     if float(stored) < wanted:  # round up: never more false alarms than asked for
         stored = np.nextafter(stored, np.float16(np.inf))
@@ -152,6 +154,8 @@ def make_release(args: argparse.Namespace) -> dict:
     processor = BrainResNetImageProcessor.from_pretrained(args.model)
     class_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     external = {folder: external_files(folder, class_names) for folder in args.external}  # checked before the work
+    if args.healthy_false_alarms is not None and NOTUMOR not in class_names:
+        raise UsageError(f"--healthy-false-alarms: the model has no {NOTUMOR!r} class")
     summary = read_json(args.summary) if args.summary is not None else None
     if args.summary is not None and "protocols" not in (summary or {}):
         raise UsageError(f"--summary {args.summary}: no such `evaluation.py summary` output")
@@ -168,9 +172,8 @@ def make_release(args: argparse.Namespace) -> dict:
     _, train_features = logits_and_features(model, images[training], processor, args.batch_size)
     trained_logits = held_logits.clone()  # before any operating point: the "as trained" scores
     if args.healthy_false_alarms is not None:
-        if NOTUMOR not in class_names:
-            raise UsageError(f"--healthy-false-alarms: the model has no {NOTUMOR!r} class")
-        offset = shift_notumor_logit(model, held_logits, labels[held_out], class_names.index(NOTUMOR), args)
+        notumor = class_names.index(NOTUMOR)
+        offset = shift_notumor_logit(model, held_logits, labels[held_out], notumor, args.healthy_false_alarms)
         model.config.training_info = model.config.training_info | {
             "operating_point": {"healthy_false_alarms": args.healthy_false_alarms, "notumor_logit_offset": offset}
         }

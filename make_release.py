@@ -174,8 +174,10 @@ def make_release(args: argparse.Namespace) -> dict:
     if args.healthy_false_alarms is not None:
         notumor = class_names.index(NOTUMOR)
         offset = shift_notumor_logit(model, held_logits, labels[held_out], notumor, args.healthy_false_alarms)
-        model.config.training_info = model.config.training_info | {
-            "operating_point": {"healthy_false_alarms": args.healthy_false_alarms, "notumor_logit_offset": offset}
+        at_point = float(np.mean(held_logits.argmax(dim=1).numpy() == labels[held_out]))
+        model.config.training_info = model.config.training_info | {  # `accuracy` stays train.py's, as trained
+            "operating_point": {"healthy_false_alarms": args.healthy_false_alarms, "notumor_logit_offset": offset},
+            "accuracy_at_operating_point": at_point,
         }
     temperature = fit_temperature(held_logits, torch.from_numpy(labels[held_out]))
     means, precision = fit_familiarity(train_features, labels[training], model.config.num_labels)

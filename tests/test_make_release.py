@@ -81,6 +81,8 @@ def test_operating_point_is_set_on_held_out_healthy_slices_and_shipped_in_the_we
 
     assert point["held_out_healthy_called_tumor"] <= 0.2  # measured on the reloaded release: 5 healthy slices
     assert model.config.training_info["operating_point"]["notumor_logit_offset"] == point["notumor_logit_offset"]
+    at_point = model.config.training_info["accuracy_at_operating_point"]  # what the Space shows beside `accuracy`
+    assert at_point == pytest.approx(shifted["held_out_scores"]["accuracy"], abs=0.051)  # 20 slices: one may tie
     bias, plain_bias = model.classifier[-1].bias.detach(), plain.classifier[-1].bias.detach()
     assert float(bias[notumor] - plain_bias[notumor]) == pytest.approx(point["notumor_logit_offset"], abs=1e-6)
     assert torch.equal(torch.cat([bias[:notumor], bias[notumor + 1 :]]),

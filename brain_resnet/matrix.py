@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +69,7 @@ def plan_jobs(
     release_fold: int | None,
     train_arguments: list[str],
     workers: int,
-    release_arguments: list[str] = (),
+    release_arguments: Sequence[str] = (),
 ) -> list[Job]:
     """The release candidate first (the improved model, grouped protocol, every source, one fold held out for its
     calibration, `release_arguments` after the common ones), then every fold of each run in `specs` order, fold by

@@ -156,6 +156,7 @@ def make_release(args: argparse.Namespace) -> dict:
     external = {folder: external_files(folder, class_names) for folder in args.external}  # checked before the work
     if args.healthy_false_alarms is not None and NOTUMOR not in class_names:
         raise UsageError(f"--healthy-false-alarms: the model has no {NOTUMOR!r} class")
+    notumor = class_names.index(NOTUMOR) if args.healthy_false_alarms is not None else None
     summary = read_json(args.summary) if args.summary is not None else None
     if args.summary is not None and "protocols" not in (summary or {}):
         raise UsageError(f"--summary {args.summary}: no such `evaluation.py summary` output")
@@ -172,7 +173,6 @@ def make_release(args: argparse.Namespace) -> dict:
     _, train_features = logits_and_features(model, images[training], processor, args.batch_size)
     trained_logits = held_logits.clone()  # before any operating point: the "as trained" scores
     if args.healthy_false_alarms is not None:
-        notumor = class_names.index(NOTUMOR)
         offset = shift_notumor_logit(model, held_logits, labels[held_out], notumor, args.healthy_false_alarms)
         at_point = float(np.mean(held_logits.argmax(dim=1).numpy() == labels[held_out]))
         model.config.training_info = model.config.training_info | {  # `accuracy` stays train.py's, as trained
@@ -220,7 +220,6 @@ def make_release(args: argparse.Namespace) -> dict:
             "external": {},
         }
         if args.healthy_false_alarms is not None:
-            notumor = class_names.index(NOTUMOR)
             healthy = labels[held_out] == notumor
             report["operating_point"] = model.config.training_info["operating_point"] | {
                 "held_out_healthy_called_tumor": float(np.mean(probs[healthy].argmax(axis=1) != notumor))

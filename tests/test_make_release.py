@@ -74,7 +74,8 @@ def test_operating_point_is_set_on_held_out_healthy_slices_and_shipped_in_the_we
     out, report = tmp_path / "release", tmp_path / "release.json"
     argv = [str(run / "fold-0"), "--output", str(out), "--report", str(report), "--healthy-false-alarms", "0.2"]
     assert make_release.main(argv) == 0
-    shifted, point = json.loads(report.read_text()), json.loads(report.read_text())["operating_point"]
+    shifted = json.loads(report.read_text())
+    point = shifted["operating_point"]
     plain = AutoModelForImageClassification.from_pretrained(release[0], trust_remote_code=True)
     model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
     notumor = model.config.label2id["notumor"]

@@ -37,7 +37,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForImageClassification
 
 from brain_resnet.calibration import (
+    CROSS_FIT_REPEATS,
     UNFAMILIAR_QUANTILE,
+    cross_fitted_scores,
     expected_calibration_error,
     fit_familiarity,
     fit_temperature,
@@ -125,6 +127,15 @@ def shift_notumor_logit(
     return offset
 
 
+def shown_path(path: str) -> str:
+    """A dataset path as the report shows it: relative to the working directory when inside it (train.py stores
+    it resolved), so that the report names no machine's folders."""
+    try:
+        return Path(path).relative_to(Path.cwd()).as_posix()
+    except ValueError:  # elsewhere, or a Hub id
+        return path
+
+
 def held_out_scores(probs: np.ndarray, labels: np.ndarray, unfamiliarity: np.ndarray) -> dict:
     return {
         "slices": int(len(labels)),
@@ -156,7 +167,7 @@ def make_release(args: argparse.Namespace) -> dict:
     external = {folder: external_files(folder, class_names) for folder in args.external}  # checked before the work
     if args.healthy_false_alarms is not None and NOTUMOR not in class_names:
         raise UsageError(f"--healthy-false-alarms: the model has no {NOTUMOR!r} class")
-    notumor = class_names.index(NOTUMOR) if args.healthy_false_alarms is not None else None
+    notumor = class_names.index(NOTUMOR) if NOTUMOR in class_names else None
     summary = read_json(args.summary) if args.summary is not None else None
     if args.summary is not None and "protocols" not in (summary or {}):
         raise UsageError(f"--summary {args.summary}: no such `evaluation.py summary` output")
@@ -184,6 +195,9 @@ def make_release(args: argparse.Namespace) -> dict:
     model.set_familiarity(means.half().float(), precision.half().float(), threshold=1.0)  # set from distances next
     distances = model.familiarity_distance(torch.from_numpy(held_features)).numpy()
     model.config.familiarity_threshold = unfamiliar_threshold(distances)
+    cross_fitted = cross_fitted_scores(
+        trained_logits, distances, labels[held_out], table.groups[held_out], notumor, args.healthy_false_alarms
+    )
     model.config.calibration_temperature = temperature
     model.config.training_info = model.config.training_info | {
         "calibrated_on": f"fold {fold} (held out)",
@@ -206,7 +220,7 @@ def make_release(args: argparse.Namespace) -> dict:
             "model": str(args.model),
             "run_command": saved["command"],
             "training_device": results["folds"][str(fold)]["device"],
-            "dataset": settings["dataset"],
+            "dataset": shown_path(settings["dataset"]),
             "held_out": f"fold {fold} ({settings['protocol']} protocol)",
             "training_slices": int(training.sum()),
             "calibration_temperature": temperature,
@@ -217,6 +231,7 @@ def make_release(args: argparse.Namespace) -> dict:
                 "log_loss": float(F.cross_entropy(trained_logits, torch.from_numpy(labels[held_out]))),
                 "calibration_error": expected_calibration_error(uncalibrated, labels[held_out]),
             },
+            "held_out_scores_cross_fitted": cross_fitted | {"repeats": CROSS_FIT_REPEATS},
             "external": {},
         }
         if args.healthy_false_alarms is not None:
@@ -277,6 +292,13 @@ def print_report(report: dict) -> None:
             f"{point['held_out_healthy_called_tumor']:.1%} of held-out healthy slices called a tumor "
             f"(asked for at most {point['healthy_false_alarms']:.1%}); accuracy as trained {before['accuracy']:.4f}"
         )
+    crossed = report["held_out_scores_cross_fitted"]
+    print(
+        "cross-fitted (fitted on one half of the fold, scored on the other): "
+        + ", ".join(
+            f"{key} {value['mean']:.4f} ± {value['std']:.4f}" for key, value in crossed.items() if key != "repeats"
+        )
+    )
     for name, metrics in report["external"].items():
         shown = ", ".join(
             f"{key} {metrics[key]:.4f}"

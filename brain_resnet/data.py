@@ -34,6 +34,7 @@ class Table:
     folds: np.ndarray
     sources: list[str] | None
     class_names: list[str]
+    groups: np.ndarray  # near-duplicate group of each row; each row its own where the dataset has no group column
 
 
 def read_splits(dataset: str) -> tuple[dict[str, dict[str, list]], list[str] | None]:
@@ -142,6 +143,7 @@ def load_table(dataset: str, protocol: str, with_test: bool, sources: list[str] 
     fold_column = FOLD_COLUMNS[protocol]
     folds = np.asarray(train[fold_column]) if fold_column in train else make_folds(train, labels, protocol)
     images, row_sources = list(train["image"]), train.get("source")
+    groups = np.asarray(train["group"]) if "group" in train else np.arange(len(labels))
     test = splits.get("test")
     if with_test and test is not None and "image" in test and "label" in test:
         test_labels, _ = label_indices(test["label"], class_names)
@@ -149,9 +151,10 @@ def load_table(dataset: str, protocol: str, with_test: bool, sources: list[str] 
         labels = np.concatenate([labels, test_labels])
         folds = np.concatenate([folds, np.full(len(test_labels), NO_FOLD)])
         row_sources = row_sources + test["source"] if row_sources is not None and "source" in test else None
+        groups = np.concatenate([groups, groups.max(initial=-1) + 1 + np.arange(len(test_labels))])
     if folds.max(initial=NO_FOLD) < 1:
         raise UsageError(f"dataset {dataset!r}: column {fold_column} holds fewer than 2 folds")
-    return Table(images, labels, folds, row_sources, class_names)
+    return Table(images, labels, folds, row_sources, class_names, groups)
 
 
 def balanced_weights(sources: list[str]) -> torch.Tensor:

@@ -189,13 +189,15 @@ def check_hash(image: Image.Image, hash_size: int = HASH_SIZE) -> bytes:
     return np.packbits(pixels > pixels.mean()).tobytes()
 
 
-def split_look_alikes(keys: Sequence[Hashable], fold: Sequence[int]) -> tuple[int, int]:
-    """(sets split across folds, sets) among the sets of 2+ images with one key (``check_hash``)."""
-    folds_of: dict[Hashable, list[int]] = {}
-    for key, k in zip(keys, fold, strict=True):
-        folds_of.setdefault(key, []).append(k)
-    sets = [set(ks) for ks in folds_of.values() if len(ks) > 1]
-    return sum(len(ks) > 1 for ks in sets), len(sets)
+def split_look_alikes(keys: Sequence[Hashable], fold: Sequence[int]) -> tuple[list[list[int]], int]:
+    """Among the sets of 2+ images with one key (``check_hash``): those whose images fall in different folds, as
+    lists of positions, and how many sets there are."""
+    members: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    sets = [positions for positions in members.values() if len(positions) > 1]
+    fold = np.asarray(fold)
+    return [positions for positions in sets if len(set(fold[positions].tolist())) > 1], len(sets)
 
 
 def assign_folds(

@@ -291,8 +291,16 @@ def release_markdown(report: dict) -> str:
         f"| {before['calibration_error']:.4f} | – |",
         f"| released ({released}) | {scores['accuracy']:.4f} | "
         f"{scores['log_loss']:.4f} | {scores['calibration_error']:.4f} | {scores['unfamiliar']:.1%} |",
-        "",
     ]
+    crossed = report.get("held_out_scores_cross_fitted")
+    if crossed:
+        shown = [f"{crossed[key]['mean']:.4f} ± {crossed[key]['std']:.4f}" for key in ("accuracy", "log_loss")]
+        shown += [
+            f"{crossed['calibration_error']['mean']:.4f} ± {crossed['calibration_error']['std']:.4f}",
+            f"{crossed['unfamiliar']['mean']:.1%} ± {crossed['unfamiliar']['std']:.1%}",
+        ]
+        lines.append(f"| released, fitted on the other half (cross-fitted) | {' | '.join(shown)} |")
+    lines.append("")
     if point:
         lines += [
             f"The operating point was set on these slices' healthy ones: the notumor logit is shifted by "
@@ -309,6 +317,20 @@ def release_markdown(report: dict) -> str:
         "accuracy.",
         "",
     ]
+    if crossed:
+        lines += [
+            f"The cross-fitted row measures them out of sample: the slices split in two halves (classes stratified, "
+            f"near-duplicate groups kept whole), {'the operating point, ' if point else ''}the temperature and the "
+            f"threshold fitted on one half and scored on the other, both ways round, mean ± std over "
+            f"{crossed['repeats']} random halvings.",
+        ]
+        if point and "healthy_called_tumor" in crossed:
+            lines[-1] += (
+                f" So fitted, the operating point called {crossed['healthy_called_tumor']['mean']:.1%} of healthy "
+                f"slices a tumor (asked: at most {point['healthy_false_alarms']:.0%}) and "
+                f"{crossed['tumors_called_notumor']['mean']:.1%} of tumor slices healthy."
+            )
+        lines.append("")
     if by_source := report.get("held_out_by_source"):
         lines += [
             "The same held-out slices by source:",

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForImageClassification
 
 from brain_resnet.calibration import (
+    cross_fitted_scores,
     expected_calibration_error,
     fit_familiarity,
     fit_temperature,
@@ -41,6 +42,24 @@ def test_notumor_offset_sets_the_share_of_healthy_slices_called_a_tumor():
         assert false_alarms(offset - 0.002) > share * 100  # the smallest such offset: no sensitivity given away
     logits[labels == notumor, notumor] += 5.0  # a model that calls almost none: the offset lets it find more tumors
     assert notumor_offset(logits, labels, notumor, 0.2) < 0
+
+
+def test_cross_fitted_scores_score_each_half_with_what_the_other_half_fitted():
+    generator = torch.Generator().manual_seed(0)
+    labels, notumor = np.arange(2000) % 4, 2
+    logits = torch.randn(2000, 4, generator=generator) * 3
+    logits[np.arange(2000), labels] += 2.0  # a fair classifier
+    distances = np.random.default_rng(0).exponential(size=2000)
+    groups = np.arange(2000) // 2  # pairs of near-duplicates
+
+    plain = cross_fitted_scores(logits, distances, labels, groups, notumor)
+    # The temperature never changes the top class; each half's threshold flags about 5% of the other half.
+    assert plain["accuracy"]["mean"] == pytest.approx(float(np.mean(logits.argmax(dim=1).numpy() == labels)))
+    assert plain["unfamiliar"]["mean"] == pytest.approx(0.05, abs=0.01)
+    assert plain["healthy_called_tumor"]["mean"] > 0.1
+    shifted = cross_fitted_scores(logits, distances, labels, groups, notumor, false_alarms=0.03)
+    assert shifted["healthy_called_tumor"]["mean"] == pytest.approx(0.03, abs=0.015)  # out of sample: near, not <=
+    assert shifted["tumors_called_notumor"]["mean"] > plain["tumors_called_notumor"]["mean"]
 
 
 def test_calibration_error_of_known_cases():

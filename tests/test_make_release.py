@@ -63,11 +63,15 @@ def test_report_measures_the_released_model(release, run):  # noqa: F811
     split = [other[key] for key in ("accuracy_familiar", "accuracy_unfamiliar") if other[key] is not None]
     assert split and all(0 <= value <= 1 for value in split)
     assert report["training_device"] == "cpu" and report["command"].startswith("python make_release.py")
+    crossed = report["held_out_scores_cross_fitted"]  # each half scored with what the other half fitted
+    assert crossed["accuracy"]["mean"] == pytest.approx(report["held_out_scores_uncalibrated"]["accuracy"])
+    assert set(crossed) >= {"log_loss", "calibration_error", "unfamiliar", "healthy_called_tumor"}
 
     card = (out / "README.md").read_text()
     assert "interim weights, trained on a CPU" in card
     assert f"| other-source | {other['slices']} |" in card
     assert f"{held_out['accuracy']:.4f}" in card and "fold 0's model" in card
+    assert f"| released, fitted on the other half (cross-fitted) | {crossed['accuracy']['mean']:.4f} ± " in card
 
 
 def test_operating_point_is_set_on_held_out_healthy_slices_and_shipped_in_the_weights(release, run, tmp_path):  # noqa: F811
@@ -89,7 +93,10 @@ def test_operating_point_is_set_on_held_out_healthy_slices_and_shipped_in_the_we
     assert torch.equal(torch.cat([bias[:notumor], bias[notumor + 1 :]]),
                        torch.cat([plain_bias[:notumor], plain_bias[notumor + 1 :]]))  # fmt: skip
     assert shifted["held_out_scores_uncalibrated"]["accuracy"] == release[1]["held_out_scores"]["accuracy"]
-    assert "The operating point was set on these slices' healthy ones" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "The operating point was set on these slices' healthy ones" in card
+    crossed = shifted["held_out_scores_cross_fitted"]  # the offset fitted on one half, scored on the other
+    assert f"So fitted, the operating point called {crossed['healthy_called_tumor']['mean']:.1%}" in card
 
 
 def test_what_is_not_a_fold_of_a_finished_run_is_refused_and_nothing_is_written(run, tmp_path, capsys):  # noqa: F811

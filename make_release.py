@@ -44,6 +44,7 @@ from brain_resnet.calibration import (
     fit_familiarity,
     fit_temperature,
     notumor_offset,
+    storable_precision,
     unfamiliar_threshold,
 )
 from brain_resnet.cli import UsageError, number
@@ -192,6 +193,7 @@ def make_release(args: argparse.Namespace) -> dict:
         }
     temperature = fit_temperature(held_logits, torch.from_numpy(labels[held_out]))
     means, precision = fit_familiarity(train_features, labels[training], model.config.num_labels)
+    precision = storable_precision(precision)
     model.set_familiarity(means.half().float(), precision.half().float(), threshold=1.0)  # set from distances next
     distances = model.familiarity_distance(torch.from_numpy(held_features)).numpy()
     model.config.familiarity_threshold = unfamiliar_threshold(distances)

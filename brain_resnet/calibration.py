@@ -16,12 +16,16 @@ All three are fitted on the very slices the release is then scored on, which fla
 `cross_fitted_scores` measures them on slices they were not fitted on.
 """
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 
 UNFAMILIAR_QUANTILE = 0.95  # at most 5% of held-out slices like the training data are called unfamiliar
+# Largest entry of a precision matrix that float16 storage is given: below its largest value (65504).
+FLOAT16_STORABLE = 2.0**15
 CROSS_FIT_REPEATS = 5  # random halvings of the held-out fold that cross_fitted_scores averages over
 
 
@@ -59,6 +63,19 @@ def fit_familiarity(features: np.ndarray, labels: np.ndarray, num_labels: int) -
     means = np.stack([features[labels == label].mean(axis=0) for label in range(num_labels)])
     precision = LedoitWolf(assume_centered=True).fit(features - means[labels]).precision_
     return torch.from_numpy(means).float(), torch.from_numpy(precision).float()
+
+
+def storable_precision(precision: torch.Tensor) -> torch.Tensor:
+    """The precision matrix divided by a power of two until float16, the release's storage, holds it.
+
+    A barely trained model's features vary little, so their precision can exceed float16's range (inf, then a NaN
+    threshold). Unfamiliarity is a ratio of distances (a slice's over the threshold, set from held-out slices'
+    distances under the same matrix), so the scale cancels out; a power of two changes no stored digit.
+    """
+    largest = float(precision.abs().max())
+    if largest <= FLOAT16_STORABLE:
+        return precision
+    return precision / 2.0 ** math.ceil(math.log2(largest / FLOAT16_STORABLE))
 
 
 def unfamiliar_threshold(held_out_distances: np.ndarray, quantile: float = UNFAMILIAR_QUANTILE) -> float:

@@ -1,6 +1,8 @@
 """Calibrated probabilities and the unfamiliar-image detector: the fitting (brain_resnet.calibration) and what the
 model carries and returns (modeling)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from brain_resnet.calibration import (
     fit_familiarity,
     fit_temperature,
     notumor_offset,
+    storable_precision,
     unfamiliar_threshold,
 )
 from modeling import BrainResNetConfig, BrainResNetForImageClassification
@@ -60,6 +63,25 @@ def test_cross_fitted_scores_score_each_half_with_what_the_other_half_fitted():
     shifted = cross_fitted_scores(logits, distances, labels, groups, notumor, false_alarms=0.03)
     assert shifted["healthy_called_tumor"]["mean"] == pytest.approx(0.03, abs=0.015)  # out of sample: near, not <=
     assert shifted["tumors_called_notumor"]["mean"] > plain["tumors_called_notumor"]["mean"]
+
+
+def test_a_precision_beyond_float16_is_scaled_so_that_the_release_stores_it_and_unfamiliarity_is_unchanged():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(200, 8, generator=generator) * 1e-3  # a barely trained model: features that vary little
+    precision = torch.linalg.inv(torch.cov(features.T))
+    assert not torch.isfinite(precision.half()).all()  # as it was, float16 storage turned it into inf
+
+    stored = storable_precision(precision)
+    assert torch.isfinite(stored.half()).all()
+    assert math.log2(float(precision[0, 0] / stored[0, 0])).is_integer()  # a power of two: no digit lost
+
+    def unfamiliarity(matrix: torch.Tensor) -> torch.Tensor:
+        distances = ((features @ matrix) * features).sum(dim=1)
+        return distances / torch.quantile(distances, 0.95)
+
+    assert torch.allclose(unfamiliarity(stored.half().float()), unfamiliarity(precision), rtol=1e-2)
+    small = torch.eye(8) * 3
+    assert storable_precision(small) is small  # what float16 holds is left as it is
 
 
 def test_calibration_error_of_known_cases():

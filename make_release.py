@@ -20,7 +20,8 @@ error before and after, the share of held-out slices called unfamiliar, the held
 multi-source dataset), and for each --external folder (one folder per class, as `evaluation.py external` reads
 them) the accuracy, the tumor slices found, the healthy slices called notumor and the share called unfamiliar. The
 numbers go into the model card and into --report; --summary adds `evaluation.py summary`'s cross-validation table
-to the card.
+to the card. Since those fitted outputs are scored on the slices they were fitted on, the report also cross-fits
+them (`held_out_scores_cross_fitted`): fitted on one half of the fold and scored on the other, both ways round.
 """
 
 import argparse

@@ -9,11 +9,12 @@
 #     without and with the two augmentations against the source shortcut (--paste-prob 0.3 --mirror-prob 0.5),
 #     then scored on sartaj (evaluation.py external, README's found-at-false-alarms snippet).
 # The bench call times train.py's step, eager, improved model against ResNet34 in one process, then 4 processes.
-# EPOCHS, SIZE, SIZE_PAPER and LIMIT (seconds of training) are for a rehearsal on the CPU with tiny settings.
+# EPOCHS, SIZE, SIZE_PAPER, LIMIT (seconds of training) and MATRIX_TIMEOUT (seconds for the 224 px matrix with its
+# evaluations) are for a rehearsal on the CPU with tiny settings.
 set -u
 OUT=${1:?give the folder for what comes back}
 MODE=${2:-main}
-EPOCHS=${EPOCHS:-60} SIZE=${SIZE:-128} SIZE_PAPER=${SIZE_PAPER:-224} LIMIT=${LIMIT:-400}
+EPOCHS=${EPOCHS:-60} SIZE=${SIZE:-128} SIZE_PAPER=${SIZE_PAPER:-224} LIMIT=${LIMIT:-400} MATRIX_TIMEOUT=${MATRIX_TIMEOUT:-530}
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
 R=results/gpu-5 RUNS=runs/gpu-5
 mkdir -p "$R" "$RUNS" "$OUT"
@@ -37,7 +38,7 @@ fi
 nvidia-cuda-mps-control -d 2>/dev/null && log "CUDA MPS on"
 nvidia-smi dmon -s um -d 5 >"$R/gpu-utilisation.txt" 2>&1 &
 dmon=$!
-timeout $((LIMIT + 150)) python3 run_matrix.py --dataset data/all-sources --sources figshare,br35h \
+timeout "$MATRIX_TIMEOUT" python3 run_matrix.py --dataset data/all-sources --sources figshare,br35h \
     --external data/brain-tumor-mri-sartaj --runs random:resnet34 --processes 5 --time-limit "$LIMIT" --no-release \
     --output-dir runs/gpu-224 --results "$R/paper-224" -- --epochs "$EPOCHS" --image-size "$SIZE_PAPER" \
     --batch-size 128 --lr 2e-3 --save-every "$EPOCHS" --no-compile >"$R/matrix-224.log" 2>&1 &

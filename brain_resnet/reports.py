@@ -294,11 +294,9 @@ def release_markdown(report: dict) -> str:
     ]
     crossed = report.get("held_out_scores_cross_fitted")
     if crossed:
-        shown = [f"{crossed[key]['mean']:.4f} ± {crossed[key]['std']:.4f}" for key in ("accuracy", "log_loss")]
-        shown += [
-            f"{crossed['calibration_error']['mean']:.4f} ± {crossed['calibration_error']['std']:.4f}",
-            f"{crossed['unfamiliar']['mean']:.1%} ± {crossed['unfamiliar']['std']:.1%}",
-        ]
+        keys = ("accuracy", "log_loss", "calibration_error")
+        shown = [f"{crossed[key]['mean']:.4f} ± {crossed[key]['std']:.4f}" for key in keys]
+        shown.append(f"{crossed['unfamiliar']['mean']:.1%} ± {crossed['unfamiliar']['std']:.1%}")
         lines.append(f"| released, fitted on the other half (cross-fitted) | {' | '.join(shown)} |")
     lines.append("")
     if point:

@@ -66,6 +66,7 @@ from brain_resnet.engine import (
     train_epoch,
 )
 from brain_resnet.folds import FOLD_COLUMNS
+from brain_resnet.group_dro import GroupWeights
 from brain_resnet.hub import publish, save_model_folder
 from brain_resnet.metrics import classification_metrics, eval_record, fold_timing, summarize
 from brain_resnet.modeling import VARIANTS, BrainResNetForImageClassification, BrainResNetImageProcessor
@@ -179,6 +180,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="weight of a penalty on how far apart the sources' mean pooled features lie within each class of a "
         "batch, so that a source seen with one class only stops meaning that class (brain_resnet/alignment.py). "
         "Needs a `source` column (0: off)",
+    )
+    parser.add_argument(
+        "--group-dro",
+        metavar="STEP",
+        type=number(float, 0),
+        default=0.0,
+        help="train with online group DRO over the (class, source) cells, the adversary's step size STEP (0.01 in "
+        "the paper; brain_resnet/group_dro.py): the loss weighs most the cell the model does worst on, however "
+        "few its slices. Needs a `source` column (0: off)",
     )
     parser.add_argument("--seed", type=number(int, 0), default=42, help="of weights, batches and augmentation")
     parser.add_argument(
@@ -306,8 +316,8 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
         )
         if args.mirror_prob or args.paste_prob:
             data.find_tumour_sides()
-        if args.match_sources:
-            data.find_source_ids()
+        if args.match_sources or args.group_dro:
+            data.find_source_ids("--match-sources" if args.match_sources else "--group-dro")
         accelerator.print(
             f"{len(table.labels):,} images decoded in {time.perf_counter() - started:.1f} s; training "
             f"{', '.join(fold_name(f) for f in pending)} on {device_name(accelerator)} x {accelerator.num_processes} "
@@ -351,10 +361,17 @@ def train_fold(
     total_steps = steps_per_epoch * args.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(args.warmup * total_steps), total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    group_weights = None
+    if args.group_dro:
+        cells = data.labels[train_rows] * data.num_sources + data.source_ids[train_rows]
+        present = torch.bincount(cells, minlength=len(table.class_names) * data.num_sources) > 0
+        group_weights = GroupWeights(present, args.group_dro)
     start_epoch = 0
     if (checkpoint := latest_checkpoint(fold_dir)) is not None:
         start_epoch = checkpoint[0]
         accelerator.load_state(str(checkpoint[1]))
+        if group_weights is not None:
+            group_weights.load_state_dict(read_json(checkpoint[1] / "progress.json")["group_weights"])
         accelerator.print(f"{fold_name(fold)}: resuming after epoch {start_epoch}")
     # Only training is compiled: evaluation is a tenth of the work, not worth a second (no-grad) compilation.
     # Folds after the first reuse the first one's compiled code, new parameters as graph inputs (CUDA graphs are
@@ -389,21 +406,25 @@ def train_fold(
         np.random.seed(derive_seed(args.seed, fold, epoch, "augment", accelerator.process_index))
         record = {"fold": fold, "epoch": epoch + 1, "epochs": args.epochs}
         record |= train_epoch(
-            train_forward, model, optimizer, scheduler, accelerator, data, train_rows, order, args, processor
+            train_forward, model, optimizer, scheduler, accelerator, data, train_rows, order, args, processor,
+            group_weights,
         )
+        if group_weights is not None:
+            record["group_weights"] = group_weights.state_dict()["weights"]
         if len(eval_rows):
             logits = predict(eval_forward, model, accelerator, data.eval_images, eval_rows, eval_batch, processor)
             record |= eval_record(logits, eval_labels)
         last = epoch + 1 == args.epochs
         stopping = not last and stop.requested(accelerator)
         if not last and ((epoch + 1) % args.save_every == 0 or stopping):
-            save_checkpoint(accelerator, fold_dir, fold, epoch + 1)
+            extra = None if group_weights is None else {"group_weights": group_weights.state_dict()}
+            save_checkpoint(accelerator, fold_dir, fold, epoch + 1, extra)
         record["epoch_seconds"] = time.perf_counter() - epoch_started
         if main:
             append_jsonl(out / "log.jsonl", record)
             if writer is not None:
                 for name, value in record.items():
-                    if name not in ("fold", "epoch", "epochs"):
+                    if name not in ("fold", "epoch", "epochs", "group_weights"):
                         writer.add_scalar(name, value, epoch + 1)
         bar.update()
         bar.set_postfix(

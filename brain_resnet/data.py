@@ -228,15 +228,15 @@ class DeviceData:
     # other rows), and the label of healthy slices
     tumour_sides: torch.Tensor | None = None
     healthy_label: int | None = None
-    # train.py --match-sources: each row's source as 0, 1, ... and how many sources there are
+    # train.py --match-sources and --group-dro: each row's source as 0, 1, ... and how many sources there are
     source_ids: torch.Tensor | None = None
     num_sources: int = 0
 
-    def find_source_ids(self) -> None:
-        """Number the rows' sources (train.py --match-sources)."""
+    def find_source_ids(self, option: str) -> None:
+        """Number the rows' sources (for train.py's `option`, named in the error)."""
         names = sorted(set(self.table.sources or ()))
         if len(names) < 2:
-            raise UsageError(f"--match-sources needs a `source` column naming 2 or more sources; found {names}")
+            raise UsageError(f"{option} needs a `source` column naming 2 or more sources; found {names}")
         self.source_ids = torch.from_numpy(np.searchsorted(names, self.table.sources)).to(self.labels.device)
         self.num_sources = len(names)
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from .alignment import source_mean_gap
+from .group_dro import GroupWeights
 from .augment import augment, mirror_hemispheres, paste_lesions
 from .cli import UsageError
 from .modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
@@ -109,25 +110,43 @@ def logits_and_features_function(model: torch.nn.Module, device: torch.device, b
     return logits_and_features
 
 
-def train_step(forward, optimizer, scheduler, accelerator, images, labels, args, processor, sides=None, sources=None):
+def train_step(
+    forward,
+    optimizer,
+    scheduler,
+    accelerator,
+    images,
+    labels,
+    args,
+    processor,
+    sides=None,
+    sources=None,
+    group_weights: GroupWeights | None = None,
+):
     """One optimisation step on cached uint8 slices; returns loss and correct count as device tensors (no sync).
 
     `sides`: (the tumour sides of these slices, the healthy label) for args.paste_prob and args.mirror_prob.
     `sources`: (the slices' source ids, the number of sources) for args.match_sources, whose `forward` is a
-    logits_and_features_function.
+    logits_and_features_function, and for `group_weights` (args.group_dro), whose groups are the rows' (class,
+    source) cells.
     """
+    groups = None if group_weights is None else labels * sources[1] + sources[0]  # before pasting relabels
     if sides is not None and args.paste_prob:
         images, labels = paste_lesions(images, labels, *sides, args.paste_prob)
     if sides is not None and args.mirror_prob:
         images, labels = mirror_hemispheres(images, labels, *sides, args.mirror_prob)
     pixel_values = model_input(augment(images, args.image_size, args.remap_prob), processor)
-    if sources is None:
-        logits, alignment = forward(pixel_values), 0.0
-    else:
+    if args.match_sources:
         logits, features = forward(pixel_values)
         gap = source_mean_gap(features, labels, sources[0], logits.shape[1], sources[1])
         alignment = args.match_sources * gap
-    loss = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing) + alignment
+    else:
+        logits, alignment = forward(pixel_values), 0.0
+    per_slice = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing, reduction="none")
+    if group_weights is None:
+        loss = per_slice.mean() + alignment
+    else:
+        loss = group_weights.loss(per_slice, groups, lambda totals: accelerator.reduce(totals, "sum")) + alignment
     accelerator.backward(loss)
     optimizer.step()
     scheduler.step()
@@ -135,7 +154,9 @@ def train_step(forward, optimizer, scheduler, accelerator, images, labels, args,
     return loss.detach(), (logits.argmax(dim=1) == labels).sum()
 
 
-def train_epoch(forward, model, optimizer, scheduler, accelerator, data, train_rows, order, args, processor):
+def train_epoch(
+    forward, model, optimizer, scheduler, accelerator, data, train_rows, order, args, processor, group_weights=None
+):
     """One pass over `train_rows` in `order` (the same permutation on every process, each taking its share)."""
     model.train()
     processes, rank = accelerator.num_processes, accelerator.process_index
@@ -160,6 +181,7 @@ def train_epoch(forward, model, optimizer, scheduler, accelerator, data, train_r
             processor,
             sides,
             sources,
+            group_weights,
         )
         loss_sum += loss
         correct += hits
@@ -205,12 +227,13 @@ def latest_checkpoint(fold_dir: Path) -> tuple[int, Path] | None:
     return max(complete) if complete else None
 
 
-def save_checkpoint(accelerator: Accelerator, fold_dir: Path, fold, epoch: int) -> None:
+def save_checkpoint(accelerator: Accelerator, fold_dir: Path, fold, epoch: int, extra: dict | None = None) -> None:
+    """Save the training state; `extra`: more state (JSON) kept in the checkpoint's progress.json."""
     path = fold_dir / "checkpoints" / f"epoch-{epoch:04d}"
     accelerator.save_state(str(path))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json(path / "progress.json", {"fold": fold, "epoch": epoch})
+        write_json(path / "progress.json", {"fold": fold, "epoch": epoch, **(extra or {})})
         for older in (fold_dir / "checkpoints").glob("epoch-*"):
             if older != path:
                 shutil.rmtree(older)

@@ -29,6 +29,7 @@ RUN_SETTINGS = (
     "paste_prob",
     "balance_sources",
     "match_sources",
+    "group_dro",
     "seed",
     "mixed_precision",
 )

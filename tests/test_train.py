@@ -32,6 +32,7 @@ from brain_resnet.augment import (
     tumour_sides,
 )
 from brain_resnet.cli import UsageError
+from brain_resnet.group_dro import GroupWeights
 from brain_resnet.modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -621,6 +622,67 @@ def test_match_sources_trains_on_the_source_column_and_refuses_a_dataset_of_one_
         capsys.readouterr().err
     )
 
+
+
+def test_group_weights_climb_towards_the_worst_cell_and_leave_empty_cells_out():
+    weights = GroupWeights(torch.tensor([True, True, False, True]), step_size=0.5)
+    per_slice = torch.tensor([0.2, 0.4, 1.5, 0.3], requires_grad=True)
+    groups = torch.tensor([0, 0, 1, 3])
+    loss = weights.loss(per_slice, groups)
+    # One exponentiated-gradient step from uniform thirds: cell means 0.3, 1.5, 0.3; cell 2 has no rows.
+    expected = torch.tensor([1.0, np.exp(0.5 * 1.2), 0.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(weights.weights, expected / expected.sum())
+    loss.backward()
+    share = weights.weights.float()
+    # d loss / d slice = its cell's weight / the cell's slices in the batch
+    torch.testing.assert_close(per_slice.grad, torch.stack([share[0] / 2, share[0] / 2, share[1], share[3]]))
+    for _ in range(30):
+        weights.loss(per_slice.detach(), groups)
+    assert weights.weights[1] > 0.99 and weights.weights[2] == 0
+
+
+def test_group_weights_move_alike_on_every_process_and_round_trip():
+    """Each process passes its batch's cell sums and counts through `reduce` (a sum over processes): both update
+    from the combined cell means, so their weights stay equal although their slices differ."""
+    first, second = (GroupWeights(torch.tensor([True, True]), step_size=1.0) for _ in range(2))
+    batches = [(torch.tensor([1.0, 0.0]), torch.tensor([0, 1])), (torch.tensor([3.0, 2.0]), torch.tensor([0, 0]))]
+
+    def totals(per_slice, groups):
+        return torch.stack([torch.zeros(2).index_add(0, groups, per_slice), torch.bincount(groups, minlength=2)])
+
+    both = sum(totals(*batch) for batch in batches)
+    for weights, batch in zip((first, second), batches, strict=True):
+        weights.loss(*batch, reduce=lambda _: both)
+    torch.testing.assert_close(first.weights, second.weights)  # cell means 2.0 and 0.0 on both
+    torch.testing.assert_close(first.weights[0] / first.weights[1], torch.tensor(np.exp(2.0), dtype=torch.float64))
+
+    restored = GroupWeights(torch.tensor([True, True]), step_size=1.0)
+    restored.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert torch.equal(restored.weights, first.weights)
+    with pytest.raises(ValueError, match="3 groups, expected 2"):
+        restored.load_state_dict({"weights": [0.2, 0.3, 0.5]})
+
+
+def test_group_dro_run_resumes_with_its_group_weights(common, tmp_path, monkeypatch):
+    """A run stopped after its first epoch keeps the adversary's weights in its checkpoint; resumed, it replays the
+    uninterrupted run's weights epoch by epoch. Only the cells with training rows (the fixture's figshare tumours
+    and Br35H healthy slices: 4 of the 8 (class, source) cells) get weight."""
+    args = [*common, "--folds", "0", "--group-dro", "0.5"]
+    assert train.main([*args, "--output-dir", str(tmp_path / "whole")]) == 0
+    whole = [json.loads(line)["group_weights"] for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+
+    requests = iter([True])
+    monkeypatch.setattr(engine.GracefulStop, "requested", lambda self, accelerator: next(requests, False))
+    stopped = tmp_path / "stopped"
+    assert train.main([*args, "--output-dir", str(stopped)]) == 128 + signal.SIGTERM
+    (progress,) = (stopped / "fold-0" / "checkpoints").glob("epoch-*/progress.json")
+    assert json.loads(progress.read_text())["group_weights"]["weights"] == whole[0]
+    assert train.main([*args, "--output-dir", str(stopped), "--resume"]) == 0
+    resumed = [json.loads(line)["group_weights"] for line in (stopped / "log.jsonl").read_text().splitlines()]
+    assert resumed == whole and len(whole) == 3
+    # cells are class * 2 + source (br35h 0, figshare 1): glioma, meningioma and pituitary of figshare, Br35H healthy
+    assert [weight > 0 for weight in whole[-1]] == [False, True, False, True, True, False, False, True]
+    assert read_results(stopped)["args"]["settings"]["group_dro"] == 0.5
 
 SHARDS = """
 import sys, types

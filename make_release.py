@@ -206,6 +206,8 @@ def make_release(args: argparse.Namespace) -> dict:
         "calibrated_on": f"fold {fold} (held out)",
         "calibration_temperature": round(temperature, 4),
         "familiarity_quantile": UNFAMILIAR_QUANTILE,
+        # out of sample for everything fitted on the fold (operating point, temperature): the Space shows it
+        "accuracy_cross_fitted": round(cross_fitted["accuracy"]["mean"], 4),
     }
 
     args.output.resolve().parent.mkdir(parents=True, exist_ok=True)

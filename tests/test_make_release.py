@@ -97,6 +97,8 @@ def test_operating_point_is_set_on_held_out_healthy_slices_and_shipped_in_the_we
     assert "The operating point was set on these slices' healthy ones" in card
     crossed = shifted["held_out_scores_cross_fitted"]  # the offset fitted on one half, scored on the other
     assert f"So fitted, the operating point called {crossed['healthy_called_tumor']['mean']:.1%}" in card
+    # beside the in-sample accuracy_at_operating_point in the Space's status line (it lists training_info)
+    assert model.config.training_info["accuracy_cross_fitted"] == pytest.approx(crossed["accuracy"]["mean"], abs=5e-5)
 
 
 def test_what_is_not_a_fold_of_a_finished_run_is_refused_and_nothing_is_written(run, tmp_path, capsys):  # noqa: F811

@@ -406,7 +406,16 @@ def train_fold(
         np.random.seed(derive_seed(args.seed, fold, epoch, "augment", accelerator.process_index))
         record = {"fold": fold, "epoch": epoch + 1, "epochs": args.epochs}
         record |= train_epoch(
-            train_forward, model, optimizer, scheduler, accelerator, data, train_rows, order, args, processor,
+            train_forward,
+            model,
+            optimizer,
+            scheduler,
+            accelerator,
+            data,
+            train_rows,
+            order,
+            args,
+            processor,
             group_weights,
         )
         if group_weights is not None:

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from .alignment import source_mean_gap
-from .group_dro import GroupWeights
 from .augment import augment, mirror_hemispheres, paste_lesions
 from .cli import UsageError
+from .group_dro import GroupWeights
 from .modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
 from .runs import fold_name, read_json, write_json
 

@@ -40,6 +40,11 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
         metrics["accuracy_by_source"] = {
             str(s): float(np.mean(preds[sources == s] == labels[sources == s])) for s in sorted(set(sources))
         }
+        # what a source's tumours and healthy slices were called: where a source's tumours are missed
+        metrics["confusion_matrix_by_source"] = {
+            str(s): confusion_matrix(labels[sources == s], preds[sources == s], labels=classes).tolist()
+            for s in sorted(set(sources))
+        }
     return metrics
 
 
@@ -73,6 +78,12 @@ def summarize(folds: dict) -> dict:
     matrices = [np.array(entry["confusion_matrix"]) for entry in entries if "confusion_matrix" in entry]
     if matrices:
         summary["confusion_matrix"] = np.sum(matrices, axis=0).tolist()
+    by_source = defaultdict(list)
+    for entry in entries:
+        for source, matrix in entry.get("confusion_matrix_by_source", {}).items():
+            by_source[source].append(np.array(matrix))
+    if by_source:  # out of fold: every slice of a source counted once, by the model that did not train on it
+        summary["confusion_matrix_by_source"] = {s: np.sum(m, axis=0).tolist() for s, m in sorted(by_source.items())}
     summary["wall_seconds"] = float(sum(entry["wall_seconds"] for entry in entries))
     return summary
 

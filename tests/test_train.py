@@ -155,6 +155,13 @@ def check_cv_results(out: Path, model_params: int | None = None) -> dict:
         assert matrix.shape == (4, 4) and matrix.sum() == entry["num_eval"]
         assert np.trace(matrix) / matrix.sum() == pytest.approx(entry["accuracy"])
         assert sorted(entry["accuracy_by_source"]) == ["br35h", "figshare"]
+        by_source = {s: np.array(m) for s, m in entry["confusion_matrix_by_source"].items()}
+        assert sum(by_source.values()).tolist() == entry["confusion_matrix"]
+        healthy = CLASSES.index("notumor")  # the fixture's healthy slices are Br35H's, its tumours figshare's
+        assert by_source["br35h"].sum() == by_source["br35h"][healthy].sum()
+        assert by_source["figshare"][healthy].sum() == 0
+        source_accuracy = np.trace(by_source["figshare"]) / by_source["figshare"].sum()
+        assert source_accuracy == pytest.approx(entry["accuracy_by_source"]["figshare"])
         assert entry["train_images_per_s"] > 0 and entry["wall_seconds"] > 0 and entry["train_seconds"] > 0
         assert entry["device"] == "cpu" and entry["compile"] is False
         # --mixed-precision auto: bf16 where the CPU has bf16 instructions, float32 elsewhere
@@ -167,6 +174,9 @@ def check_cv_results(out: Path, model_params: int | None = None) -> dict:
     for name in ("macro_f1", "roc_auc_macro", "train_images_per_s"):
         assert set(summary[name]) == {"mean", "std"}
     assert np.array(summary["confusion_matrix"]).sum() == PER_CLASS * len(CLASSES)
+    pooled = [sum(np.array(results["folds"][k]["confusion_matrix_by_source"][s]) for k in ("0", "1")).tolist()
+              for s in ("br35h", "figshare")]  # fmt: skip
+    assert [summary["confusion_matrix_by_source"][s] for s in ("br35h", "figshare")] == pooled
     return results
 
 
@@ -623,7 +633,6 @@ def test_match_sources_trains_on_the_source_column_and_refuses_a_dataset_of_one_
     )
 
 
-
 def test_group_weights_climb_towards_the_worst_cell_and_leave_empty_cells_out():
     weights = GroupWeights(torch.tensor([True, True, False, True]), step_size=0.5)
     per_slice = torch.tensor([0.2, 0.4, 1.5, 0.3], requires_grad=True)
@@ -684,6 +693,7 @@ def test_group_dro_run_resumes_with_its_group_weights(common, tmp_path, monkeypa
     assert [weight > 0 for weight in whole[-1]] == [False, True, False, True, True, False, False, True]
     assert read_results(stopped)["args"]["settings"]["group_dro"] == 0.5
 
+
 SHARDS = """
 import sys, types
 import torch
@@ -707,7 +717,7 @@ expected = (images[rows].float().div(255) - 0.5).div(0.5).mean(dim=(1, 2, 3))
 assert torch.allclose(logits[:, 0], expected), (logits[:, 0], expected)
 
 seen = []
-def record(forward, optimizer, scheduler, accelerator, images, labels, args, processor, sides, sources):
+def record(forward, optimizer, scheduler, accelerator, images, labels, args, processor, sides, sources, group_weights):
     seen.append(images[:, 0, 0, 0].long() // 10)
     return torch.zeros(()), torch.zeros((), dtype=torch.long)
 engine.train_step = record  # train_epoch calls it through the module

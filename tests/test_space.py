@@ -243,6 +243,9 @@ def test_model_status_shouts_only_for_untrained_weights():
     assert "UNTRAINED" in untrained and "random" in untrained and "meaningless" in untrained
     assert "UNTRAINED" not in trained and "brain-tumor-mri-4k" in trained
     assert "(accuracy: 0.9803)" in app.model_status(BrainResNetConfig(training_info={"accuracy": 0.9802847754654983}))
+    released = app.model_status(BrainResNetConfig(training_info={"accuracy": 0.9278, "accuracy_cross_fitted": 0.9416}))
+    assert released.startswith("**94.2% of held-out slices of its training sources classified correctly**")
+    assert "94.2%" not in app.model_status(BrainResNetConfig(training_info={"accuracy": 0.9416}))
 
 
 def test_release_model_analyses_an_example():

@@ -66,7 +66,7 @@ from brain_resnet.engine import (
     train_epoch,
 )
 from brain_resnet.folds import FOLD_COLUMNS
-from brain_resnet.group_dro import GroupWeights
+from brain_resnet.group_dro import GroupWeights, cell_ids
 from brain_resnet.hub import publish, save_model_folder
 from brain_resnet.metrics import classification_metrics, eval_record, fold_timing, summarize
 from brain_resnet.modeling import VARIANTS, BrainResNetForImageClassification, BrainResNetImageProcessor
@@ -363,7 +363,7 @@ def train_fold(
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     group_weights = None
     if args.group_dro:
-        cells = data.labels[train_rows] * data.num_sources + data.source_ids[train_rows]
+        cells = cell_ids(data.labels[train_rows], data.source_ids[train_rows], data.num_sources)
         present = torch.bincount(cells, minlength=len(table.class_names) * data.num_sources) > 0
         group_weights = GroupWeights(present, args.group_dro)
     start_epoch = 0

@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from .alignment import source_mean_gap
 from .augment import augment, mirror_hemispheres, paste_lesions
 from .cli import UsageError
-from .group_dro import GroupWeights
+from .group_dro import GroupWeights, cell_ids
 from .modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
 from .runs import fold_name, read_json, write_json
 
@@ -130,7 +130,7 @@ def train_step(
     logits_and_features_function, and for `group_weights` (args.group_dro), whose groups are the rows' (class,
     source) cells.
     """
-    groups = None if group_weights is None else labels * sources[1] + sources[0]  # before pasting relabels
+    groups = None if group_weights is None else cell_ids(labels, *sources)  # before pasting relabels
     if sides is not None and args.paste_prob:
         images, labels = paste_lesions(images, labels, *sides, args.paste_prob)
     if sides is not None and args.mirror_prob:

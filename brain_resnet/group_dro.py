@@ -11,6 +11,11 @@ group of its row when an augmentation changes its label (a pasted lesion on a Br
 import torch
 
 
+def cell_ids(labels: torch.Tensor, sources: torch.Tensor, num_sources: int) -> torch.Tensor:
+    """Each slice's (class, source) cell as one index: class * num_sources + source."""
+    return labels * num_sources + sources
+
+
 class GroupWeights:
     """The adversary's weights over `num_groups` cells, uniform at first over the cells that have training rows
     (`present`, bool (num_groups,)); the others stay at 0.
@@ -38,7 +43,6 @@ class GroupWeights:
                 totals = reduce(totals)
             seen = totals[1] > 0
             group_loss = torch.where(seen, totals[0] / totals[1].clamp(min=1), 0.0)
-            self.weights = self.weights.to(per_slice.device)
             self.weights = self.weights * torch.exp(self.step_size * group_loss.double())
             self.weights = self.weights / self.weights.sum()
         local = sums / counts.clamp(min=1)  # a cell absent from this process's slices adds nothing

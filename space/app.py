@@ -287,9 +287,10 @@ def model_status(config) -> str:
     headline = ""
     if (out_of_sample := info.get("accuracy_cross_fitted")) is not None:
         # make_release.py's figure, scored on held-out slices that its threshold and calibration were not fitted on
+        fitted = "tumor threshold and calibration" if info.get("operating_point") else "calibration"
         headline = (
-            f"**{out_of_sample:.1%} of held-out slices of its training sources classified correctly** (its tumor "
-            "threshold and calibration fitted on other held-out slices; slices from other scanners may fare worse). "
+            f"**{out_of_sample:.1%} of held-out slices of its training sources classified correctly** (its {fitted} "
+            "fitted on other held-out slices; slices from other scanners may fare worse). "
         )
     return f"{headline}Model: trained ({facts})." + (f" {'; '.join(honesty).capitalize()}." if honesty else "")
 

@@ -245,6 +245,11 @@ def test_model_status_shouts_only_for_untrained_weights():
     assert "(accuracy: 0.9803)" in app.model_status(BrainResNetConfig(training_info={"accuracy": 0.9802847754654983}))
     released = app.model_status(BrainResNetConfig(training_info={"accuracy": 0.9278, "accuracy_cross_fitted": 0.9416}))
     assert released.startswith("**94.2% of held-out slices of its training sources classified correctly**")
+    assert "(its calibration fitted on other held-out slices" in released  # no operating point to name
+    point = {"healthy_false_alarms": 0.05, "notumor_logit_offset": 1.28}
+    info = {"accuracy_cross_fitted": 0.9416, "operating_point": point}
+    shifted = app.model_status(BrainResNetConfig(training_info=info))
+    assert "(its tumor threshold and calibration fitted on other held-out slices" in shifted
     assert "94.2%" not in app.model_status(BrainResNetConfig(training_info={"accuracy": 0.9416}))
 
 

@@ -116,8 +116,6 @@ def shift_notumor_logit(
 ) -> float:
     """Add the operating point's offset to the classifier's notumor bias, as the float16 release will store it,
     and to the held-out logits; returns the offset applied."""
-    if not (labels == notumor).any():
-        raise UsageError("--healthy-false-alarms: the held-out fold has no healthy slices to set it on")
     bias = model.classifier[-1].bias.data
     wanted = float(bias[notumor]) + notumor_offset(held_logits, labels, notumor, false_alarms)
     stored = np.float16(wanted)
@@ -177,9 +175,16 @@ def make_release(args: argparse.Namespace) -> dict:
 
     print(f"Decoding {settings['dataset']} ({settings['protocol']} protocol) ...")
     table = load_table(settings["dataset"], settings["protocol"], with_test=False, sources=settings.get("sources"))
-    (images,) = decode_images(table.images, processor, [processor.size], args.workers)
     held_out, training = table.folds == fold, table.folds != fold
     labels = table.labels
+    if args.healthy_false_alarms is not None:
+        healthy_groups = np.unique(table.groups[held_out & (labels == notumor)])
+        if len(healthy_groups) < 2:  # cross-fitting sets it on one half of the fold and scores the other
+            raise UsageError(
+                f"--healthy-false-alarms: held-out fold {fold} has {len(healthy_groups)} near-duplicate group(s) of "
+                "healthy slices; setting and cross-checking the operating point needs at least two"
+            )
+    (images,) = decode_images(table.images, processor, [processor.size], args.workers)
 
     print(f"Fitting on the {held_out.sum():,} slices of held-out fold {fold} ...")
     held_logits, held_features = logits_and_features(model, images[held_out], processor, args.batch_size)

@@ -88,6 +88,8 @@ def notumor_offset(logits: torch.Tensor, labels: np.ndarray, notumor: int, false
     (labels == notumor) are called a tumor (a tumor class has the top logit); negative where the model already
     calls fewer, so that it then finds more tumors."""
     healthy = logits[torch.from_numpy(labels == notumor)].float()
+    if len(healthy) == 0:
+        raise ValueError("no healthy slices to set the operating point on")
     tumor = torch.cat([healthy[:, :notumor], healthy[:, notumor + 1 :]], dim=1).max(dim=1).values
     margins = np.sort((tumor - healthy[:, notumor]).numpy())[::-1]  # a slice is a false alarm while margin > offset
     allowed = int(np.floor(false_alarms * len(margins)))  # false_alarms < 1: at least one healthy slice stays healthy
@@ -123,6 +125,11 @@ def cross_fitted_scores(
         for fit, scored in halves.split(np.zeros(len(labels)), labels, groups):
             shifted = logits.clone()
             if false_alarms is not None:
+                if not (labels[fit] == notumor).any():
+                    raise ValueError(
+                        "cross-fitting the operating point needs healthy slices in both halves; those here are "
+                        f"{int(np.sum(labels == notumor))} slice(s) of too few near-duplicate groups to split"
+                    )
                 shifted[:, notumor] += notumor_offset(logits[fit], labels[fit], notumor, false_alarms)
             temperature = fit_temperature(shifted[fit], torch.from_numpy(labels[fit]))
             probs[scored] = torch.softmax(shifted[scored] / temperature, dim=1).numpy()

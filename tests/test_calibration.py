@@ -64,6 +64,12 @@ def test_cross_fitted_scores_score_each_half_with_what_the_other_half_fitted():
     assert shifted["healthy_called_tumor"]["mean"] == pytest.approx(0.03, abs=0.015)  # out of sample: near, not <=
     assert shifted["tumors_called_notumor"]["mean"] > plain["tumors_called_notumor"]["mean"]
 
+    groups[labels == notumor] = -1  # one patient's healthy slices: one half has none to set the operating point on
+    with pytest.raises(ValueError, match="needs healthy slices in both halves"):
+        cross_fitted_scores(logits, distances, labels, groups, notumor, false_alarms=0.03)
+    with pytest.raises(ValueError, match="no healthy slices"):
+        notumor_offset(logits[labels != notumor], labels[labels != notumor], notumor, 0.03)
+
 
 def test_a_precision_beyond_float16_is_scaled_so_that_the_release_stores_it_and_unfamiliarity_is_unchanged():
     generator = torch.Generator().manual_seed(0)

@@ -111,3 +111,23 @@ def test_what_is_not_a_fold_of_a_finished_run_is_refused_and_nothing_is_written(
         make_release.main([str(run / "fold-0"), "--output", str(out), "--healthy-false-alarms", "0.7"])
     assert "out of range" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_operating_point_that_cannot_be_cross_checked_is_refused_before_the_work(run, tmp_path, monkeypatch, capsys):  # noqa: F811
+    real_load_table = make_release.load_table
+
+    def one_healthy_group(*args, **kwargs):  # every healthy slice one patient's: no half can be scored out of sample
+        table = real_load_table(*args, **kwargs)
+        table.groups = table.groups.copy()
+        table.groups[table.labels == table.class_names.index("notumor")] = -1
+        return table
+
+    def decode_too_early(*args, **kwargs):
+        raise AssertionError("the check comes before the slices are decoded")
+
+    monkeypatch.setattr(make_release, "load_table", one_healthy_group)
+    monkeypatch.setattr(make_release, "decode_images", decode_too_early)
+    out = tmp_path / "release"
+    assert make_release.main([str(run / "fold-0"), "--output", str(out), "--healthy-false-alarms", "0.05"]) == 2
+    assert "held-out fold 0 has 1 near-duplicate group(s) of healthy slices" in capsys.readouterr().err
+    assert not out.exists()

@@ -55,6 +55,7 @@ from brain_resnet.engine import (
     derive_seed,
     device_name,
     latest_checkpoint,
+    load_weight_average,
     logits_and_features_function,
     logits_function,
     model_config,
@@ -64,6 +65,7 @@ from brain_resnet.engine import (
     save_checkpoint,
     tensorboard_writer,
     train_epoch,
+    weight_average,
 )
 from brain_resnet.folds import FOLD_COLUMNS
 from brain_resnet.group_dro import GroupWeights, cell_ids
@@ -190,6 +192,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the paper; brain_resnet/group_dro.py): the loss weighs most the cell the model does worst on, however "
         "few its slices. Needs a `source` column (0: off)",
     )
+    parser.add_argument(
+        "--ema-decay",
+        metavar="DECAY",
+        type=number(float, 0, 1),
+        default=0.0,
+        help="keep an exponential moving average of the weights (and BatchNorm statistics), updated every step "
+        "with this decay (0.995: about the last 200 steps), and evaluate and save it instead of the last weights; "
+        "the log's eval_accuracy_raw is the last weights' (0: off)",
+    )
     parser.add_argument("--seed", type=number(int, 0), default=42, help="of weights, batches and augmentation")
     parser.add_argument(
         "--mixed-precision",
@@ -227,6 +238,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the Hub repo full/ is to be published at, named by its model card (default: --push-to-hub's)",
     )
     args = parser.parse_args(argv)
+    if args.ema_decay == 1:
+        parser.error("--ema-decay 1 would keep the initial weights: use a decay below 1")
     if args.hub_model_id and args.push_to_hub and args.hub_model_id != args.push_to_hub:
         parser.error("--hub-model-id and --push-to-hub name different repos")
     args.hub_model_id = args.hub_model_id or args.push_to_hub
@@ -366,12 +379,15 @@ def train_fold(
         cells = cell_ids(data.labels[train_rows], data.source_ids[train_rows], data.num_sources)
         present = torch.bincount(cells, minlength=len(table.class_names) * data.num_sources) > 0
         group_weights = GroupWeights(present, args.group_dro)
+    averaged = weight_average(accelerator.unwrap_model(model), args.ema_decay) if args.ema_decay else None
     start_epoch = 0
     if (checkpoint := latest_checkpoint(fold_dir)) is not None:
         start_epoch = checkpoint[0]
         accelerator.load_state(str(checkpoint[1]))
         if group_weights is not None:
             group_weights.load_state_dict(read_json(checkpoint[1] / "progress.json")["group_weights"])
+        if averaged is not None:
+            load_weight_average(averaged, checkpoint[1])
         accelerator.print(f"{fold_name(fold)}: resuming after epoch {start_epoch}")
     # Only training is compiled: evaluation is a tenth of the work, not worth a second (no-grad) compilation.
     # Folds after the first reuse the first one's compiled code, new parameters as graph inputs (CUDA graphs are
@@ -382,7 +398,9 @@ def train_fold(
     # On the CPU, held-out scores come from float32, as the Space and make_release.py compute (bf16 would flip a
     # few borderline slices); on CUDA evaluation stays in the training precision.
     on_cuda = accelerator.device.type == "cuda"
-    eval_forward = logits_function(model, accelerator.device, args.bf16 and on_cuda)
+    evaluated = model if averaged is None else averaged.module  # the model that is saved
+    eval_forward = logits_function(evaluated, accelerator.device, args.bf16 and on_cuda)
+    raw_forward = logits_function(model, accelerator.device, args.bf16 and on_cuda)
 
     eval_labels = table.labels[eval_rows.cpu().numpy()]
     source_weights = None
@@ -417,17 +435,21 @@ def train_fold(
             args,
             processor,
             group_weights,
+            averaged,
         )
         if group_weights is not None:
             record["group_weights"] = group_weights.state_dict()["weights"]
         if len(eval_rows):
-            logits = predict(eval_forward, model, accelerator, data.eval_images, eval_rows, eval_batch, processor)
+            logits = predict(eval_forward, evaluated, accelerator, data.eval_images, eval_rows, eval_batch, processor)
             record |= eval_record(logits, eval_labels)
+            if averaged is not None:
+                raw = predict(raw_forward, model, accelerator, data.eval_images, eval_rows, eval_batch, processor)
+                record["eval_accuracy_raw"] = eval_record(raw, eval_labels)["eval_accuracy"]
         last = epoch + 1 == args.epochs
         stopping = not last and stop.requested(accelerator)
         if not last and ((epoch + 1) % args.save_every == 0 or stopping):
             extra = None if group_weights is None else {"group_weights": group_weights.state_dict()}
-            save_checkpoint(accelerator, fold_dir, fold, epoch + 1, extra)
+            save_checkpoint(accelerator, fold_dir, fold, epoch + 1, extra, averaged)
         record["epoch_seconds"] = time.perf_counter() - epoch_started
         if main:
             append_jsonl(out / "log.jsonl", record)
@@ -466,7 +488,7 @@ def train_fold(
             probs = torch.softmax(logits, dim=1).numpy()
             entry |= {"eval_split": "test" if fold == FULL else f"fold {fold}", "eval_loss": record["eval_loss"]}
             entry |= classification_metrics(eval_labels, probs, table.class_names, sources)
-        save_fold(fold, args, accelerator.unwrap_model(model), processor, entry, results)
+        save_fold(fold, args, accelerator.unwrap_model(evaluated), processor, entry, results)
     accelerator.wait_for_everyone()
     accelerator.free_memory()
     return True

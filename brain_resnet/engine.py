@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .alignment import source_mean_gap
 from .augment import augment, mirror_hemispheres, paste_lesions
@@ -19,6 +21,8 @@ from .cli import UsageError
 from .group_dro import GroupWeights, cell_ids
 from .modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
 from .runs import fold_name, read_json, write_json
+
+AVERAGED_WEIGHTS = "averaged_weights.safetensors"  # a checkpoint's weight average (train.py --ema-decay)
 
 
 def model_config(spec: str, class_names: list[str]) -> BrainResNetConfig:
@@ -155,9 +159,21 @@ def train_step(
 
 
 def train_epoch(
-    forward, model, optimizer, scheduler, accelerator, data, train_rows, order, args, processor, group_weights=None
+    forward,
+    model,
+    optimizer,
+    scheduler,
+    accelerator,
+    data,
+    train_rows,
+    order,
+    args,
+    processor,
+    group_weights=None,
+    averaged: AveragedModel | None = None,
 ):
-    """One pass over `train_rows` in `order` (the same permutation on every process, each taking its share)."""
+    """One pass over `train_rows` in `order` (the same permutation on every process, each taking its share);
+    `averaged` (`weight_average`) follows the weights after every step."""
     model.train()
     processes, rank = accelerator.num_processes, accelerator.process_index
     per_process = args.batch_size // processes
@@ -183,6 +199,8 @@ def train_epoch(
             sources,
             group_weights,
         )
+        if averaged is not None:
+            averaged.update_parameters(model)
         loss_sum += loss
         correct += hits
     totals = accelerator.reduce(torch.stack([loss_sum, correct.float()]), "sum").tolist()  # waits for the GPU
@@ -217,6 +235,13 @@ def derive_seed(*keys) -> int:
     return int(hashlib.sha256(repr(keys).encode()).hexdigest()[:8], 16)
 
 
+def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of `model`'s weights and BatchNorm statistics (train.py --ema-decay), which
+    train_epoch updates after every step: a model from the flat region the last steps wander around, which tends to
+    hold up better on data unlike the training set (SWAD, Cha et al. 2021)."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def latest_checkpoint(fold_dir: Path) -> tuple[int, Path] | None:
     """(epoch, folder) of the newest complete checkpoint: its progress.json is written last."""
     complete = [
@@ -227,16 +252,31 @@ def latest_checkpoint(fold_dir: Path) -> tuple[int, Path] | None:
     return max(complete) if complete else None
 
 
-def save_checkpoint(accelerator: Accelerator, fold_dir: Path, fold, epoch: int, extra: dict | None = None) -> None:
-    """Save the training state; `extra`: more state (JSON) kept in the checkpoint's progress.json."""
+def save_checkpoint(
+    accelerator: Accelerator,
+    fold_dir: Path,
+    fold,
+    epoch: int,
+    extra: dict | None = None,
+    averaged: AveragedModel | None = None,
+) -> None:
+    """Save the training state; `extra`: more state (JSON) kept in the checkpoint's progress.json; `averaged`: the
+    weight average, in AVERAGED_WEIGHTS (`load_weight_average` restores it)."""
     path = fold_dir / "checkpoints" / f"epoch-{epoch:04d}"
     accelerator.save_state(str(path))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if averaged is not None:  # the same on every process, as their weights are
+            weights = {name: value.contiguous() for name, value in averaged.state_dict().items()}
+            save_file(weights, path / AVERAGED_WEIGHTS)
         write_json(path / "progress.json", {"fold": fold, "epoch": epoch, **(extra or {})})
         for older in (fold_dir / "checkpoints").glob("epoch-*"):
             if older != path:
                 shutil.rmtree(older)
+
+
+def load_weight_average(averaged: AveragedModel, checkpoint: Path) -> None:
+    averaged.load_state_dict(load_file(checkpoint / AVERAGED_WEIGHTS, device=str(averaged.n_averaged.device)))
 
 
 class GracefulStop:

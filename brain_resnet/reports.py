@@ -240,6 +240,7 @@ def training_info(args, fold, entry: dict, results: dict) -> dict:
         "image_size": args.image_size,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        **({"ema_decay": args.ema_decay} if args.ema_decay else {}),
         "seed": args.seed,
         "device": entry["device"],
         "date": datetime.date.today().isoformat(),

@@ -30,6 +30,7 @@ RUN_SETTINGS = (
     "balance_sources",
     "match_sources",
     "group_dro",
+    "ema_decay",
     "seed",
     "mixed_precision",
 )

@@ -394,6 +394,7 @@ def test_init_from_refuses_a_model_of_other_classes_or_another_network(python_ru
         (["--lr", "fast"], "argument --lr: 'fast' is not a number"),
         (["--push-to-hub", "not a repo id"], "argument --push-to-hub:"),
         (["--push-to-hub", "a/b", "--hub-model-id", "a/c"], "--hub-model-id and --push-to-hub name different repos"),
+        (["--ema-decay", "1"], "--ema-decay 1 would keep the initial weights"),
     ],
 )
 def test_bad_flags_fail_with_a_usage_message(flags, message, capsys, tmp_path):
@@ -692,6 +693,41 @@ def test_group_dro_run_resumes_with_its_group_weights(common, tmp_path, monkeypa
     # cells are class * 2 + source (br35h 0, figshare 1): glioma, meningioma and pituitary of figshare, Br35H healthy
     assert [weight > 0 for weight in whole[-1]] == [False, True, False, True, True, False, False, True]
     assert read_results(stopped)["args"]["settings"]["group_dro"] == 0.5
+
+
+def test_ema_run_saves_the_weight_average_and_resumes_it(common, tmp_path, monkeypatch):
+    """With --ema-decay the fold folder holds the running average of the weights, not the last ones, and the log
+    scores both; the same run without it trains the same last weights. A run stopped after its first epoch keeps
+    the average in its checkpoint and, resumed, saves exactly the uninterrupted run's model."""
+    from safetensors.torch import load_file
+
+    args = [*common, "--folds", "0", "--ema-decay", "0.5"]
+    whole, plain = tmp_path / "whole", tmp_path / "plain"
+    assert train.main([*args, "--output-dir", str(whole)]) == 0
+    assert train.main([*common, "--folds", "0", "--output-dir", str(plain)]) == 0
+
+    def log(run):
+        return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+    assert [record["eval_accuracy_raw"] for record in log(whole)] == [record["eval_accuracy"] for record in log(plain)]
+    averaged, last = (load_file(run / "fold-0" / "model.safetensors") for run in (whole, plain))
+    assert averaged.keys() == last.keys()
+    assert not all(torch.equal(averaged[name], last[name]) for name in averaged)
+    info = json.loads((whole / "fold-0" / "config.json").read_text())["training_info"]
+    assert (
+        info["ema_decay"] == 0.5
+        and "ema_decay" not in json.loads((plain / "fold-0" / "config.json").read_text())["training_info"]
+    )
+
+    requests = iter([True])
+    monkeypatch.setattr(engine.GracefulStop, "requested", lambda self, accelerator: next(requests, False))
+    stopped = tmp_path / "stopped"
+    assert train.main([*args, "--output-dir", str(stopped)]) == 128 + signal.SIGTERM
+    assert list((stopped / "fold-0" / "checkpoints").glob(f"epoch-*/{engine.AVERAGED_WEIGHTS}"))
+    assert train.main([*args, "--output-dir", str(stopped), "--resume"]) == 0
+    resumed = load_file(stopped / "fold-0" / "model.safetensors")
+    assert all(torch.equal(resumed[name], averaged[name]) for name in averaged)
+    assert log(stopped)[-1]["eval_accuracy"] == log(whole)[-1]["eval_accuracy"]
 
 
 SHARDS = """

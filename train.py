@@ -397,10 +397,9 @@ def train_fold(
     train_forward = outputs(compiled, accelerator.device, args.bf16)
     # On the CPU, held-out scores come from float32, as the Space and make_release.py compute (bf16 would flip a
     # few borderline slices); on CUDA evaluation stays in the training precision.
-    on_cuda = accelerator.device.type == "cuda"
+    eval_bf16 = args.bf16 and accelerator.device.type == "cuda"
     evaluated = model if averaged is None else averaged.module  # the model that is saved
-    eval_forward = logits_function(evaluated, accelerator.device, args.bf16 and on_cuda)
-    raw_forward = logits_function(model, accelerator.device, args.bf16 and on_cuda)
+    eval_forward = logits_function(evaluated, accelerator.device, eval_bf16)
 
     eval_labels = table.labels[eval_rows.cpu().numpy()]
     source_weights = None
@@ -443,6 +442,7 @@ def train_fold(
             logits = predict(eval_forward, evaluated, accelerator, data.eval_images, eval_rows, eval_batch, processor)
             record |= eval_record(logits, eval_labels)
             if averaged is not None:
+                raw_forward = logits_function(model, accelerator.device, eval_bf16)  # the last weights
                 raw = predict(raw_forward, model, accelerator, data.eval_images, eval_rows, eval_batch, processor)
                 record["eval_accuracy_raw"] = eval_record(raw, eval_labels)["eval_accuracy"]
         last = epoch + 1 == args.epochs

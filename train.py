@@ -55,6 +55,7 @@ from brain_resnet.engine import (
     derive_seed,
     device_name,
     latest_checkpoint,
+    lesion_finder,
     load_weight_average,
     logits_and_features_function,
     logits_function,
@@ -169,6 +170,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "added at the same place, labelled as that tumour, so that a healthy slice's source stops meaning healthy",
     )
     parser.add_argument(
+        "--heal-prob",
+        type=number(float, 0, 1),
+        default=0.0,
+        help="share of the training slices that have a region filled from its surroundings: for half of the tumour "
+        "slices among them too asymmetric to mirror (sagittal, mostly), their lesion as --heal-from's model sees it, "
+        "relabelled notumor (a healthy brain in the tumour source's plane and sequence, which the 4k data lacks); "
+        "for the others, another slice's lesion region, label kept, so that a filled patch tells nothing",
+    )
+    parser.add_argument(
+        "--heal-from",
+        metavar="MODEL",
+        help="the trained model (a fold-K/ folder) whose Grad-CAM marks the lesions for --heal-prob; it must not "
+        "have seen the folds this run holds out",
+    )
+    parser.add_argument(
         "--balance-sources",
         action="store_true",
         help="draw each epoch's training slices with every source equally likely (with replacement), so that a "
@@ -238,6 +254,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the Hub repo full/ is to be published at, named by its model card (default: --push-to-hub's)",
     )
     args = parser.parse_args(argv)
+    if bool(args.heal_prob) != bool(args.heal_from):
+        parser.error("--heal-prob and --heal-from go together: the model marks the lesions that are healed")
     if args.ema_decay == 1:
         parser.error("--ema-decay 1 would keep the initial weights: use a decay below 1")
     if args.hub_model_id and args.push_to_hub and args.hub_model_id != args.push_to_hub:
@@ -329,6 +347,8 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
         )
         if args.mirror_prob or args.paste_prob:
             data.find_tumour_sides()
+        if args.heal_prob:
+            data.find_lesion_masks(lesion_finder(args.heal_from, accelerator.device), processor, args.image_size)
         if args.match_sources or args.group_dro:
             data.find_source_ids("--match-sources" if args.match_sources else "--group-dro")
         accelerator.print(

@@ -11,9 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from .augment import LATERAL_TUMOUR_CLASSES, tumour_sides
+from .augment import (
+    LATERAL_TUMOUR_CLASSES,
+    MIN_MIRROR_SYMMETRY,
+    grad_cam_lesions,
+    left_right_symmetry,
+    tumour_sides,
+)
 from .cli import UsageError
 from .folds import FOLD_COLUMNS, NO_FOLD, assign_folds, image_hashes, near_duplicate_groups
 from .modeling import BrainResNetImageProcessor
@@ -23,6 +30,7 @@ DATASET_COLUMNS = ("image", "label", "source", "group", *FOLD_COLUMNS.values())
 # Training crops are cut from a cache this much larger than --image-size, so that zooming in keeps detail.
 CACHE_MARGIN = 1.15
 NOTUMOR = "notumor"  # the label of healthy slices
+BACKGROUND_LEVEL = 10  # of 255: darker pixels of a cached slice are background
 
 
 @dataclass
@@ -228,6 +236,9 @@ class DeviceData:
     # other rows), and the label of healthy slices
     tumour_sides: torch.Tensor | None = None
     healthy_label: int | None = None
+    # train.py --heal-prob: augment.grad_cam_lesions of each tumour row too asymmetric to mirror (sagittal, mostly), at
+    # the training cache's size; empty for other rows (--mirror-prob's healthy halves are theirs)
+    lesion_masks: torch.Tensor | None = None
     # train.py --match-sources and --group-dro: each row's source as 0, 1, ... and how many sources there are
     source_ids: torch.Tensor | None = None
     num_sources: int = 0
@@ -252,6 +263,30 @@ class DeviceData:
         sides = tumour_sides(self.train_images)
         self.tumour_sides = torch.where(torch.from_numpy(lateral).to(sides.device), sides, 0).to(torch.int8)
         self.healthy_label = names.index(NOTUMOR)
+
+    def find_lesion_masks(self, model, processor, image_size: int, chunk: int = 256) -> None:
+        """Mark the lesion of each tumour slice too asymmetric to mirror where `model` (a trained classifier knowing
+        these class names, in eval mode, on this device) sees its class (train.py --heal-prob, --heal-from)."""
+        names = self.table.class_names
+        model_names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        missing = [name for name in names if name not in model_names]
+        if NOTUMOR not in names or missing:
+            raise UsageError(
+                f"--heal-from's model must know the dataset's classes, {NOTUMOR} among them; the dataset has "
+                f"{names}, the model {model_names}"
+            )
+        self.healthy_label = names.index(NOTUMOR)
+        to_model = torch.tensor([model_names.index(name) for name in names], device=self.labels.device)
+        size = self.train_images.shape[-1]
+        masks = []
+        for images, labels in zip(self.train_images.split(chunk), self.labels.split(chunk), strict=True):
+            scaled = F.interpolate(images.float() / 255, size=image_size, mode="bilinear", antialias=True)
+            found = grad_cam_lesions(model, processor.normalize_pixel_values(scaled), to_model[labels], size)
+            asymmetric = left_right_symmetry(images) <= MIN_MIRROR_SYMMETRY
+            # inside the head only (dark lesion cores included): a map's blob on the background heals nothing
+            head = F.max_pool2d((images > BACKGROUND_LEVEL).float(), 9, 1, 4) > 0
+            masks.append(found & head & ((labels != self.healthy_label) & asymmetric).view(-1, 1, 1, 1))
+        self.lesion_masks = torch.cat(masks)
 
     def indices(self, fold) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows to train on and rows to evaluate on: the other folds and this one, or all folds and the test split."""

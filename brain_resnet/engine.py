@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .alignment import source_mean_gap
-from .augment import augment, mirror_hemispheres, paste_lesions
+from .augment import augment, heal_lesions, mirror_hemispheres, paste_lesions
 from .cli import UsageError
 from .group_dro import GroupWeights, cell_ids
 from .modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
@@ -33,6 +33,15 @@ def model_config(spec: str, class_names: list[str]) -> BrainResNetConfig:
     config.id2label = dict(enumerate(class_names))
     config.label2id = {name: i for i, name in enumerate(class_names)}
     return config
+
+
+def lesion_finder(source: str, device: torch.device) -> BrainResNetForImageClassification:
+    """The trained model at ``source`` that marks lesions for train.py --heal-prob: float32, eval mode, frozen."""
+    try:
+        model = BrainResNetForImageClassification.from_pretrained(source, dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--heal-from {source}: {error}") from None
+    return model.to(device).eval().requires_grad_(False)
 
 
 def pretrained_weights(source: str, config: BrainResNetConfig) -> dict[str, torch.Tensor]:
@@ -126,15 +135,19 @@ def train_step(
     sides=None,
     sources=None,
     group_weights: GroupWeights | None = None,
+    lesions=None,
 ):
     """One optimisation step on cached uint8 slices; returns loss and correct count as device tensors (no sync).
 
-    `sides`: (the tumour sides of these slices, the healthy label) for args.paste_prob and args.mirror_prob.
+    `sides`: (the tumour sides of these slices, the healthy label) for args.paste_prob and args.mirror_prob;
+    `lesions`: (their lesion masks, the healthy label) for args.heal_prob.
     `sources`: (the slices' source ids, the number of sources) for args.match_sources, whose `forward` is a
     logits_and_features_function, and for `group_weights` (args.group_dro), whose groups are the rows' (class,
     source) cells.
     """
-    groups = None if group_weights is None else cell_ids(labels, *sources)  # before pasting relabels
+    groups = None if group_weights is None else cell_ids(labels, *sources)  # before healing and pasting relabel
+    if lesions is not None and args.heal_prob:  # first: a healed slice may then get a pasted lesion
+        images, labels = heal_lesions(images, labels, *lesions, args.heal_prob)
     if sides is not None and args.paste_prob:
         images, labels = paste_lesions(images, labels, *sides, args.paste_prob)
     if sides is not None and args.mirror_prob:
@@ -186,6 +199,7 @@ def train_epoch(
         batch = rows[step * args.batch_size + rank * per_process :][:per_process]
         sides = None if data.tumour_sides is None else (data.tumour_sides[batch], data.healthy_label)
         sources = None if data.source_ids is None else (data.source_ids[batch], data.num_sources)
+        lesions = None if data.lesion_masks is None else (data.lesion_masks[batch], data.healthy_label)
         loss, hits = train_step(
             forward,
             optimizer,
@@ -198,6 +212,7 @@ def train_epoch(
             sides,
             sources,
             group_weights,
+            lesions,
         )
         if averaged is not None:
             averaged.update_parameters(model)

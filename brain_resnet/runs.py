@@ -27,6 +27,8 @@ RUN_SETTINGS = (
     "remap_prob",
     "mirror_prob",
     "paste_prob",
+    "heal_prob",
+    "heal_from",
     "balance_sources",
     "match_sources",
     "group_dro",
@@ -68,7 +70,7 @@ def epoch_records(log_path: Path) -> dict:
 
 def run_settings(args: argparse.Namespace) -> dict:
     settings = {name: getattr(args, name) for name in RUN_SETTINGS}
-    for name in ("dataset", "model", "init_from"):  # the same file or folder however it is spelled
+    for name in ("dataset", "model", "init_from", "heal_from"):  # the same file or folder however it is spelled
         if settings[name] is not None and Path(settings[name]).exists():
             settings[name] = str(Path(settings[name]).resolve())
     return settings

@@ -26,6 +26,7 @@ from brain_resnet.alignment import source_mean_gap
 from brain_resnet.augment import (
     augment,
     gaussian_blur,
+    heal_lesions,
     mirror_hemispheres,
     paste_lesions,
     remap_intensity,
@@ -395,6 +396,8 @@ def test_init_from_refuses_a_model_of_other_classes_or_another_network(python_ru
         (["--push-to-hub", "not a repo id"], "argument --push-to-hub:"),
         (["--push-to-hub", "a/b", "--hub-model-id", "a/c"], "--hub-model-id and --push-to-hub name different repos"),
         (["--ema-decay", "1"], "--ema-decay 1 would keep the initial weights"),
+        (["--heal-prob", "0.3"], "--heal-prob and --heal-from go together"),
+        (["--heal-from", "release"], "--heal-prob and --heal-from go together"),
     ],
 )
 def test_bad_flags_fail_with_a_usage_message(flags, message, capsys, tmp_path):
@@ -540,6 +543,62 @@ def test_paste_lesions_gives_healthy_slices_a_tumour_slices_lesion_and_label():
     assert (new_labels[given] == 1).all() and 30 < int(given.sum()) < 70  # about half of the 100 healthy slices
     no_donor = paste_lesions(images, labels, torch.zeros_like(sides), healthy_label=2, prob=1.0)
     assert torch.equal(no_donor[0], images) and torch.equal(no_donor[1], labels)  # no tumour slice: unchanged
+
+
+def test_heal_lesions_makes_half_the_lesions_healthy_tissue_and_fills_as_many_regions_that_keep_their_label():
+    tumours = [brain_slice(side, centre_column=18) for side in (1, -1)]  # asymmetric, lesions 24 px apart
+    images = torch.stack([*tumours, brain_slice(0)] * 100)
+    labels = torch.tensor([0, 1, 2] * 100)  # glioma, meningioma, healthy
+    lesions = images == 250  # as DeviceData.find_lesion_masks marks them
+    torch.manual_seed(0)
+    healed, new_labels = heal_lesions(images, labels, lesions, healthy_label=2, prob=1.0)
+    made_healthy = new_labels != labels
+    assert (labels[made_healthy] != 2).all() and 70 < int(made_healthy.sum()) < 130  # half of the 200 tumours
+    filled = healed[lesions & made_healthy.view(-1, 1, 1, 1)].float()
+    assert filled.max() <= 100 and filled.mean() > 95  # no bright lesion left: grey tissue (darker at the brain's edge)
+    unhealed = ~made_healthy.view(-1, 1, 1, 1)
+    assert torch.equal(healed[lesions & unhealed], images[lesions & unhealed])  # a label kept, its tumour stays
+    changed = healed != images
+    decoy_region = (lesions[0] | lesions[1]).expand_as(images)
+    assert not changed[~lesions & ~decoy_region].any()  # filled: a lesion, or another slice's lesion region only
+    for rows in (labels == 0, labels == 1, labels == 2):
+        assert (changed & ~lesions)[rows & ~made_healthy].flatten(1).any(1).float().mean() > 0.3  # decoys
+    for unchanged in (
+        heal_lesions(images, labels, lesions, healthy_label=2, prob=0.0),
+        heal_lesions(images, labels, torch.zeros_like(lesions), healthy_label=2, prob=1.0),  # no slice has a lesion
+    ):
+        assert torch.equal(unchanged[0], images) and torch.equal(unchanged[1], labels)
+
+
+def test_lesions_are_marked_on_tumour_slices_too_asymmetric_to_mirror_only(dataset, tiny_config):
+    table = data.load_table(str(dataset), "grouped", with_test=False)
+    asymmetric = np.arange(len(table.labels)) % 2 == 0
+    images = torch.stack([brain_slice(1, centre_column=18) if a else brain_slice(1) for a in asymmetric])
+    device_data = data.DeviceData(images, images, torch.from_numpy(table.labels), table)
+    torch.manual_seed(0)  # the model's classes in another order than the dataset's: marked by name
+    model = BrainResNetForImageClassification(engine.model_config(str(tiny_config), CLASSES[::-1])).eval()
+    device_data.find_lesion_masks(model, BrainResNetImageProcessor(), 32)
+    marked = device_data.lesion_masks.flatten(1).any(1).numpy()
+    assert device_data.lesion_masks.shape == images.shape
+    assert not marked[~asymmetric | (table.labels == CLASSES.index("notumor"))].any()
+    assert marked[asymmetric & (table.labels != CLASSES.index("notumor"))].all()
+    head = F.max_pool2d((images > data.BACKGROUND_LEVEL).float(), 9, 1, 4) > 0
+    assert not (device_data.lesion_masks & ~head).any()
+    model.config.id2label = {0: "tumor", 1: "notumor", 2: "other", 3: "more"}
+    with pytest.raises(UsageError, match="--heal-from's model must know the dataset's classes"):
+        device_data.find_lesion_masks(model, BrainResNetImageProcessor(), 32)
+
+
+def test_heal_run_records_the_model_that_marked_the_lesions(python_run, common, tmp_path):
+    out = tmp_path / "healed"
+    marker = python_run / "fold-1"  # trained on fold 0, which this run trains on too: it holds out fold 1 only
+    argv = [*common, "--folds", "1", "--output-dir", str(out), "--heal-prob", "0.5", "--heal-from", str(marker)]
+    assert train.main(argv) == 0
+    settings = read_results(out)["args"]["settings"]
+    assert settings["heal_prob"] == 0.5 and settings["heal_from"] == str(marker.resolve())
+    plain = BrainResNetForImageClassification.from_pretrained(python_run / "fold-1").state_dict()
+    healed = BrainResNetForImageClassification.from_pretrained(out / "fold-1").state_dict()
+    assert any(not torch.equal(plain[name], value) for name, value in healed.items())
 
 
 def test_mirroring_needs_the_lateral_tumour_and_healthy_classes(dataset):

@@ -812,7 +812,7 @@ expected = (images[rows].float().div(255) - 0.5).div(0.5).mean(dim=(1, 2, 3))
 assert torch.allclose(logits[:, 0], expected), (logits[:, 0], expected)
 
 seen = []
-def record(forward, optimizer, scheduler, accelerator, images, labels, args, processor, sides, sources, group_weights):
+def record(forward, optimizer, scheduler, accelerator, images, labels, args, processor, *per_row_and_group_weights):
     seen.append(images[:, 0, 0, 0].long() // 10)
     return torch.zeros(()), torch.zeros((), dtype=torch.long)
 engine.train_step = record  # train_epoch calls it through the module
@@ -820,7 +820,8 @@ order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(1))
 args = types.SimpleNamespace(batch_size=batch)
 scheduler = types.SimpleNamespace(get_last_lr=lambda: [0.0])
 data = types.SimpleNamespace(
-    train_images=images, labels=torch.zeros(count, dtype=torch.long), tumour_sides=None, source_ids=None
+    train_images=images, labels=torch.zeros(count, dtype=torch.long), tumour_sides=None, source_ids=None,
+    lesion_masks=None,
 )
 engine.train_epoch(echo, model, None, scheduler, accelerator, data, rows, order, args, processor)
 steps = len(rows) // batch

@@ -277,16 +277,17 @@ class DeviceData:
             )
         self.healthy_label = names.index(NOTUMOR)
         to_model = torch.tensor([model_names.index(name) for name in names], device=self.labels.device)
-        size = self.train_images.shape[-1]
-        masks = []
-        for images, labels in zip(self.train_images.split(chunk), self.labels.split(chunk), strict=True):
+        symmetry = torch.cat([left_right_symmetry(images) for images in self.train_images.split(chunk)])
+        marked_rows = torch.nonzero((self.labels != self.healthy_label) & (symmetry <= MIN_MIRROR_SYMMETRY)).flatten()
+        self.lesion_masks = torch.zeros_like(self.train_images, dtype=torch.bool)
+        for rows in marked_rows.split(chunk):  # Grad-CAM, the costly part, of these rows only
+            images = self.train_images[rows]
             scaled = F.interpolate(images.float() / 255, size=image_size, mode="bilinear", antialias=True)
-            found = grad_cam_lesions(model, processor.normalize_pixel_values(scaled), to_model[labels], size)
-            asymmetric = left_right_symmetry(images) <= MIN_MIRROR_SYMMETRY
+            pixel_values = processor.normalize_pixel_values(scaled)
+            found = grad_cam_lesions(model, pixel_values, to_model[self.labels[rows]], images.shape[-1])
             # inside the head only (dark lesion cores included): a map's blob on the background heals nothing
             head = F.max_pool2d((images > BACKGROUND_LEVEL).float(), 9, 1, 4) > 0
-            masks.append(found & head & ((labels != self.healthy_label) & asymmetric).view(-1, 1, 1, 1))
-        self.lesion_masks = torch.cat(masks)
+            self.lesion_masks[rows] = found & head
 
     def indices(self, fold) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows to train on and rows to evaluate on: the other folds and this one, or all folds and the test split."""

@@ -35,13 +35,18 @@ def model_config(spec: str, class_names: list[str]) -> BrainResNetConfig:
     return config
 
 
+def trained_model(source: str, option: str) -> BrainResNetForImageClassification:
+    """The float32 model at ``source`` (a folder or Hub id) that train.py's ``option`` names; a usage error if
+    it cannot be loaded."""
+    try:
+        return BrainResNetForImageClassification.from_pretrained(source, dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{option} {source}: {error}") from None
+
+
 def lesion_finder(source: str, device: torch.device) -> BrainResNetForImageClassification:
     """The trained model at ``source`` that marks lesions for train.py --heal-prob: float32, eval mode, frozen."""
-    try:
-        model = BrainResNetForImageClassification.from_pretrained(source, dtype=torch.float32)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"--heal-from {source}: {error}") from None
-    return model.to(device).eval().requires_grad_(False)
+    return trained_model(source, "--heal-from").to(device).eval().requires_grad_(False)
 
 
 def pretrained_weights(source: str, config: BrainResNetConfig) -> dict[str, torch.Tensor]:
@@ -51,10 +56,7 @@ def pretrained_weights(source: str, config: BrainResNetConfig) -> dict[str, torc
     The familiarity detector's statistics are left out: they describe the old weights' features, and
     make_release.py fits new ones for the new weights.
     """
-    try:
-        trained = BrainResNetForImageClassification.from_pretrained(source, dtype=torch.float32)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"--init-from {source}: {error}") from None
+    trained = trained_model(source, "--init-from")
     names, wanted = (list(c.id2label[i] for i in range(c.num_labels)) for c in (trained.config, config))
     if names != wanted:
         raise UsageError(f"--init-from {source}: its classes {names} are not the dataset's {wanted}")

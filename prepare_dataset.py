@@ -1,6 +1,6 @@
 """Turn a folder tree of brain-MRI slices into a Hugging Face dataset folder with leak-free folds.
 
-    python prepare_dataset.py SRC [SRC ...] OUT [--folds 5] [--seed 0] [--push-to-hub REPO_ID]
+    python prepare_dataset.py SRC [SRC ...] OUT [--folds 5] [--seed 0] [--exclude LIST] [--push-to-hub REPO_ID]
 
 SRC holds one folder per class, or Kaggle-style ``Training/<class>/`` and ``Testing/<class>/``
 subtrees, which become the splits ``train`` and ``test`` (folds are made inside ``train``). Files
@@ -10,6 +10,11 @@ then named ``<SRC folder name>/<path in SRC>``, and the groups and folds span al
 becomes a Hub dataset repository folder: ``data/<split>-0000i-of-0000n.parquet`` holding the
 original image bytes, and a README.md dataset card. Every file is decoded before
 anything is written; if one is bad, nothing is.
+
+``--exclude LIST`` leaves out the files LIST names (one ``<SRC folder name>/<path in SRC>`` per line, ``#``
+comments give the reason; for instance slices whose label a look contradicts). They are left out after the
+groups and folds are made, so every other file keeps the fold it has in the full dataset and runs on both
+compare fold by fold.
 
 The near-duplicate grouping and the folds come from ``brain_resnet.folds``, which train.py uses too
 for a dataset without fold columns.
@@ -29,7 +34,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -55,6 +60,7 @@ from brain_resnet.folds import (
     near_duplicate_groups,
     normalised_thumbnail,
     numbered_neighbour_pairs,
+    read_exclusions,
     split_look_alikes,
 )
 
@@ -278,6 +284,7 @@ class Table:
     fold_random: np.ndarray
     n_folds: int
     seed: int
+    excluded: dict[str, str] = field(default_factory=dict)  # file left out by --exclude: the reason given
 
     def columns(self, split: str) -> dict[str, list]:
         rows = np.flatnonzero(self.split == split)
@@ -323,6 +330,43 @@ def build_table(slices: list[Slice], n_folds: int, seed: int) -> Table:
     fold, fold_random = np.full(len(slices), NO_FOLD), np.full(len(slices), NO_FOLD)
     fold[train], fold_random[train] = fold_train, fold_random_train
     return Table(classes, slices, split, label, source, group, fold, fold_random, n_folds, seed)
+
+
+def exclusions(path: Path, entries: list[Entry], srcs: Sequence[Path]) -> dict[str, str]:
+    """The `file` of each entry the --exclude list at `path` names, with its reason. Names under a folder that is
+    not one of the SRCs are someone else's (a list can cover several sources); a name under one of them that is
+    not there is refused, since a misspelt name would leave its file in."""
+    try:
+        listed = read_exclusions(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"error: cannot read --exclude {path}: {exc}") from None
+    names = [src.resolve().name for src in srcs]
+    prefix = "" if len(srcs) > 1 else f"{names[0]}/"  # one SRC: `file` omits the folder's name
+    found = {prefix + e.file: e.file for e in entries}
+    missing = [name for name in listed if name.split("/")[0] in names and name not in found]
+    if missing:
+        raise SystemExit(
+            f"error: --exclude names {len(missing)} file(s) that are not in SRC; nothing was written:\n  "
+            + "\n  ".join(missing)
+        )
+    return {found[name]: reason for name, reason in listed.items() if name in found}
+
+
+def without_excluded(table: Table, excluded: dict[str, str]) -> Table:
+    """The table less the excluded files, every other file keeping its group and folds."""
+    keep = np.array([s.entry.file not in excluded for s in table.slices], dtype=bool)
+    rows = np.flatnonzero(keep)
+    return replace(
+        table,
+        slices=[table.slices[i] for i in rows],
+        split=table.split[keep],
+        label=table.label[keep],
+        source=[table.source[i] for i in rows],
+        group=table.group[keep],
+        fold=table.fold[keep],
+        fold_random=table.fold_random[keep],
+        excluded=excluded,
+    )
 
 
 # ---------------------------------------------------------------- summary (printed and in the card)
@@ -437,6 +481,8 @@ def summary(table: Table, stats: GroupStats) -> str:
     ]
     if "test" in table.splits:
         lines.append(f"Test images with a near-duplicate in train: {stats.test_with_train_twin:,}.")
+    if table.excluded:
+        lines.append(f"Left out (--exclude): {len(table.excluded):,} files, after the folds were made.")
     if max(dev.values()) > SHARE_TOLERANCE:
         lines.append(f"WARNING: a class share is off by more than {SHARE_TOLERANCE} points in some fold.")
     return "\n".join(lines)
@@ -601,6 +647,7 @@ def card_text(table: Table, stats: GroupStats, name: str, load_as: str) -> str:
         "protocol of the improved-ResNet34 paper (arXiv 2512.03751), kept so results can be compared, "
         "with near-duplicates free to fall into different folds. Both are the same for the same seed.",
         "",
+        *excluded_section(table),
         "## Caveats",
         "",
         *(f"- {note}" for note in confound_note(table)),
@@ -628,6 +675,22 @@ def card_text(table: Table, stats: GroupStats, name: str, load_as: str) -> str:
         *(f"- {s}: not known to prepare_dataset.py; add its origin and terms." for s in unknown_sources(table)),
     ]
     return "\n".join(lines) + "\n"
+
+
+def excluded_section(table: Table) -> list[str]:
+    """The card's list of the files --exclude left out, with the reason given for each."""
+    if not table.excluded:
+        return []
+    return [
+        "## Left out",
+        "",
+        f"{len(table.excluded):,} files of the source folders are not in this dataset (`prepare_dataset.py "
+        "--exclude`). They were left out after the groups and folds were made, so every other file keeps the "
+        "fold it has in the dataset made without `--exclude`.",
+        "",
+        *(f"- `{file}`: {reason or 'no reason given'}" for file, reason in sorted(table.excluded.items())),
+        "",
+    ]
 
 
 def unknown_sources(table: Table) -> list[str]:
@@ -708,6 +771,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("out", metavar="OUT", type=Path, help="new folder for the Hub dataset (must not exist)")
     parser.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of both fold assignments (default 0)")
+    parser.add_argument(
+        "--exclude",
+        metavar="LIST",
+        type=Path,
+        help="text file naming files to leave out, one <SRC folder name>/<path in SRC> per line (# comments: "
+        "the reason); they leave after the folds are made, so the other files keep their folds",
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload OUT as this Hub dataset repository")
     args = parser.parse_args(argv)
     if args.folds < 2:
@@ -721,7 +791,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     started = time.perf_counter()
     entries, ignored = find_all_images(args.src)
-    table = build_table(decode_all(entries), args.folds, args.seed)
+    excluded = exclusions(args.exclude, entries, args.src) if args.exclude else {}
+    table = without_excluded(build_table(decode_all(entries), args.folds, args.seed), excluded)
     stats = group_stats(table)
     body = card_text(table, stats, args.out.name, args.push_to_hub or f"path/to/{args.out.name}")
     write_atomically(args.out, lambda folder: write_hub_folder(table, folder, body))

@@ -1,5 +1,6 @@
 """Near-duplicate groups and the two cross-validation fold protocols, shared by prepare_dataset.py (which writes
-the fold columns) and train.py (which reads them, or makes them for a dataset without them).
+the fold columns) and train.py (which reads them, or makes them for a dataset without them); and the lists of
+files that prepare_dataset.py --exclude leaves out.
 
 Importing this module loads only numpy; imagehash, scikit-learn and scipy load in the functions that use them.
 """
@@ -7,6 +8,7 @@ Importing this module loads only numpy; imagehash, scikit-learn and scipy load i
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -234,3 +236,17 @@ def class_share_deviation(labels: Sequence[Hashable], folds: Sequence[int]) -> f
         100 * np.abs(np.array([np.mean(labels[folds == k] == c) for c in classes]) - overall).max()
         for k in np.unique(folds)
     )
+
+
+def read_exclusions(path: Path) -> dict[str, str]:
+    """The files an --exclude list names, each with its reason: the line's own ``# comment``, else the last
+    comment line above it (a heading for the lines below)."""
+    listed, heading = {}, ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name, _, comment = line.partition("#")
+        name, comment = name.strip(), comment.strip()
+        if not name:
+            heading = comment or heading
+            continue
+        listed[name] = comment or heading
+    return listed

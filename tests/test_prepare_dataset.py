@@ -327,6 +327,44 @@ def test_same_seed_gives_the_same_folds(tmp_path, brain_mri_data):
     assert read_columns(tmp_path / "a") == read_columns(tmp_path / "b")
 
 
+def test_exclude_leaves_the_listed_files_out_and_every_other_file_keeps_its_fold(tmp_path, brain_mri_data, capsys):
+    src = tmp_path / "brain-tumor-mri-4k"
+    copy_slices(brain_mri_data, src, per_class=6, step=37)
+    left_out = sorted(os.listdir(src / "notumor"))[:2] + sorted(os.listdir(src / "glioma"))[:1]
+    listing = tmp_path / "doubtful.txt"
+    listing.write_text(
+        "# a header line\n\n"
+        "# Br35H: a mass\n"
+        f"brain-tumor-mri-4k/notumor/{left_out[0]}\n"
+        f"brain-tumor-mri-4k/notumor/{left_out[1]}  # enhancing nodules\n"
+        f"brain-tumor-mri-4k/glioma/{left_out[2]}  # not a glioma\n"
+        "brain-tumor-mri-sartaj/notumor/sartaj-Te-no-0021.jpg  # another source: not prepared here\n"
+    )
+    prep.main([str(src), str(tmp_path / "full"), "--folds", "3"])
+    prep.main([str(src), str(tmp_path / "clean"), "--folds", "3", "--exclude", str(listing)])
+    assert "Left out (--exclude): 3 files" in capsys.readouterr().out
+
+    full = {r["file"]: r for r in read_columns(tmp_path / "full")}
+    clean = {r["file"]: r for r in read_columns(tmp_path / "clean")}
+    excluded = {"notumor/" + left_out[0], "notumor/" + left_out[1], "glioma/" + left_out[2]}
+    assert set(clean) == set(full) - excluded
+    assert all(clean[f] == full[f] for f in clean)  # the same label, group and both folds: runs compare fold by fold
+    card = (tmp_path / "clean" / "README.md").read_text()
+    assert f"`notumor/{left_out[0]}`: Br35H: a mass" in card  # a heading gives the lines below it their reason
+    assert f"`notumor/{left_out[1]}`: enhancing nodules" in card
+    assert f"`glioma/{left_out[2]}`: not a glioma" in card
+
+
+def test_exclude_refuses_a_listed_file_that_is_not_there(tmp_path, brain_mri_data, capsys):
+    src, out, listing = tmp_path / "brain-tumor-mri-4k", tmp_path / "out", tmp_path / "doubtful.txt"
+    copy_slices(brain_mri_data, src, per_class=4, step=37)
+    listing.write_text("brain-tumor-mri-4k/notumor/br35h-no-9999.jpg  # misspelt\n")
+    message = error_of([str(src), str(out), "--folds", "3", "--exclude", str(listing)], capsys)
+    assert "not in SRC" in message and "brain-tumor-mri-4k/notumor/br35h-no-9999.jpg" in message
+    assert "cannot read --exclude" in error_of([str(src), str(out), "--exclude", str(tmp_path / "none.txt")], capsys)
+    assert not out.exists()
+
+
 def test_push_to_hub_uploads_the_prepared_folder(tmp_path, brain_mri_data, monkeypatch):
     import huggingface_hub
 

@@ -51,6 +51,12 @@ cpu-release: setup data/brain-tumor-mri-4k
 data/all-sources: | setup
 	$(PY) prepare_dataset.py $(SOURCE_4K) $(EXTERNAL) $@ --folds 5 --seed 0
 
+# The release's data: every source less the slices labelled notumor that show a tumor (results/label-audit/);
+# every other slice keeps its data/all-sources fold.
+DOUBTFUL ?= results/label-audit/doubtful-notumor.txt
+data/all-sources-clean: | setup
+	$(PY) prepare_dataset.py $(SOURCE_4K) $(EXTERNAL) $@ --folds 5 --seed 0 --exclude $(DOUBTFUL)
+
 data/brain-tumor-mri-sartaj:
 	mkdir -p data && cp -r $(EXTERNAL) $@
 

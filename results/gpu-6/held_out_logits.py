@@ -1,9 +1,9 @@
 """Every fold model's logits on its own held-out fold, so that operating points and per-source scores can be worked
 out later without the fold models (which stay on the GPU machine):
 
-    PYTHONPATH=. python results/gpu-6/held_out_logits.py OUTPUT.json RUN [RUN ...]
+    PYTHONPATH=. python results/gpu-6/held_out_logits.py DATASET OUTPUT.json RUN [RUN ...]
 
-Rows are positions in the dataset's train split (data/all-sources, grouped folds), with their label, source and
+Rows are positions in DATASET's train split (the runs' dataset, grouped folds), with their label, source and
 fold written once; each run gets {fold: logits of its held-out rows, in row order}.
 """
 
@@ -19,8 +19,8 @@ from brain_resnet.data import decode_images, load_table
 from brain_resnet.engine import model_input
 from brain_resnet.modeling import BrainResNetImageProcessor
 
-output, runs = Path(sys.argv[1]), [Path(run) for run in sys.argv[2:]]
-table = load_table("data/all-sources", "grouped", with_test=False)
+dataset, output, runs = sys.argv[1], Path(sys.argv[2]), [Path(run) for run in sys.argv[3:]]
+table = load_table(dataset, "grouped", with_test=False)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 report = {
     "class_names": table.class_names,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The sixth GPU lease, from the repo root, carrying data/all-sources:
+# The sixth GPU lease, from the repo root, carrying data/all-sources-clean (make data/all-sources-clean):
 #   bash results/gpu-6/lease.sh OUT_DIR          the main call (about 8 minutes on an H100 or H200)
 #   bash results/gpu-6/lease.sh OUT_DIR bench    a second call if device time is left (about 4 minutes)
-# Main call: the release recipe (grouped folds of every source, 128 px, 60 epochs, batch 128, peak lr 2e-3, pasted
+# Main call: the release recipe (grouped folds of every source less the slices of
+# results/label-audit/doubtful-notumor.txt, 128 px, 60 epochs, batch 128, peak lr 2e-3, pasted
 # lesions) cross-validated on all 5 folds, for the improved model and ResNet34: 10 train.py processes side by side
 # under CUDA MPS. The release is one of these folds' models; its 5-fold mean ± std, and every sartaj slice scored
 # once by a model that did not train on it (cv_results.json's confusion_matrix_by_source), say how far one fold's
@@ -33,7 +34,8 @@ fi
 nvidia-cuda-mps-control -d 2>/dev/null && log "CUDA MPS on"
 nvidia-smi dmon -s um -d 5 >"$R/gpu-utilisation.txt" 2>&1 &
 dmon=$!
-RECIPE=(--dataset data/all-sources --protocol grouped --epochs "$EPOCHS" --image-size "$SIZE" --batch-size 128 --lr 2e-3
+DATA=data/all-sources-clean
+RECIPE=(--dataset "$DATA" --protocol grouped --epochs "$EPOCHS" --image-size "$SIZE" --batch-size 128 --lr 2e-3
     --save-every "$EPOCHS" --no-compile --workers 2 --paste-prob 0.3 --resume)
 train() {
     local name=$1
@@ -55,7 +57,7 @@ wait "${jobs[@]}"
 log "training done"
 echo quit | nvidia-cuda-mps-control 2>/dev/null
 kill "$dmon" 2>/dev/null
-PYTHONPATH=. timeout 120 python3 "$R/held_out_logits.py" "$R/held-out-logits.json" "$RUNS/release-recipe-improved" \
+PYTHONPATH=. timeout 120 python3 "$R/held_out_logits.py" "$DATA" "$R/held-out-logits.json" "$RUNS/release-recipe-improved" \
     "$RUNS/release-recipe-resnet34" >"$R/held-out-logits.log" 2>&1
 log "held-out logits: rc $?"
 timeout 60 python3 evaluation.py summary "$RUNS/release-recipe-improved" "$RUNS/release-recipe-resnet34" \

@@ -68,7 +68,7 @@ def test_report_measures_the_released_model(release, run):  # noqa: F811
     assert set(crossed) >= {"log_loss", "calibration_error", "unfamiliar", "healthy_called_tumor"}
 
     card = (out / "README.md").read_text()
-    assert "interim weights, trained on a CPU" in card
+    assert "**Trained on a CPU**" in card  # where the weights came from, said up front
     assert f"| other-source | {other['slices']} |" in card
     assert f"{held_out['accuracy']:.4f}" in card and "fold 0's model" in card
     assert f"| released, fitted on the other half (cross-fitted) | {crossed['accuracy']['mean']:.4f} ± " in card

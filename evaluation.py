@@ -50,7 +50,7 @@ from scipy import stats
 from transformers.utils import logging as transformers_logging
 
 from brain_resnet.cli import UsageError, number
-from brain_resnet.data import Table, decode_images, load_table, open_image
+from brain_resnet.data import ANY_TUMOUR, Table, decode_images, load_table, open_image
 from brain_resnet.engine import logits_function, model_config, model_input
 from brain_resnet.external import NOTUMOR, external_files, external_metrics, read_external
 from brain_resnet.folds import PROTOCOL_NAMES
@@ -298,8 +298,12 @@ def robustness(args: argparse.Namespace) -> dict:
     if len(source_sets) > 1:
         raise UsageError("the runs were trained on different --sources of the dataset; evaluate them apart")
     sources = list(source_sets.pop()) or None
+    untyped_lists = {run.settings.get("untyped_tumors") for run in runs}
+    if len(untyped_lists) > 1:
+        raise UsageError("the runs were trained with different --untyped-tumors lists; evaluate them apart")
+    untyped = untyped_lists.pop()
     protocols = {run.settings["protocol"] for run in runs}
-    tables = {p: load_table(dataset, p, with_test=False, sources=sources) for p in protocols}
+    tables = {p: load_table(dataset, p, False, sources=sources, untyped_tumors=untyped) for p in protocols}
     table = next(iter(tables.values()))
     labels, class_names = table.labels, table.class_names
     if NOTUMOR not in class_names:
@@ -308,9 +312,10 @@ def robustness(args: argparse.Namespace) -> dict:
     notumor_sizes = [open_image(table.images[i]).size for i in np.flatnonzero(labels == notumor)]
     sizes = sorted({fold.size for run in runs for fold in run.folds})
     processor = common_processor(runs)
+    typed = labels != ANY_TUMOUR  # the 4-class scores have no class for untyped tumours
     rows_of = {
-        "all": np.arange(len(labels)),
-        "tumor": np.flatnonzero(labels != notumor),
+        "all": np.flatnonzero(typed),
+        "tumor": np.flatnonzero(typed & (labels != notumor)),
         "notumor": np.flatnonzero(labels == notumor),
     }
 

@@ -1,8 +1,8 @@
 """Turn a trained fold model into the release: calibrated, with its unfamiliar-image detector, scored on slices of
 other sources, stored as float16 shards with its model card.
 
-    python make_release.py runs/cpu-recipe/fold-0 --output release \\
-        --external ../shared/data/brain-tumor-mri-sartaj --report results/release.json
+    python make_release.py runs/cpu-release-clean/fold-0 --output release --healthy-false-alarms 0.05 \\
+        --report results/release.json --push-to-hub you/brain-resnet
 
 MODEL is a fold folder of a train.py run (its parent holds run_args.json and cv_results.json). The fold it was held
 out from is the only data it never trained on, and the release is fitted on it:
@@ -48,14 +48,14 @@ from brain_resnet.calibration import (
     storable_precision,
     unfamiliar_threshold,
 )
-from brain_resnet.cli import UsageError, number
-from brain_resnet.data import NOTUMOR, decode_images, load_table
+from brain_resnet.cli import UsageError, hub_repo_id, number
+from brain_resnet.data import ANY_TUMOUR, NOTUMOR, decode_images, load_table
 from brain_resnet.engine import model_input
 from brain_resnet.external import TUMOR, external_files, external_metrics, read_external
-from brain_resnet.hub import save_model_folder
+from brain_resnet.hub import save_model_folder, upload
 from brain_resnet.modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
-from brain_resnet.reports import render_model_card, render_release_section, render_summary_section
-from brain_resnet.runs import read_json, write_json
+from brain_resnet.reports import render_model_card, render_summary_section
+from brain_resnet.runs import read_json, shown_path, write_json
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 
@@ -81,10 +81,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: the top class as trained)",
     )
     parser.add_argument("--report", type=Path, help="JSON file for every measured number (default: print only)")
-    parser.add_argument("--hub-model-id", help="the Hub repo the card names (default: the output folder)")
+    parser.add_argument(
+        "--hub-model-id",
+        type=hub_repo_id,
+        help="the Hub repo the card names (default: --push-to-hub's, else the output folder)",
+    )
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO_ID", type=hub_repo_id, help="then upload the release folder to this model repo"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="image-decoding threads")
     args = parser.parse_args(argv)
+    if args.hub_model_id and args.push_to_hub and args.hub_model_id != args.push_to_hub:
+        parser.error("--hub-model-id and --push-to-hub name different repos")
+    args.hub_model_id = args.hub_model_id or args.push_to_hub
     args.command = shlex.join(["python", "make_release.py", *(sys.argv[1:] if argv is None else argv)])
     return args
 
@@ -127,15 +137,6 @@ def shift_notumor_logit(
     return offset
 
 
-def shown_path(path: str) -> str:
-    """A dataset path as the report shows it: relative to the working directory when inside it (train.py stores
-    it resolved), so that the report names no machine's folders."""
-    try:
-        return Path(path).relative_to(Path.cwd()).as_posix()
-    except ValueError:  # elsewhere, or a Hub id
-        return path
-
-
 def held_out_scores(probs: np.ndarray, labels: np.ndarray, unfamiliarity: np.ndarray) -> dict:
     return {
         "slices": int(len(labels)),
@@ -174,8 +175,15 @@ def make_release(args: argparse.Namespace) -> dict:
     model = model.half().float()  # what the float16 release will compute: fit on the shipped weights
 
     print(f"Decoding {settings['dataset']} ({settings['protocol']} protocol) ...")
-    table = load_table(settings["dataset"], settings["protocol"], with_test=False, sources=settings.get("sources"))
-    held_out, training = table.folds == fold, table.folds != fold
+    table = load_table(
+        settings["dataset"],
+        settings["protocol"],
+        with_test=False,
+        sources=settings.get("sources"),
+        untyped_tumors=settings.get("untyped_tumors"),
+    )
+    typed = table.labels != ANY_TUMOUR  # untyped tumours have no class to calibrate or to take a class mean of
+    held_out, training = (table.folds == fold) & typed, (table.folds != fold) & typed
     labels = table.labels
     if args.healthy_false_alarms is not None:
         healthy_groups = np.unique(table.groups[held_out & (labels == notumor)])
@@ -273,8 +281,7 @@ def make_release(args: argparse.Namespace) -> dict:
                 "skipped": skipped,
             }
         model_id = args.hub_model_id or str(args.output)
-        card = render_model_card(MODEL_CARD_TEMPLATE.read_text(), results, fold, model_id)
-        card = render_release_section(card, report)
+        card = render_model_card(MODEL_CARD_TEMPLATE.read_text(), results, fold, model_id, release_report=report)
         if summary is not None:
             card = render_summary_section(card, summary, str(args.summary))
             report["summary"] = str(args.summary)
@@ -329,11 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         report = make_release(args)
+        print_report(report)
+        print(f"Wrote {args.output}" + (f" and {args.report}" if args.report else ""))
+        if args.push_to_hub:
+            upload(args.output, args.push_to_hub, f"`hf upload {args.push_to_hub} {args.output}` uploads it")
     except UsageError as error:
         print(f"make_release.py: error: {error}", file=sys.stderr)
         return 2
-    print_report(report)
-    print(f"Wrote {args.output}" + (f" and {args.report}" if args.report else ""))
     return 0
 
 

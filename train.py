@@ -1,8 +1,8 @@
 """Train the brain-tumor ResNet with k-fold cross-validation: Accelerate, GPU-resident data, Hub-ready folders.
 
-    accelerate launch train.py --dataset /tmp/bt4k-hub --output-dir runs/cv                # 5-fold CV
-    accelerate launch train.py --dataset /tmp/bt4k-hub --output-dir runs/release --folds all,full \\
-        --push-to-hub you/brain-resnet                          # CV, then the release model on all the data
+    accelerate launch train.py --dataset data/brain-tumor-mri-4k --output-dir runs/cv         # 5-fold CV
+    accelerate launch train.py --dataset data/all-sources-clean --output-dir runs/release --folds 0 \\
+        --paste-prob 0.3                    # the release recipe: fold 0 held out for make_release.py
     python train.py --dataset DATASET --output-dir DIR ...      # one process; the CPU when there is no GPU
 
 DATASET is a Hub dataset id or a folder made by prepare_dataset.py: split `train` (and `test`), columns `image`,
@@ -10,7 +10,8 @@ DATASET is a Hub dataset id or a folder made by prepare_dataset.py: split `train
 (plain stratified, --protocol random). A dataset without fold columns gets them from prepare_dataset.py's code.
 
 Each fold trains a model from scratch on the other folds and evaluates it on itself; `--folds full` trains on
-every fold (the release model) and evaluates on the `test` split when there is one. Every image is decoded and
+every fold and evaluates on the `test` split when there is one (with no held-out slices, make_release.py cannot fit
+its operating point and calibration: the bundled release is a fold model). Every image is decoded and
 preprocessed once by BrainResNetImageProcessor (the Space's preprocessing) into uint8 tensors that stay on the
 device, where batches are augmented: no DataLoader, no per-step host work.
 
@@ -47,7 +48,15 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from brain_resnet.cli import HelpFormatter, UsageError, hub_repo_id, model_spec, number
-from brain_resnet.data import CACHE_MARGIN, DeviceData, balanced_weights, decode_images, load_table
+from brain_resnet.data import (
+    ANY_TUMOUR,
+    CACHE_MARGIN,
+    NOTUMOR,
+    DeviceData,
+    balanced_weights,
+    decode_images,
+    load_table,
+)
 from brain_resnet.engine import (
     GracefulStop,
     build_optimizer,
@@ -112,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--folds",
         default="all",
         type=parse_folds,
-        help="all, fold numbers such as 0,1, full (one model on all the data: the release), or a mix: all,full",
+        help="all, fold numbers such as 0,1, full (one model on all the data, nothing held out), or a mix: all,full",
     )
     parser.add_argument(
         "--protocol",
@@ -139,8 +148,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "figshare,br35h for brain-tumor-mri-4k within a multi-source dataset, or of one class of a source: "
         "figshare,br35h,sartaj/notumor adds sartaj's healthy slices only (default: every row)",
     )
-    parser.add_argument("--epochs", type=number(int, 1), default=100, help="epochs per fold")
-    parser.add_argument("--batch-size", type=number(int, 1), default=256, help="global batch, split over processes")
+    # The defaults are the recipe of the GPU runs and the release (60 epochs at 128 px, batch 128, peak lr 2e-3)
+    parser.add_argument("--epochs", type=number(int, 1), default=60, help="epochs per fold")
+    parser.add_argument("--batch-size", type=number(int, 1), default=128, help="global batch, split over processes")
     parser.add_argument("--image-size", type=number(int, 32), default=128, help="model input side in pixels")
     parser.add_argument("--lr", type=number(float, 0, low_inclusive=False), default=2e-3, help="peak AdamW lr")
     parser.add_argument("--weight-decay", type=number(float, 0), default=0.05, help="AdamW decay of the weights")
@@ -217,6 +227,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "with this decay (0.995: about the last 200 steps), and evaluate and save it instead of the last weights; "
         "the log's eval_accuracy_raw is the last weights' (0: off)",
     )
+    parser.add_argument(
+        "--untyped-tumors",
+        metavar="LIST",
+        help="a list of the dataset's files (its `file` column, one per line, `#` comments: the format of "
+        "prepare_dataset.py --exclude, such as results/label-audit/doubtful-notumor.txt) that show a tumor of no "
+        "known class, whatever their label: they train as a tumor, loss -log P(any tumor class), and no 4-class "
+        "score counts them",
+    )
     parser.add_argument("--seed", type=number(int, 0), default=42, help="of weights, batches and augmentation")
     parser.add_argument(
         "--mixed-precision",
@@ -256,6 +274,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if bool(args.heal_prob) != bool(args.heal_from):
         parser.error("--heal-prob and --heal-from go together: the model marks the lesions that are healed")
+    if args.untyped_tumors and (args.group_dro or args.match_sources):
+        parser.error("--untyped-tumors has no class for --group-dro's cells or --match-sources' class means")
     if args.ema_decay == 1:
         parser.error("--ema-decay 1 would keep the initial weights: use a decay below 1")
     if args.hub_model_id and args.push_to_hub and args.hub_model_id != args.push_to_hub:
@@ -310,7 +330,9 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
 
     with GracefulStop() as stop:
         started = time.perf_counter()
-        table = load_table(args.dataset, args.protocol, with_test=FULL in args.folds, sources=args.sources)
+        table = load_table(
+            args.dataset, args.protocol, FULL in args.folds, sources=args.sources, untyped_tumors=args.untyped_tumors
+        )
         if args.balance_sources and table.sources is None:
             raise UsageError(f"--balance-sources: dataset {args.dataset!r} has no source column")
         num_folds = int(table.folds.max()) + 1
@@ -345,6 +367,9 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
             torch.from_numpy(table.labels).to(accelerator.device),
             table,
         )
+        if args.untyped_tumors:
+            data.healthy_label = table.class_names.index(NOTUMOR)
+            accelerator.print(f"{(table.labels == ANY_TUMOUR).sum()} slices train as tumors of unknown type")
         if args.mirror_prob or args.paste_prob:
             data.find_tumour_sides()
         if args.heal_prob:

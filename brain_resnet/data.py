@@ -22,14 +22,17 @@ from .augment import (
     tumour_sides,
 )
 from .cli import UsageError
-from .folds import FOLD_COLUMNS, NO_FOLD, assign_folds, image_hashes, near_duplicate_groups
+from .folds import FOLD_COLUMNS, NO_FOLD, assign_folds, image_hashes, near_duplicate_groups, read_exclusions
 from .modeling import BrainResNetImageProcessor
 from .runs import FULL
 
-DATASET_COLUMNS = ("image", "label", "source", "group", *FOLD_COLUMNS.values())
+DATASET_COLUMNS = ("image", "label", "file", "source", "group", *FOLD_COLUMNS.values())
 # Training crops are cut from a cache this much larger than --image-size, so that zooming in keeps detail.
 CACHE_MARGIN = 1.15
 NOTUMOR = "notumor"  # the label of healthy slices
+# The label, in a Table, of a slice that shows a tumour of no known class (train.py --untyped-tumors): it trains as
+# "a tumour", any class but notumor, and no 4-class score counts it.
+ANY_TUMOUR = -1
 BACKGROUND_LEVEL = 10  # of 255: darker pixels of a cached slice are background
 
 
@@ -132,9 +135,12 @@ def find_near_duplicate_groups(images: list) -> list[int]:
         raise UsageError("grouping near-duplicates needs imagehash and scipy; or use --protocol random") from None
 
 
-def load_table(dataset: str, protocol: str, with_test: bool, sources: list[str] | None = None) -> Table:
+def load_table(
+    dataset: str, protocol: str, with_test: bool, sources: list[str] | None = None, untyped_tumors: str | None = None
+) -> Table:
     """The train split with the protocol's folds (and the test split, for the full model's evaluation); with
-    `sources`, only the rows of those sources or source/class cells (the folds stay as the dataset made them)."""
+    `sources`, only the rows of those sources or source/class cells (the folds stay as the dataset made them); with
+    `untyped_tumors` (a list of the dataset's `file` names), those rows labelled ANY_TUMOUR."""
     splits, class_names = read_splits(dataset)
     if "train" not in splits:
         raise UsageError(f"dataset {dataset!r} has no train split (its splits: {', '.join(splits) or 'none'})")
@@ -148,6 +154,8 @@ def load_table(dataset: str, protocol: str, with_test: bool, sources: list[str] 
             "make one with prepare_dataset.py"
         )
     labels, class_names = label_indices(train["label"], class_names)
+    if untyped_tumors:
+        labels = mark_untyped_tumours(labels, train.get("file"), untyped_tumors, class_names)
     fold_column = FOLD_COLUMNS[protocol]
     folds = np.asarray(train[fold_column]) if fold_column in train else make_folds(train, labels, protocol)
     images, row_sources = list(train["image"]), train.get("source")
@@ -163,6 +171,26 @@ def load_table(dataset: str, protocol: str, with_test: bool, sources: list[str] 
     if folds.max(initial=NO_FOLD) < 1:
         raise UsageError(f"dataset {dataset!r}: column {fold_column} holds fewer than 2 folds")
     return Table(images, labels, folds, row_sources, class_names, groups)
+
+
+def mark_untyped_tumours(labels: np.ndarray, files: list | None, listing: str, class_names: list[str]) -> np.ndarray:
+    """`labels` with ANY_TUMOUR for the rows whose `file` the list at `listing` names (one per line, `#` comments,
+    as prepare_dataset.py --exclude reads them); every listed file must be a row."""
+    if NOTUMOR not in class_names:
+        raise UsageError(f"--untyped-tumors needs a {NOTUMOR!r} class; the dataset has {class_names}")
+    if files is None:
+        raise UsageError("--untyped-tumors needs the dataset's `file` column (prepare_dataset.py writes it)")
+    try:
+        listed = read_exclusions(Path(listing))
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read --untyped-tumors {listing}: {error}") from None
+    missing = sorted(set(listed) - set(files))
+    if missing:
+        raise UsageError(
+            f"--untyped-tumors {listing} names {len(missing)} file(s) that are not rows of the dataset (or of its "
+            f"--sources): {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+        )
+    return np.where(np.isin(files, list(listed)), ANY_TUMOUR, labels)
 
 
 def balanced_weights(sources: list[str]) -> torch.Tensor:
@@ -278,7 +306,8 @@ class DeviceData:
         self.healthy_label = names.index(NOTUMOR)
         to_model = torch.tensor([model_names.index(name) for name in names], device=self.labels.device)
         symmetry = torch.cat([left_right_symmetry(images) for images in self.train_images.split(chunk)])
-        marked_rows = torch.nonzero((self.labels != self.healthy_label) & (symmetry <= MIN_MIRROR_SYMMETRY)).flatten()
+        tumours = (self.labels != self.healthy_label) & (self.labels != ANY_TUMOUR)  # Grad-CAM needs the class
+        marked_rows = torch.nonzero(tumours & (symmetry <= MIN_MIRROR_SYMMETRY)).flatten()
         self.lesion_masks = torch.zeros_like(self.train_images, dtype=torch.bool)
         for rows in marked_rows.split(chunk):  # Grad-CAM, the costly part, of these rows only
             images = self.train_images[rows]
@@ -290,11 +319,13 @@ class DeviceData:
             self.lesion_masks[rows] = found & head
 
     def indices(self, fold) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows to train on and rows to evaluate on: the other folds and this one, or all folds and the test split."""
+        """Rows to train on and rows to evaluate on: the other folds and this one, or all folds and the test split.
+        Untyped tumours train but are not evaluated: the 4-class scores have no class for them."""
         folds = self.table.folds
         if fold == FULL:
             train, held_out = folds != NO_FOLD, folds == NO_FOLD
         else:
             train, held_out = (folds != NO_FOLD) & (folds != fold), folds == fold
+        held_out &= self.table.labels != ANY_TUMOUR
         device = self.labels.device
         return torch.from_numpy(np.flatnonzero(train)).to(device), torch.from_numpy(np.flatnonzero(held_out)).to(device)

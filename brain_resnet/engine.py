@@ -18,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from .alignment import source_mean_gap
 from .augment import augment, heal_lesions, mirror_hemispheres, paste_lesions
 from .cli import UsageError
+from .data import ANY_TUMOUR
 from .group_dro import GroupWeights, cell_ids
 from .modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
 from .runs import fold_name, read_json, write_json
@@ -138,6 +139,7 @@ def train_step(
     sources=None,
     group_weights: GroupWeights | None = None,
     lesions=None,
+    untyped_healthy_label: int | None = None,
 ):
     """One optimisation step on cached uint8 slices; returns loss and correct count as device tensors (no sync).
 
@@ -146,6 +148,8 @@ def train_step(
     `sources`: (the slices' source ids, the number of sources) for args.match_sources, whose `forward` is a
     logits_and_features_function, and for `group_weights` (args.group_dro), whose groups are the rows' (class,
     source) cells.
+    `untyped_healthy_label`: the healthy label, when the slices may include untyped tumours (train.py
+    --untyped-tumors; `slice_losses`), which count as correct when called any tumour class.
     """
     groups = None if group_weights is None else cell_ids(labels, *sources)  # before healing and pasting relabel
     if lesions is not None and args.heal_prob:  # first: a healed slice may then get a pasted lesion
@@ -161,7 +165,7 @@ def train_step(
         alignment = args.match_sources * gap
     else:
         logits, alignment = forward(pixel_values), 0.0
-    per_slice = F.cross_entropy(logits.float(), labels, label_smoothing=args.label_smoothing, reduction="none")
+    per_slice = slice_losses(logits.float(), labels, args.label_smoothing, untyped_healthy_label)
     if group_weights is None:
         loss = per_slice.mean() + alignment
     else:
@@ -170,7 +174,24 @@ def train_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.detach(), (logits.argmax(dim=1) == labels).sum()
+    called = logits.argmax(dim=1)
+    hits = called == labels
+    if untyped_healthy_label is not None:
+        hits |= (labels == ANY_TUMOUR) & (called != untyped_healthy_label)
+    return loss.detach(), hits.sum()
+
+
+def slice_losses(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, healthy_label: int | None = None
+) -> torch.Tensor:
+    """Each slice's loss: cross-entropy against its class; given `healthy_label`, an untyped tumour's (label
+    ANY_TUMOUR) is -log P(any class but healthy), which leaves the tumour classes to share the probability."""
+    losses = F.cross_entropy(logits, labels.clamp(min=0), label_smoothing=label_smoothing, reduction="none")
+    if healthy_label is None:
+        return losses
+    healthy = F.one_hot(torch.tensor(healthy_label, device=logits.device), logits.shape[1]).bool()
+    tumour = logits.log_softmax(dim=1).masked_fill(healthy, -torch.inf).logsumexp(dim=1)
+    return torch.where(labels == ANY_TUMOUR, -tumour, losses)
 
 
 def train_epoch(
@@ -215,6 +236,7 @@ def train_epoch(
             sources,
             group_weights,
             lesions,
+            data.healthy_label if args.untyped_tumors else None,
         )
         if averaged is not None:
             averaged.update_parameters(model)

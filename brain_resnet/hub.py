@@ -29,12 +29,24 @@ def save_model_folder(model, processor, folder: Path, half_storage: bool) -> Non
 
 
 def push_to_hub(folder: Path, repo_id: str) -> None:
-    """train.py's only network call: create the model repo if needed and upload the folder."""
+    """The scripts' only network call: create the model repo if needed and upload the folder."""
     from huggingface_hub import HfApi
 
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message="Upload model trained with train.py")
+    api.upload_folder(folder_path=folder, repo_id=repo_id, commit_message="Upload the model and its card")
+
+
+def upload(folder: Path, repo_id: str, retry: str) -> None:
+    """push_to_hub with progress lines; a failure (network, authentication) becomes a UsageError that says the
+    folder is complete and how to `retry`."""
+    print(f"Uploading {folder} to https://huggingface.co/{repo_id} ...")
+    try:
+        push_to_hub(folder, repo_id)
+    except Exception as error:
+        message = f"upload to {repo_id} failed ({type(error).__name__}: {error}); {folder} is complete: {retry}"
+        raise UsageError(message) from None
+    print(f"Uploaded https://huggingface.co/{repo_id}")
 
 
 def publish(out: Path, results: dict, repo_id: str, template: str) -> None:
@@ -46,12 +58,4 @@ def publish(out: Path, results: dict, repo_id: str, template: str) -> None:
     folder = out / fold_name(fold)
     card = render_model_card(template, results, fold if fold == FULL else str(fold), repo_id)
     (folder / "README.md").write_text(card)
-    print(f"Uploading {folder} to https://huggingface.co/{repo_id} ...")
-    try:
-        push_to_hub(folder, repo_id)
-    except Exception as error:  # network or authentication: the folder is complete, so say how to retry
-        raise UsageError(
-            f"upload to {repo_id} failed ({type(error).__name__}: {error}); {folder} is complete: rerun with "
-            "--resume --push-to-hub, or `hf upload`"
-        ) from None
-    print(f"Uploaded https://huggingface.co/{repo_id}")
+    upload(folder, repo_id, "rerun with --resume --push-to-hub, or `hf upload`")

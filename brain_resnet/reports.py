@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import METRICS
-from .runs import FULL, epoch_records, fold_name
+from .runs import FULL, epoch_records, fold_name, shown_path
 
+# train.py settings that training_info names when they are on
+SWITCHES = ("remap_prob", "mirror_prob", "paste_prob", "heal_prob", "balance_sources", "untyped_tumors")
 RESULTS_START, RESULTS_END = "<!-- train.py:results:start -->", "<!-- train.py:results:end -->"
 RELEASE_START, RELEASE_END = "<!-- make_release.py:release:start -->", "<!-- make_release.py:release:end -->"
 SUMMARY_START, SUMMARY_END = "<!-- make_release.py:summary:start -->", "<!-- make_release.py:summary:end -->"
@@ -102,14 +104,25 @@ def format_stat(stat: dict | None, spec: str = ".4f") -> str:
     return f"{stat['mean']:{spec}} ± {stat['std']:{spec}}" if stat else "–"
 
 
-def results_markdown(results: dict, fold, model_id: str) -> str:
-    """The model card's results section: the cross-validation table and what these weights are."""
+def cross_validation_scheme(results: dict) -> str:
+    """How the run split its data, as the card names it: a cross-validation, or the one fold held out."""
+    settings, folds = results["args"]["settings"], sorted(results.get("folds", {}), key=int)
+    if not folds:
+        return "trained on"
+    if len(folds) == 1:  # a release's run: one model, one fold it never trained on
+        return f"fold {folds[0]} of the {settings['protocol']} {results['num_folds']}-fold split held out, of"
+    return f"{settings['protocol']} {results['num_folds']}-fold cross-validation of"
+
+
+def results_markdown(results: dict, fold, model_id: str, released: bool = False) -> str:
+    """The model card's results section: the cross-validation table and what these weights are (`released`: a
+    make_release.py folder, whose operating point and calibration the release section scores)."""
     settings, class_names = results["args"]["settings"], results["class_names"]
     folds, summary = results.get("folds", {}), results.get("summary", {})
-    scheme = f"{settings['protocol']} {results['num_folds']}-fold cross-validation of" if folds else "trained on"
     lines = [
         f"Trained with `{results['args']['command']}` on {results['device']}: {settings['model']} model, "
-        f"{scheme} `{settings['dataset']}`, {settings['epochs']} epoch{'s' if settings['epochs'] != 1 else ''}, "
+        f"{cross_validation_scheme(results)} `{shown_path(settings['dataset'])}`, "
+        f"{settings['epochs']} epoch{'s' if settings['epochs'] != 1 else ''}, "
         f"{settings['image_size']} px, batch {settings['batch_size']}, peak lr {settings['lr']}, "
         f"seed {settings['seed']}.",
         "",
@@ -130,17 +143,20 @@ def results_markdown(results: dict, fold, model_id: str) -> str:
             cells += [f"{entry[m]:.4f}" if entry.get(m) is not None else "–" for m in METRICS]
             cells += [f"{entry['recall'][c]:.4f}" for c in class_names]
             lines.append("| " + " | ".join(cells) + " |")
-        cells = ["**mean ± std**", ""]
-        cells += [format_stat(summary.get(m)) for m in METRICS]
-        cells += [f"{summary['recall'][c]:.4f}" if c in summary.get("recall", {}) else "–" for c in class_names]
-        lines += ["| " + " | ".join(cells) + " |", ""]
+        if len(folds) > 1:
+            cells = ["**mean ± std**", ""]
+            cells += [format_stat(summary.get(m)) for m in METRICS]
+            cells += [f"{summary['recall'][c]:.4f}" if c in summary.get("recall", {}) else "–" for c in class_names]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
         by_source = defaultdict(list)
         for entry in folds.values():
             for source, accuracy in entry.get("accuracy_by_source", {}).items():
                 by_source[source].append(accuracy)
         if by_source:
             listing = ", ".join(f"{s} {np.mean(v):.4f}" for s, v in sorted(by_source.items()))
-            lines += [f"Held-out accuracy by image source (mean over folds): {listing}.", ""]
+            over = ", mean over folds" if len(folds) > 1 else ""
+            lines += [f"Held-out accuracy by image source (top class as trained{over}): {listing}.", ""]
         lines += [
             f"Training throughput: {format_stat(summary.get('train_images_per_s'), ',.0f')} images/s "
             f"(median epoch of each fold); {summary['wall_seconds']:.0f} s for {len(folds)} fold(s).",
@@ -156,6 +172,13 @@ def results_markdown(results: dict, fold, model_id: str) -> str:
                 f"On the dataset's test split ({entry['num_eval']:,} images): accuracy {entry['accuracy']:.4f}, "
                 f"macro-F1 {entry['macro_f1']:.4f}, ROC-AUC {entry['roc_auc_macro']:.4f}."
             )
+    elif released:
+        entry = folds[str(fold)]
+        lines.append(
+            f"**These weights** are fold {fold}'s model, trained on the other folds ({entry['num_train']:,} images), "
+            f"with the operating point and calibration that make_release.py fitted on fold {fold}: its row of the "
+            "table scores them as trained, the next section as released."
+        )
     else:
         entry = folds[str(fold)]
         lines.append(
@@ -173,7 +196,9 @@ def results_markdown(results: dict, fold, model_id: str) -> str:
     return "\n".join(lines)
 
 
-def model_index_results(results: dict) -> list:
+def model_index_results(results: dict, release_report: dict | None = None) -> list:
+    """The card's model-index: the cross-validation means (one fold: its scores as trained), the release model's
+    test-split scores, and for a make_release.py folder first its accuracy as released, cross-fitted."""
     from huggingface_hub import EvalResult
 
     settings = results["args"]["settings"]
@@ -181,17 +206,36 @@ def model_index_results(results: dict) -> list:
     dataset_type = Path(dataset).name if Path(dataset).exists() else dataset
     found = []
     summary = results.get("summary", {})
+    if summary.get("folds") and len(summary["folds"]) == 1:
+        held_out = f"{settings['protocol']} fold {summary['folds'][0]} held out"
+        split_name, scored = f"{dataset_type} ({held_out})", f"held-out fold {summary['folds'][0]}, as trained"
+    else:
+        split_name = f"{dataset_type} ({settings['protocol']} {results['num_folds']}-fold CV)"
+        scored = f"mean over folds {summary.get('folds')}"
+    if release_report and (crossed := release_report.get("held_out_scores_cross_fitted")):
+        found.append(
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=dataset_type,
+                dataset_name=split_name,
+                dataset_split="train",
+                metric_type="accuracy",
+                metric_value=round(crossed["accuracy"]["mean"], 4),
+                metric_name="accuracy (as released: operating point and calibration fitted on the other half of "
+                "the held-out fold)",
+            )
+        )
     for metric, name in (("accuracy", "accuracy"), ("macro_f1", "f1"), ("roc_auc_macro", "roc_auc")):
         if metric in summary:
             found.append(
                 EvalResult(
                     task_type="image-classification",
                     dataset_type=dataset_type,
-                    dataset_name=f"{dataset_type} ({settings['protocol']} {results['num_folds']}-fold CV)",
+                    dataset_name=split_name,
                     dataset_split="train",
                     metric_type=name,
                     metric_value=round(summary[metric]["mean"], 4),
-                    metric_name=f"{metric} (mean over folds {summary['folds']})",
+                    metric_name=f"{metric} ({scored})",
                 )
             )
         if results.get(FULL, {}).get(metric) is not None:
@@ -209,14 +253,18 @@ def model_index_results(results: dict) -> list:
     return found
 
 
-def render_model_card(template: str, results: dict, fold, model_id: str) -> str:
-    """model_card.md with this run's results between its markers and in the model-index metadata."""
+def render_model_card(template: str, results: dict, fold, model_id: str, release_report: dict | None = None) -> str:
+    """model_card.md with this run's results between its markers and in the model-index metadata; given
+    make_release.py's report, a release's card, its release section filled too."""
     from huggingface_hub import ModelCard
 
     card = ModelCard(template)
     region = marked_region(card.text, RESULTS_START, RESULTS_END)
-    card.text = replace_region(card.text, region, results_markdown(results, fold, model_id))
-    eval_results = model_index_results(results)
+    released = release_report is not None
+    card.text = replace_region(card.text, region, results_markdown(results, fold, model_id, released))
+    if released:
+        card.text = render_release_section(card.text, release_report)
+    eval_results = model_index_results(results, release_report)
     if eval_results:
         card.data.model_name = model_id.rstrip("/").split("/")[-1]
         card.data.eval_results = eval_results
@@ -241,6 +289,9 @@ def training_info(args, fold, entry: dict, results: dict) -> dict:
         "batch_size": args.batch_size,
         "lr": args.lr,
         **({"ema_decay": args.ema_decay} if args.ema_decay else {}),
+        # the data and augmentation switches that are on (the rest of the settings: run_args.json)
+        **({"sources": ",".join(args.sources)} if args.sources else {}),
+        **{name: getattr(args, name) for name in SWITCHES if getattr(args, name)},
         "seed": args.seed,
         "device": entry["device"],
         "date": datetime.date.today().isoformat(),

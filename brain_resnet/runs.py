@@ -33,6 +33,7 @@ RUN_SETTINGS = (
     "match_sources",
     "group_dro",
     "ema_decay",
+    "untyped_tumors",
     "seed",
     "mixed_precision",
 )
@@ -40,6 +41,15 @@ RUN_SETTINGS = (
 
 def fold_name(fold) -> str:
     return FULL if fold == FULL else f"fold-{fold}"
+
+
+def shown_path(path: str) -> str:
+    """A dataset path as reports and cards show it: relative to the working directory when inside it (train.py
+    stores it resolved), so that they name no machine's folders."""
+    try:
+        return Path(path).relative_to(Path.cwd()).as_posix()
+    except ValueError:  # elsewhere, or a Hub id
+        return path
 
 
 def read_json(path: Path, default=None):
@@ -70,7 +80,7 @@ def epoch_records(log_path: Path) -> dict:
 
 def run_settings(args: argparse.Namespace) -> dict:
     settings = {name: getattr(args, name) for name in RUN_SETTINGS}
-    for name in ("dataset", "model", "init_from", "heal_from"):  # the same file or folder however it is spelled
+    for name in ("dataset", "model", "init_from", "heal_from", "untyped_tumors"):  # the same file however spelled
         if settings[name] is not None and Path(settings[name]).exists():
             settings[name] = str(Path(settings[name]).resolve())
     return settings

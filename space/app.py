@@ -269,10 +269,12 @@ def model_status(config) -> str:
             "⚠️ **UNTRAINED MODEL: the weights are random.** Its predictions and maps are meaningless; "
             "they only show that the pipeline runs (the model's config holds no training_info)."
         )
+    out_of_sample = info.get("accuracy_cross_fitted")
     facts = ", ".join(
         f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}"
         for key, value in info.items()
-        if isinstance(value, (str, int, float))
+        # with a headline figure, the in-sample accuracies would only put three numbers side by side
+        if isinstance(value, (str, int, float)) and not (out_of_sample is not None and key.startswith("accuracy"))
     )
     honesty = []
     if (temperature := getattr(config, "calibration_temperature", 1.0)) != 1.0:
@@ -285,7 +287,7 @@ def model_status(config) -> str:
     if getattr(config, "familiarity_threshold", None) is not None:
         honesty.append("slices unlike the training data are flagged as unfamiliar")
     headline = ""
-    if (out_of_sample := info.get("accuracy_cross_fitted")) is not None:
+    if out_of_sample is not None:
         # make_release.py's figure, scored on held-out slices that its threshold and calibration were not fitted on
         fitted = "tumor threshold and calibration" if info.get("operating_point") else "calibration"
         headline = (

@@ -6,11 +6,13 @@ import json
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors import safe_open
 from test_evaluation import external_folder, run  # noqa: F401 (fixtures)
 from transformers import AutoModelForImageClassification
 
 import make_release
+from brain_resnet import reports
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +133,63 @@ def test_an_operating_point_that_cannot_be_cross_checked_is_refused_before_the_w
     assert make_release.main([str(run / "fold-0"), "--output", str(out), "--healthy-false-alarms", "0.05"]) == 2
     assert "held-out fold 0 has 1 near-duplicate group(s) of healthy slices" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_release_card_says_what_the_weights_are_and_leads_its_model_index_with_the_released_accuracy(release):
+    out, report = release
+    card = ModelCard((out / "README.md").read_text())
+    crossed = report["held_out_scores_cross_fitted"]["accuracy"]["mean"]
+
+    assert "with the operating point and calibration that make_release.py fitted on fold 0" in card.text
+    assert "not the release model's" not in card.text  # train.py's wording for a fold beside a full/ model
+    first = card.data.eval_results[0]
+    assert (first.metric_type, first.metric_value) == ("accuracy", round(crossed, 4))
+    assert "as released" in first.metric_name
+    assert all("as released" not in result.metric_name for result in card.data.eval_results[1:])
+
+
+def test_a_one_fold_runs_card_has_no_mean_over_folds_and_names_its_dataset_as_given(run, monkeypatch):  # noqa: F811
+    results = json.loads((run / "cv_results.json").read_text())
+    results["folds"] = {"0": results["folds"]["0"]}  # a release's run: fold 0 held out, no other fold trained
+    results["summary"]["folds"] = [0]
+    monkeypatch.chdir(run.parent)  # where the dataset folder is: train.py stored its resolved path
+
+    text = reports.results_markdown(results, 0, "someone/brain-resnet")
+    names = [result.metric_name for result in reports.model_index_results(results)]
+
+    assert "fold 0 of the grouped 2-fold split held out, of `dataset`" in text  # not the resolved path
+    assert "mean ± std" not in text  # one fold has no spread to show
+    assert names and all(name.endswith("(held-out fold 0, as trained)") for name in names)
+
+
+def test_push_to_hub_uploads_the_release_and_a_failed_upload_keeps_it(run, tmp_path, monkeypatch, capsys):  # noqa: F811
+    import huggingface_hub
+
+    calls = []
+
+    class RecordingHfApi:
+        fail = False
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id))
+
+        def upload_folder(self, folder_path, repo_id, **kwargs):
+            if RecordingHfApi.fail:
+                raise ConnectionError("no network")
+            calls.append(("upload_folder", folder_path, repo_id))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
+    out = tmp_path / "release"
+    argv = [str(run / "fold-0"), "--output", str(out), "--push-to-hub", "someone/brain-resnet"]
+    assert make_release.main(argv) == 0
+    assert calls == [("create_repo", "someone/brain-resnet"), ("upload_folder", out, "someone/brain-resnet")]
+    assert 'from_pretrained("someone/brain-resnet", trust_remote_code=True)' in (out / "README.md").read_text()
+
+    RecordingHfApi.fail = True
+    assert make_release.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "upload to someone/brain-resnet failed (ConnectionError: no network)" in error
+    assert f"`hf upload someone/brain-resnet {out}`" in error and (out / "config.json").exists()
+    with pytest.raises(SystemExit):
+        make_release.main([*argv, "--hub-model-id", "someone/other"])
+    assert "name different repos" in capsys.readouterr().err

@@ -246,6 +246,7 @@ def test_model_status_shouts_only_for_untrained_weights():
     released = app.model_status(BrainResNetConfig(training_info={"accuracy": 0.9278, "accuracy_cross_fitted": 0.9416}))
     assert released.startswith("**94.2% of held-out slices of its training sources classified correctly**")
     assert "(its calibration fitted on other held-out slices" in released  # no operating point to name
+    assert "0.9278" not in released and "accuracy" not in released.split("Model: trained")[1]  # one figure shown
     point = {"healthy_false_alarms": 0.05, "notumor_logit_offset": 1.28}
     info = {"accuracy_cross_fitted": 0.9416, "operating_point": point}
     shifted = app.model_status(BrainResNetConfig(training_info=info))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCard
 
+import make_release
 import train
 from brain_resnet import data, engine, folds, hub, reports, runs
 from brain_resnet.alignment import source_mean_gap
@@ -787,6 +788,56 @@ def test_ema_run_saves_the_weight_average_and_resumes_it(common, tmp_path, monke
     assert log(stopped)[-1]["eval_accuracy"] == log(whole)[-1]["eval_accuracy"]
 
 
+def test_an_untyped_tumours_loss_asks_for_any_tumour_class_and_a_typed_slices_is_unchanged():
+    logits = torch.tensor([[2.0, 0.5, 1.0, -1.0], [0.3, 0.1, 3.0, 0.2], [1.0, 1.0, 1.0, 1.0]], requires_grad=True)
+    labels = torch.tensor([0, data.ANY_TUMOUR, 3])
+    healthy = 2
+
+    losses = engine.slice_losses(logits, labels, 0.1, healthy)
+
+    probs = logits.softmax(dim=1)
+    assert losses[1].item() == pytest.approx(-torch.log(1 - probs[1, healthy]).item(), rel=1e-6)
+    typed = F.cross_entropy(logits[[0, 2]], labels[[0, 2]], label_smoothing=0.1, reduction="none")
+    assert torch.allclose(losses[[0, 2]], typed)
+    losses[1].backward()
+    gradient = logits.grad[1]  # lowers the healthy logit, raises every tumour class in proportion to its probability
+    assert gradient[healthy] > 0 and (gradient[[0, 1, 3]] < 0).all()
+    assert torch.allclose(gradient[[0, 1, 3]] / probs[1, [0, 1, 3]], gradient[0] / probs[1, 0])
+
+
+def test_untyped_tumours_train_as_tumours_and_are_left_out_of_the_held_out_scores(dataset, common, tmp_path, capsys):
+    table = data.load_table(str(dataset), "grouped", with_test=False)
+    healthy = np.flatnonzero(table.labels == table.class_names.index("notumor"))
+    listed = [data.read_splits(str(dataset))[0]["train"]["file"][i] for i in healthy[:3]]
+    listing = tmp_path / "untyped.txt"
+    listing.write_text("# enhancing lesions, labelled healthy\n" + "\n".join(listed) + "\n")
+    marked = data.load_table(str(dataset), "grouped", with_test=False, untyped_tumors=str(listing))
+    assert (marked.labels == data.ANY_TUMOUR).sum() == 3
+    assert np.array_equal(marked.labels[marked.labels != data.ANY_TUMOUR], np.delete(table.labels, healthy[:3]))
+
+    out = tmp_path / "run"
+    assert train.main([*common, "--output-dir", str(out), "--untyped-tumors", str(listing)]) == 0
+    assert "3 slices train as tumors of unknown type" in capsys.readouterr().out
+    results = read_results(out)
+    for fold, entry in results["folds"].items():  # held out: the fold's typed slices only
+        untyped_here = int(((marked.folds == int(fold)) & (marked.labels == data.ANY_TUMOUR)).sum())
+        assert entry["num_eval"] == (table.folds == int(fold)).sum() - untyped_here
+        assert np.array(entry["confusion_matrix"]).sum() == entry["num_eval"]
+    info = json.loads((out / "fold-0" / "config.json").read_text())["training_info"]
+    assert info["untyped_tumors"] == str(listing)
+    report = tmp_path / "release.json"  # calibrated on the held-out fold's typed slices, as scored above
+    assert make_release.main([str(out / "fold-0"), "--output", str(tmp_path / "release"), "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["held_out_scores"]["slices"] == results["folds"]["0"]["num_eval"]
+
+    listing.write_text("src/notumor/not-a-slice.jpg\n")
+    with pytest.raises(UsageError, match="names 1 file"):
+        data.load_table(str(dataset), "grouped", with_test=False, untyped_tumors=str(listing))
+    assert train.main([*common, "--output-dir", str(tmp_path / "typo"), "--untyped-tumors", str(listing)]) == 2
+    assert "not-a-slice.jpg" in capsys.readouterr().err and not (tmp_path / "typo" / "fold-0").exists()
+    with pytest.raises(SystemExit):
+        train.main([*common, "--output-dir", str(tmp_path / "x"), "--untyped-tumors", str(listing), "--group-dro", "1"])
+
+
 SHARDS = """
 import sys, types
 import torch
@@ -815,7 +866,7 @@ def record(forward, optimizer, scheduler, accelerator, images, labels, args, pro
     return torch.zeros(()), torch.zeros((), dtype=torch.long)
 engine.train_step = record  # train_epoch calls it through the module
 order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(1))
-args = types.SimpleNamespace(batch_size=batch)
+args = types.SimpleNamespace(batch_size=batch, untyped_tumors=None)
 scheduler = types.SimpleNamespace(get_last_lr=lambda: [0.0])
 data = types.SimpleNamespace(
     train_images=images, labels=torch.zeros(count, dtype=torch.long), tumour_sides=None, source_ids=None,

@@ -47,7 +47,7 @@ data/brain-tumor-mri-4k: | setup
 cpu-release: setup data/all-sources-clean
 	$(PY) train.py --dataset data/all-sources-clean --output-dir $(CPU_RUN) --protocol grouped --folds 0 \
 		--epochs 60 --image-size 128 --batch-size 128 --lr 2e-3 --paste-prob 0.3 --workers 1 --resume
-	$(PY) make_release.py $(CPU_RUN)/fold-0 --output release --healthy-false-alarms 0.05 \
+	$(PY) make_release.py $(CPU_RUN)/fold-0 --output release --healthy-false-alarms 0.05 --mirror-average \
 		--summary results/summary.json --report results/release.json --workers 2
 
 data/all-sources: | setup

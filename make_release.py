@@ -80,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="set the operating point so that at most this share of held-out healthy slices is called a tumor "
         "(default: the top class as trained)",
     )
+    parser.add_argument(
+        "--mirror-average",
+        action="store_true",
+        help="classify each slice with its left-right mirror image (config.mirror_average), so that both display "
+        "conventions get one answer; everything is fitted and scored that way",
+    )
     parser.add_argument("--report", type=Path, help="JSON file for every measured number (default: print only)")
     parser.add_argument(
         "--hub-model-id",
@@ -104,9 +110,9 @@ def logits_and_features(model, images: torch.Tensor, processor, batch_size: int)
     """Float32 logits (as trained, before any temperature) and pooled features of uint8 (N, 1, S, S) slices."""
     logits, features = [], []
     for batch in images.split(batch_size):
-        pooled = model.brain_resnet(model_input(batch.float().div_(255), processor)).pooler_output
+        pooled = model.pooled_features(model_input(batch.float().div_(255), processor))
         logits.append(model.classifier(pooled))
-        features.append(pooled.flatten(1))
+        features.append(pooled)
     return torch.cat(logits).float(), torch.cat(features).float().numpy()
 
 
@@ -173,6 +179,7 @@ def make_release(args: argparse.Namespace) -> dict:
     if args.summary is not None and "protocols" not in (summary or {}):
         raise UsageError(f"--summary {args.summary}: no such `evaluation.py summary` output")
     model = model.half().float()  # what the float16 release will compute: fit on the shipped weights
+    model.config.mirror_average = args.mirror_average
 
     print(f"Decoding {settings['dataset']} ({settings['protocol']} protocol) ...")
     table = load_table(
@@ -243,6 +250,7 @@ def make_release(args: argparse.Namespace) -> dict:
             "training_slices": int(training.sum()),
             "calibration_temperature": temperature,
             "familiarity_threshold": released.config.familiarity_threshold,
+            "mirror_average": args.mirror_average,
             "held_out_scores": held_out_scores(probs, labels[held_out], unfamiliarity),
             "held_out_scores_uncalibrated": {
                 "accuracy": float(np.mean(trained_logits.argmax(dim=1).numpy() == labels[held_out])),

@@ -334,6 +334,15 @@ def release_markdown(report: dict) -> str:
         f"Made from `{report['model']}` with `{report['command']}` ({report['date']}); every number below was "
         "measured on the shipped float16-stored weights, loaded as a user loads them.",
         "",
+    ]
+    if report.get("mirror_average"):
+        lines += [
+            "**A slice and its mirror image get one answer** (`config.mirror_average`): the model classifies the "
+            "mean of their pooled features, so the left-right display convention does not matter; every number "
+            "below is measured that way.",
+            "",
+        ]
+    lines += [
         f"On {report['held_out']} of `{report['dataset']}`, the {scores['slices']:,} slices these weights never "
         "trained on:",
         "",

@@ -66,6 +66,10 @@ class BrainResNetConfig(PretrainedConfig):
             features and returns each slice's `unfamiliarity`: its squared Mahalanobis distance to the nearest
             class mean divided by this threshold, so that above 1 means unlike the training data. The threshold is
             a high quantile of held-out slices' distances.
+        mirror_average (`bool`, defaults to `False`):
+            Classify each slice by the mean of its pooled features and those of its left-right mirror image, so that
+            a slice gets the same answer whichever way round a viewer displays it (radiological or neurological
+            convention). Costs a second forward pass; `hidden_states` and `attentions` stay the slice's own.
     """
 
     model_type = "brain_resnet"
@@ -86,6 +90,7 @@ class BrainResNetConfig(PretrainedConfig):
         dropout: float = 0.0,
         calibration_temperature: float = 1.0,
         familiarity_threshold: float | None = None,
+        mirror_average: bool = False,
         **kwargs,
     ):
         if "id2label" not in kwargs and "num_labels" not in kwargs:
@@ -106,6 +111,7 @@ class BrainResNetConfig(PretrainedConfig):
         self.dropout = dropout
         self.calibration_temperature = calibration_temperature
         self.familiarity_threshold = familiarity_threshold
+        self.mirror_average = mirror_average
         self._validate()
 
     def _validate(self):

@@ -375,6 +375,15 @@ class BrainResNetForImageClassification(BrainResNetPreTrainedModel):
         projected = differences @ self.familiarity_precision.float()
         return (projected * differences).sum(dim=-1).amin(dim=1)
 
+    def pooled_features(self, pixel_values: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """The (batch, features) pooled features the classifier reads: with `config.mirror_average`, the mean of
+        the slices' and their mirror images'. `pooled`: the slices' own pooler_output, when already computed."""
+        if pooled is None:
+            pooled = self.brain_resnet(pixel_values, return_dict=True).pooler_output
+        if self.config.mirror_average:
+            pooled = (pooled + self.brain_resnet(pixel_values.flip(-1), return_dict=True).pooler_output) / 2
+        return pooled.flatten(1)
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -388,7 +397,8 @@ class BrainResNetForImageClassification(BrainResNetPreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Class indices; when given, the output carries the cross-entropy loss.
 
-        The logits are divided by `config.calibration_temperature` (1 unless calibrated).
+        The logits are divided by `config.calibration_temperature` (1 unless calibrated); with
+        `config.mirror_average` they are those of the slice's and its mirror image's mean features.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.brain_resnet(
@@ -397,13 +407,14 @@ class BrainResNetForImageClassification(BrainResNetPreTrainedModel):
             output_attentions=output_attentions,
             return_dict=True,
         )
-        logits = self.classifier(outputs.pooler_output)
+        pooled = self.pooled_features(pixel_values, outputs.pooler_output)
+        logits = self.classifier(pooled)
         if self.config.calibration_temperature != 1.0:
             logits = logits / self.config.calibration_temperature
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         unfamiliarity = None
         if self.config.familiarity_threshold is not None:
-            distance = self.familiarity_distance(outputs.pooler_output.flatten(1))
+            distance = self.familiarity_distance(pooled)
             unfamiliarity = distance / self.config.familiarity_threshold
         result = BrainResNetImageClassifierOutput(
             loss=loss,

@@ -286,6 +286,8 @@ def model_status(config) -> str:
         )
     if getattr(config, "familiarity_threshold", None) is not None:
         honesty.append("slices unlike the training data are flagged as unfamiliar")
+    if getattr(config, "mirror_average", False):
+        honesty.append("a slice and its mirror image get one answer")
     headline = ""
     if out_of_sample is not None:
         # make_release.py's figure, scored on held-out slices that its threshold and calibration were not fitted on

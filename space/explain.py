@@ -141,7 +141,7 @@ def grad_cam(
     with gradients_stop_at(target_layer) as feature_maps, torch.enable_grad():
         logits = _logits(model(pixel_values))
     classes = list(range(logits.shape[1])) if class_index is None else [class_index]
-    cams = cams_from(logits, feature_maps[-1], classes)
+    cams = cams_from(logits, feature_maps[0], classes)  # the slice's own (a mirror-averaging model maps twice)
     batch, num_classes, height, width = cams.shape
     maps = scale_maps(cams.reshape(batch * num_classes, height, width), tuple(pixel_values.shape[-2:]))
     maps = maps.reshape(batch, num_classes, *maps.shape[-2:])
@@ -188,7 +188,9 @@ def explain(model: nn.Module, pixel_values: torch.Tensor) -> Explanation:
     ):
         outputs = model(pixel_values, output_attentions=True, output_hidden_states=True)
     logits = outputs.logits
-    cams = cams_from(logits, feature_maps[-1], list(range(logits.shape[1])))[0]
+    # The slice's own feature map and stem outputs come first; a mirror-averaging model records its mirror image's after
+    cams = cams_from(logits, feature_maps[0], list(range(logits.shape[1])))[0]
+    branch_outputs = branch_outputs[: len(stem_branches(model))]
     stage_weights = group_by_stage(outputs.attentions or (), se_blocks_per_stage(model))
     stage_maps = attention_weighted_maps(tuple(h.detach() for h in outputs.hidden_states[1:]), stage_weights)
     branch_maps = [output.abs().mean(dim=1)[0] for output in branch_outputs]

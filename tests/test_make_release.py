@@ -193,3 +193,19 @@ def test_push_to_hub_uploads_the_release_and_a_failed_upload_keeps_it(run, tmp_p
     with pytest.raises(SystemExit):
         make_release.main([*argv, "--hub-model-id", "someone/other"])
     assert "name different repos" in capsys.readouterr().err
+
+
+def test_mirror_average_is_shipped_and_everything_is_fitted_with_it(run, release, tmp_path):  # noqa: F811
+    out, report = tmp_path / "release", tmp_path / "release.json"
+    argv = [str(run / "fold-0"), "--output", str(out), "--report", str(report), "--mirror-average"]
+    assert make_release.main(argv) == 0
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
+    pixels = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        answer, mirrored = model(pixels), model(pixels.flip(-1))
+
+    assert model.config.mirror_average and json.loads(report.read_text())["mirror_average"]
+    torch.testing.assert_close(answer.logits, mirrored.logits)
+    torch.testing.assert_close(answer.unfamiliarity, mirrored.unfamiliarity)
+    assert "A slice and its mirror image get one answer" in (out / "README.md").read_text()
+    assert not AutoModelForImageClassification.from_pretrained(release[0], trust_remote_code=True).config.mirror_average

@@ -107,6 +107,20 @@ def test_hidden_states_and_se_weights_have_documented_shapes():
     assert len(out.attentions) == 16 and out.pooler_output.shape == (1, 512, 1, 1)
 
 
+def test_mirror_average_gives_a_slice_and_its_mirror_image_one_answer():
+    plain, averaging = build(), build(mirror_average=True)  # the same weights
+    slices = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        answer, mirrored_answer = averaging(slices).logits, averaging(slices.flip(-1)).logits
+        own, mirror_image = plain(slices).logits, plain(slices.flip(-1)).logits
+        states = averaging(slices, output_hidden_states=True).hidden_states
+
+    assert not torch.allclose(own, mirror_image, atol=1e-3)  # the network alone tells them apart
+    torch.testing.assert_close(answer, mirrored_answer)
+    torch.testing.assert_close(answer, (own + mirror_image) / 2)
+    assert [s.shape[0] for s in states] == [2] * len(states)  # the slices' own, not their mirror images'
+
+
 def test_no_attentions_without_se():
     with torch.no_grad():
         out = build(attention_type="none")(torch.randn(1, 1, 64, 64), output_attentions=True)

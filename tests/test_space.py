@@ -298,6 +298,8 @@ def test_probabilities_are_the_models_calibrated_ones(tmp_path):
     status = app.model_status(honest)
     assert "calibrated on held-out slices (temperature 0.62)" in status and "flagged as unfamiliar" in status
     assert "calibrated" not in app.model_status(BrainResNetConfig(training_info={"epochs": 50}))
+    averaging = BrainResNetConfig(training_info={"epochs": 60}, mirror_average=True)
+    assert "mirror image get one answer" in app.model_status(averaging)
     point = {"healthy_false_alarms": 0.03, "notumor_logit_offset": 1.64}
     status = app.model_status(BrainResNetConfig(training_info={"epochs": 60, "operating_point": point}))
     assert "threshold is set so that at most 3% of held-out healthy slices are called a tumor" in status

@@ -212,44 +212,27 @@ def model_index_results(results: dict, release_report: dict | None = None) -> li
     else:
         split_name = f"{dataset_type} ({settings['protocol']} {results['num_folds']}-fold CV)"
         scored = f"mean over folds {summary.get('folds')}"
-    if release_report and (crossed := release_report.get("held_out_scores_cross_fitted")):
-        found.append(
-            EvalResult(
-                task_type="image-classification",
-                dataset_type=dataset_type,
-                dataset_name=split_name,
-                dataset_split="train",
-                metric_type="accuracy",
-                metric_value=round(crossed["accuracy"]["mean"], 4),
-                metric_name="accuracy (as released: operating point and calibration fitted on the other half of "
-                "the held-out fold)",
-            )
+
+    def result(name: str, split: str, metric: str, value: float, label: str):
+        return EvalResult(
+            task_type="image-classification",
+            dataset_type=dataset_type,
+            dataset_name=name,
+            dataset_split=split,
+            metric_type=metric,
+            metric_value=round(value, 4),
+            metric_name=label,
         )
+
+    if release_report and (crossed := release_report.get("held_out_scores_cross_fitted")):
+        label = "accuracy (as released: operating point and calibration fitted on the other half of the held-out fold)"
+        found.append(result(split_name, "train", "accuracy", crossed["accuracy"]["mean"], label))
     for metric, name in (("accuracy", "accuracy"), ("macro_f1", "f1"), ("roc_auc_macro", "roc_auc")):
         if metric in summary:
-            found.append(
-                EvalResult(
-                    task_type="image-classification",
-                    dataset_type=dataset_type,
-                    dataset_name=split_name,
-                    dataset_split="train",
-                    metric_type=name,
-                    metric_value=round(summary[metric]["mean"], 4),
-                    metric_name=f"{metric} ({scored})",
-                )
-            )
+            found.append(result(split_name, "train", name, summary[metric]["mean"], f"{metric} ({scored})"))
         if results.get(FULL, {}).get(metric) is not None:
-            found.append(
-                EvalResult(
-                    task_type="image-classification",
-                    dataset_type=dataset_type,
-                    dataset_name=dataset_type,
-                    dataset_split="test",
-                    metric_type=name,
-                    metric_value=round(results[FULL][metric], 4),
-                    metric_name=f"{metric} (release model, test split)",
-                )
-            )
+            label = f"{metric} (release model, test split)"
+            found.append(result(dataset_type, "test", name, results[FULL][metric], label))
     return found
 
 

@@ -7,9 +7,11 @@ what a left-right flip or an ensemble would add.
 
 Each MODEL is a make_release.py folder: its temperature and operating point (the notumor offset) are in its weights
 and were fitted on this same fold, so the top-class columns are in-sample for those two numbers (make_release's
-report cross-fits them). The last columns rank slices by P(notumor) instead: the Br35H slices of --listed (default:
-results/label-audit/doubtful-notumor.txt, the 77 tumors labelled healthy, left out of data/all-sources-clean) found
-where 1%, 5% and 10% of the fold's healthy slices are called a tumor, a diagnostic only (they are a test set).
+report cross-fits them); a model made with --mirror-average averages already (the outputs recorded beside this
+script were made before the release had it, commit fc9939f^). The last columns rank slices by P(notumor) instead: the
+Br35H slices of --listed (default: results/label-audit/doubtful-notumor.txt, the 77 tumors labelled healthy, left out
+of data/all-sources-clean) found where 1%, 5% and 10% of the fold's healthy slices are called a tumor, a diagnostic
+only (they are a test set).
 """
 
 import argparse
@@ -51,13 +53,11 @@ def probabilities(folder: str) -> dict[bool, tuple[torch.Tensor, torch.Tensor]]:
     def predict(images: torch.Tensor, flip: bool) -> torch.Tensor:
         with torch.no_grad():
             batches = [model_input(b.float() / 255, processor) for b in images.split(128)]
-            probs = [model(pixel_values=b).logits.softmax(1) for b in batches]
-            if flip:
-                flipped = [model(pixel_values=b.flip(-1)).logits.softmax(1) for b in batches]
-                probs = [(p + q) / 2 for p, q in zip(probs, flipped, strict=True)]
-        return torch.cat(probs)
+            return torch.cat([model(pixel_values=b.flip(-1) if flip else b).logits.softmax(1) for b in batches])
 
-    return {flip: (predict(fold, flip), predict(listed, flip)) for flip in (False, True)}
+    plain = [predict(images, False) for images in (fold, listed)]  # each forward pass once
+    averaged = [(probs + predict(images, True)) / 2 for probs, images in zip(plain, (fold, listed), strict=True)]
+    return {False: tuple(plain), True: tuple(averaged)}
 
 
 def report(name: str, fold: torch.Tensor, listed: torch.Tensor) -> None:

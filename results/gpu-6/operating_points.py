@@ -1,0 +1,92 @@
+"""The sixth lease's fold models at the release's operating point, from their held-out logits (held_out_logits.py):
+for the improved model and ResNet34, each slice's own logits and the mean with its mirror image's (what a
+`make_release.py --mirror-average` release classifies), as trained and at the operating point where 5% of healthy
+slices are called a tumor. The point is fitted as make_release.py cross-fits it: each fold's held-out slices are
+split into stratified halves with near-duplicate groups kept whole, the point fitted on one half scores the other
+and the other way round, over CROSS_FIT_REPEATS random halvings; so no slice is scored by a point fitted on it.
+
+    PYTHONPATH=. python results/gpu-6/operating_points.py data/all-sources-clean results/gpu-6/held-out-logits.json
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedGroupKFold
+
+from brain_resnet.calibration import CROSS_FIT_REPEATS, notumor_offset
+from brain_resnet.data import load_table
+
+FALSE_ALARMS = 0.05
+
+dataset, logits_file = sys.argv[1], sys.argv[2]
+report = json.loads(Path(logits_file).read_text())
+table = load_table(dataset, "grouped", with_test=False)
+if table.folds.tolist() != report["folds"] or table.labels.tolist() != report["labels"]:
+    sys.exit(f"{dataset} is not the dataset the logits were written for (its folds or labels differ)")
+labels, folds, sources = table.labels, table.folds, np.array(table.sources)
+notumor = table.class_names.index("notumor")
+
+
+def cross_fitted_calls(logits: torch.Tensor, truth: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
+    """Each slice's top class at the operating point fitted on the other half of its fold."""
+    calls = np.zeros(len(truth), int)
+    halves = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
+    for fit, scored in halves.split(np.zeros(len(truth)), truth, groups):
+        shifted = logits[scored].clone()
+        shifted[:, notumor] += notumor_offset(logits[fit], truth[fit], notumor, FALSE_ALARMS)
+        calls[scored] = shifted.argmax(dim=1).numpy()
+    return calls
+
+
+def scores(calls: np.ndarray, rows: np.ndarray) -> dict[str, float]:
+    """Accuracy, and the shares of tumors called a tumor and of healthy slices called healthy (nan where none)."""
+    truth, healthy = labels[rows], labels[rows] == notumor
+    return {
+        "accuracy": float(np.mean(calls[rows] == truth)),
+        "tumor_found": float(np.mean(calls[rows][~healthy] != notumor)) if (~healthy).any() else np.nan,
+        "healthy_called_healthy": float(np.mean(calls[rows][healthy] == notumor)) if healthy.any() else np.nan,
+    }
+
+
+def describe(name: str, calls_by_repeat: list[np.ndarray]) -> None:
+    """Mean over folds (± std) and, per source, the shares over every slice, averaged over the repeats."""
+    per_fold = [
+        [scores(calls, np.flatnonzero(folds == fold))["accuracy"] for fold in range(5)] for calls in calls_by_repeat
+    ]
+    fold_means = np.mean(per_fold, axis=0)
+    folds_text = " ".join(f"{accuracy:.4f}" for accuracy in fold_means)
+    print(f"{name:<44} accuracy {fold_means.mean():.4f} ± {fold_means.std(ddof=1):.4f} (folds {folds_text})")
+    for source in ["all", *sorted(set(sources))]:
+        rows = np.arange(len(labels)) if source == "all" else np.flatnonzero(sources == source)
+        mean = {
+            key: np.mean([scores(calls, rows)[key] for calls in calls_by_repeat])
+            for key in scores(calls_by_repeat[0], rows)
+        }
+        healthy, tumors = int(np.sum(labels[rows] == notumor)), int(np.sum(labels[rows] != notumor))
+        shares = [f"accuracy {mean['accuracy']:.4f}"]
+        if tumors:
+            shares.append(f"tumors found {mean['tumor_found']:.4f} of {tumors}")
+        if healthy:
+            shares.append(f"healthy called healthy {mean['healthy_called_healthy']:.4f} of {healthy}")
+        print(f"    {source:<9} {len(rows):>5} slices: {', '.join(shares)}")
+
+
+for run, by_fold in report["runs"].items():
+    plain, mirrored = np.zeros((len(labels), 4), np.float32), np.zeros((len(labels), 4), np.float32)
+    for fold, logits in by_fold.items():
+        rows = np.flatnonzero(folds == int(fold))
+        plain[rows], mirrored[rows] = logits, report["mirrored_runs"][run][fold]
+    for kind, logits in [("own", plain), ("mirror-averaged", (plain + mirrored) / 2)]:
+        logits = torch.from_numpy(logits)
+        describe(f"{run}, {kind}, as trained", [logits.argmax(dim=1).numpy()])
+        at_point = []
+        for seed in range(CROSS_FIT_REPEATS):
+            calls = np.zeros(len(labels), int)
+            for fold in range(5):
+                rows = np.flatnonzero(folds == fold)
+                calls[rows] = cross_fitted_calls(logits[rows], labels[rows], table.groups[rows], seed)
+            at_point.append(calls)
+        describe(f"{run}, {kind}, at {FALSE_ALARMS:.0%} (cross-fitted)", at_point)

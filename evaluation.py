@@ -302,8 +302,14 @@ def robustness(args: argparse.Namespace) -> dict:
     if len(untyped_lists) > 1:
         raise UsageError("the runs were trained with different --untyped-tumors lists; evaluate them apart")
     untyped = untyped_lists.pop()
+    excluded_lists = {run.settings.get("exclude") for run in runs}
+    if len(excluded_lists) > 1:
+        raise UsageError("the runs were trained with different --exclude lists; evaluate them apart")
+    excluded = excluded_lists.pop()
     protocols = {run.settings["protocol"] for run in runs}
-    tables = {p: load_table(dataset, p, False, sources=sources, untyped_tumors=untyped) for p in protocols}
+    tables = {
+        p: load_table(dataset, p, False, sources=sources, untyped_tumors=untyped, exclude=excluded) for p in protocols
+    }
     table = next(iter(tables.values()))
     labels, class_names = table.labels, table.class_names
     if NOTUMOR not in class_names:

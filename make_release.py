@@ -188,6 +188,7 @@ def make_release(args: argparse.Namespace) -> dict:
         with_test=False,
         sources=settings.get("sources"),
         untyped_tumors=settings.get("untyped_tumors"),
+        exclude=settings.get("exclude"),
     )
     typed = table.labels != ANY_TUMOUR  # untyped tumours have no class to calibrate or to take a class mean of
     held_out, training = (table.folds == fold) & typed, (table.folds != fold) & typed

@@ -235,6 +235,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "known class, whatever their label: they train as a tumor, loss -log P(any tumor class), and no 4-class "
         "score counts them",
     )
+    parser.add_argument(
+        "--exclude",
+        metavar="LIST",
+        help="a list of the dataset's files in the same format, left out of training and of every score as if the "
+        "dataset had not had them; the other slices keep their folds (a per-run prepare_dataset.py --exclude)",
+    )
     parser.add_argument("--seed", type=number(int, 0), default=42, help="of weights, batches and augmentation")
     parser.add_argument(
         "--mixed-precision",
@@ -331,7 +337,12 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
     with GracefulStop() as stop:
         started = time.perf_counter()
         table = load_table(
-            args.dataset, args.protocol, FULL in args.folds, sources=args.sources, untyped_tumors=args.untyped_tumors
+            args.dataset,
+            args.protocol,
+            FULL in args.folds,
+            sources=args.sources,
+            untyped_tumors=args.untyped_tumors,
+            exclude=args.exclude,
         )
         if args.balance_sources and table.sources is None:
             raise UsageError(f"--balance-sources: dataset {args.dataset!r} has no source column")

@@ -136,16 +136,24 @@ def find_near_duplicate_groups(images: list) -> list[int]:
 
 
 def load_table(
-    dataset: str, protocol: str, with_test: bool, sources: list[str] | None = None, untyped_tumors: str | None = None
+    dataset: str,
+    protocol: str,
+    with_test: bool,
+    sources: list[str] | None = None,
+    untyped_tumors: str | None = None,
+    exclude: str | None = None,
 ) -> Table:
     """The train split with the protocol's folds (and the test split, for the full model's evaluation); with
     `sources`, only the rows of those sources or source/class cells (the folds stay as the dataset made them); with
-    `untyped_tumors` (a list of the dataset's `file` names), those rows labelled ANY_TUMOUR."""
+    `untyped_tumors` (a list of the dataset's `file` names), those rows labelled ANY_TUMOUR; with `exclude` (a list
+    in the same format), without those rows, the other rows keeping their folds."""
     splits, class_names = read_splits(dataset)
     if "train" not in splits:
         raise UsageError(f"dataset {dataset!r} has no train split (its splits: {', '.join(splits) or 'none'})")
     if sources:
         splits = {name: only_sources(split, sources, dataset, class_names) for name, split in splits.items()}
+    if exclude:
+        splits = without_listed_files(splits, exclude)
     train = splits["train"]
     missing = [column for column in ("image", "label") if column not in train]
     if missing:
@@ -173,23 +181,44 @@ def load_table(
     return Table(images, labels, folds, row_sources, class_names, groups)
 
 
+def listed_files(listing: str, option: str, files: list | None) -> set[str]:
+    """The files a list names (prepare_dataset.py --exclude's format), each of which must be among `files`."""
+    if files is None:
+        raise UsageError(f"{option} needs the dataset's `file` column (prepare_dataset.py writes it)")
+    try:
+        listed = set(read_exclusions(Path(listing)))
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read {option} {listing}: {error}") from None
+    missing = sorted(listed - set(files))
+    if missing:
+        raise UsageError(
+            f"{option} {listing} names {len(missing)} file(s) that are not rows of the dataset (or of its "
+            f"--sources): {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+        )
+    return listed
+
+
+def without_listed_files(splits: dict[str, dict], listing: str) -> dict[str, dict]:
+    """Every split without the rows whose `file` the list at `listing` names (each must be a row of some split)."""
+    files = [name for split in splits.values() for name in split.get("file", [])]
+    listed = listed_files(listing, "--exclude", files if files else None)
+    return {
+        name: {
+            column: [v for v, f in zip(values, split["file"], strict=True) if f not in listed]
+            for column, values in split.items()
+        }
+        if "file" in split
+        else split
+        for name, split in splits.items()
+    }
+
+
 def mark_untyped_tumours(labels: np.ndarray, files: list | None, listing: str, class_names: list[str]) -> np.ndarray:
     """`labels` with ANY_TUMOUR for the rows whose `file` the list at `listing` names (one per line, `#` comments,
     as prepare_dataset.py --exclude reads them); every listed file must be a row."""
     if NOTUMOR not in class_names:
         raise UsageError(f"--untyped-tumors needs a {NOTUMOR!r} class; the dataset has {class_names}")
-    if files is None:
-        raise UsageError("--untyped-tumors needs the dataset's `file` column (prepare_dataset.py writes it)")
-    try:
-        listed = read_exclusions(Path(listing))
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read --untyped-tumors {listing}: {error}") from None
-    missing = sorted(set(listed) - set(files))
-    if missing:
-        raise UsageError(
-            f"--untyped-tumors {listing} names {len(missing)} file(s) that are not rows of the dataset (or of its "
-            f"--sources): {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
-        )
+    listed = listed_files(listing, "--untyped-tumors", files)
     return np.where(np.isin(files, list(listed)), ANY_TUMOUR, labels)
 
 

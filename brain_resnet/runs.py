@@ -34,6 +34,7 @@ RUN_SETTINGS = (
     "group_dro",
     "ema_decay",
     "untyped_tumors",
+    "exclude",
     "seed",
     "mixed_precision",
 )
@@ -80,7 +81,7 @@ def epoch_records(log_path: Path) -> dict:
 
 def run_settings(args: argparse.Namespace) -> dict:
     settings = {name: getattr(args, name) for name in RUN_SETTINGS}
-    for name in ("dataset", "model", "init_from", "heal_from", "untyped_tumors"):  # the same file however spelled
+    for name in ("dataset", "model", "init_from", "heal_from", "untyped_tumors", "exclude"):  # one file, any spelling
         if settings[name] is not None and Path(settings[name]).exists():
             settings[name] = str(Path(settings[name]).resolve())
     return settings

@@ -805,6 +805,32 @@ def test_an_untyped_tumours_loss_asks_for_any_tumour_class_and_a_typed_slices_is
     assert torch.allclose(gradient[[0, 1, 3]] / probs[1, [0, 1, 3]], gradient[0] / probs[1, 0])
 
 
+def test_excluded_slices_leave_training_and_scores_and_the_rest_keep_their_folds(dataset, common, tmp_path, capsys):
+    table = data.load_table(str(dataset), "grouped", with_test=False)
+    files = data.read_splits(str(dataset))[0]["train"]["file"]
+    dropped = [0, 1, len(files) - 1]
+    listing = tmp_path / "exclude.txt"
+    listing.write_text("# labelled healthy, shows a mass\n" + "\n".join(files[i] for i in dropped) + "\n")
+    kept = np.setdiff1d(np.arange(len(files)), dropped)
+    smaller = data.load_table(str(dataset), "grouped", with_test=False, exclude=str(listing))
+    assert np.array_equal(smaller.labels, table.labels[kept]) and np.array_equal(smaller.folds, table.folds[kept])
+
+    out = tmp_path / "run"
+    assert train.main([*common, "--output-dir", str(out), "--exclude", str(listing)]) == 0
+    for fold, entry in read_results(out)["folds"].items():
+        assert entry["num_eval"] == (smaller.folds == int(fold)).sum()
+        assert entry["num_train"] == (smaller.folds != int(fold)).sum()
+    info = json.loads((out / "fold-0" / "config.json").read_text())["training_info"]
+    assert info["exclude"] == str(listing)
+    report = tmp_path / "release.json"  # make_release reads the same rows the run held out
+    assert make_release.main([str(out / "fold-0"), "--output", str(tmp_path / "release"), "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["held_out_scores"]["slices"] == (smaller.folds == 0).sum()
+
+    listing.write_text("src/notumor/not-a-slice.jpg\n")
+    assert train.main([*common, "--output-dir", str(tmp_path / "typo"), "--exclude", str(listing)]) == 2
+    assert "--exclude" in (err := capsys.readouterr().err) and "not-a-slice.jpg" in err
+
+
 def test_untyped_tumours_train_as_tumours_and_are_left_out_of_the_held_out_scores(dataset, common, tmp_path, capsys):
     table = data.load_table(str(dataset), "grouped", with_test=False)
     healthy = np.flatnonzero(table.labels == table.class_names.index("notumor"))

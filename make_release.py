@@ -248,7 +248,8 @@ def make_release(args: argparse.Namespace) -> dict:
             "training_device": results["folds"][str(fold)]["device"],
             "dataset": shown_path(settings["dataset"]),
             "held_out": f"fold {fold} ({settings['protocol']} protocol)",
-            "training_slices": int(training.sum()),
+            "training_slices": int((table.folds != fold).sum()),  # untyped tumours too: the model trained on them
+            "untyped_training_slices": int(((table.folds != fold) & ~typed).sum()),
             "calibration_temperature": temperature,
             "familiarity_threshold": released.config.familiarity_threshold,
             "mirror_average": args.mirror_average,

@@ -853,7 +853,10 @@ def test_untyped_tumours_train_as_tumours_and_are_left_out_of_the_held_out_score
     assert info["untyped_tumors"] == str(listing)
     report = tmp_path / "release.json"  # calibrated on the held-out fold's typed slices, as scored above
     assert make_release.main([str(out / "fold-0"), "--output", str(tmp_path / "release"), "--report", str(report)]) == 0
-    assert json.loads(report.read_text())["held_out_scores"]["slices"] == results["folds"]["0"]["num_eval"]
+    released = json.loads(report.read_text())
+    assert released["held_out_scores"]["slices"] == results["folds"]["0"]["num_eval"]
+    assert released["training_slices"] == results["folds"]["0"]["num_train"] == (marked.folds != 0).sum()
+    assert released["untyped_training_slices"] == ((marked.folds != 0) & (marked.labels == data.ANY_TUMOUR)).sum()
 
     listing.write_text("src/notumor/not-a-slice.jpg\n")
     with pytest.raises(UsageError, match="names 1 file"):

@@ -150,10 +150,10 @@ def load_table(
     splits, class_names = read_splits(dataset)
     if "train" not in splits:
         raise UsageError(f"dataset {dataset!r} has no train split (its splits: {', '.join(splits) or 'none'})")
+    if exclude:  # first: a list may name rows of sources that --sources then leaves out
+        splits = without_listed_files(splits, exclude)
     if sources:
         splits = {name: only_sources(split, sources, dataset, class_names) for name, split in splits.items()}
-    if exclude:
-        splits = without_listed_files(splits, exclude)
     train = splits["train"]
     missing = [column for column in ("image", "label") if column not in train]
     if missing:
@@ -181,8 +181,11 @@ def load_table(
     return Table(images, labels, folds, row_sources, class_names, groups)
 
 
-def listed_files(listing: str, option: str, files: list | None) -> set[str]:
-    """The files a list names (prepare_dataset.py --exclude's format), each of which must be among `files`."""
+def listed_files(
+    listing: str, option: str, files: list | None, rows_of: str = "the dataset (or of its --sources)"
+) -> set[str]:
+    """The files a list names (prepare_dataset.py --exclude's format), each of which must be among `files`, the
+    rows of `rows_of`."""
     if files is None:
         raise UsageError(f"{option} needs the dataset's `file` column (prepare_dataset.py writes it)")
     try:
@@ -192,8 +195,8 @@ def listed_files(listing: str, option: str, files: list | None) -> set[str]:
     missing = sorted(listed - set(files))
     if missing:
         raise UsageError(
-            f"{option} {listing} names {len(missing)} file(s) that are not rows of the dataset (or of its "
-            f"--sources): {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+            f"{option} {listing} names {len(missing)} file(s) that are not rows of {rows_of}: "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
         )
     return listed
 
@@ -201,7 +204,7 @@ def listed_files(listing: str, option: str, files: list | None) -> set[str]:
 def without_listed_files(splits: dict[str, dict], listing: str) -> dict[str, dict]:
     """Every split without the rows whose `file` the list at `listing` names (each must be a row of some split)."""
     files = [name for split in splits.values() for name in split.get("file", [])]
-    listed = listed_files(listing, "--exclude", files if files else None)
+    listed = listed_files(listing, "--exclude", files if files else None, rows_of="the dataset")
     return {
         name: {
             column: [v for v, f in zip(values, split["file"], strict=True) if f not in listed]

@@ -263,6 +263,18 @@ def test_sources_keep_only_their_rows(two_sources):
         data.load_table(str(dataset), "random", with_test=False, sources=["figshare/notumor"])
 
 
+def test_an_exclude_list_may_name_slices_of_sources_left_out(two_sources, tmp_path):
+    dataset, _ = two_sources
+    everything = data.load_table(str(dataset), "random", with_test=False)  # 40 4k rows, 12 sartaj
+    files = data.read_splits(str(dataset))[0]["train"]["file"]
+    first = {source: file for file, source in reversed(list(zip(files, everything.sources, strict=True)))}
+    listing = tmp_path / "audit.txt"  # as results/label-audit/doubtful-notumor.txt names sartaj slices too
+    listing.write_text(f"{first['figshare']}\n{first['sartaj']}\n")
+    four_k = data.load_table(str(dataset), "random", False, sources=["figshare", "br35h"], exclude=str(listing))
+    assert len(four_k.labels) == 39 and set(four_k.sources) == {"figshare", "br35h"}
+    assert len(data.load_table(str(dataset), "random", False, exclude=str(listing)).labels) == 50
+
+
 def test_balanced_sources_are_drawn_equally_often(two_sources, tmp_path):
     dataset, _ = two_sources
     sources = data.load_table(str(dataset), "random", with_test=False).sources  # 40 4k rows, 12 sartaj

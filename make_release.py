@@ -143,9 +143,10 @@ def shift_notumor_logit(
     return offset
 
 
-def held_out_scores(probs: np.ndarray, labels: np.ndarray, unfamiliarity: np.ndarray) -> dict:
+def held_out_scores(probs: np.ndarray, labels: np.ndarray, unfamiliarity: np.ndarray, groups: np.ndarray) -> dict:
     return {
         "slices": int(len(labels)),
+        "groups": int(len(np.unique(groups))),  # near-duplicates and adjacent slices: fewer independent cases
         "accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
         "log_loss": float(F.nll_loss(torch.from_numpy(np.log(np.clip(probs, 1e-12, 1))), torch.from_numpy(labels))),
         "calibration_error": expected_calibration_error(probs, labels),
@@ -253,7 +254,7 @@ def make_release(args: argparse.Namespace) -> dict:
             "calibration_temperature": temperature,
             "familiarity_threshold": released.config.familiarity_threshold,
             "mirror_average": args.mirror_average,
-            "held_out_scores": held_out_scores(probs, labels[held_out], unfamiliarity),
+            "held_out_scores": held_out_scores(probs, labels[held_out], unfamiliarity, table.groups[held_out]),
             "held_out_scores_uncalibrated": {
                 "accuracy": float(np.mean(trained_logits.argmax(dim=1).numpy() == labels[held_out])),
                 "log_loss": float(F.cross_entropy(trained_logits, torch.from_numpy(labels[held_out]))),
@@ -268,12 +269,12 @@ def make_release(args: argparse.Namespace) -> dict:
                 "held_out_healthy_called_tumor": float(np.mean(probs[healthy].argmax(axis=1) != notumor))
             }
         if table.sources is not None:  # the held-out slices of each source, scored as `external` scores a folder
-            sources = np.asarray(table.sources)[held_out]
+            sources, groups = np.asarray(table.sources)[held_out], table.groups[held_out]
             truths = np.asarray(class_names)[labels[held_out]]
             predicted = np.asarray(class_names)[probs.argmax(axis=1)]
             report["held_out_by_source"] = {
                 source: external_metrics(truths[mine].tolist(), predicted[mine].tolist())
-                | {"unfamiliar": float(np.mean(unfamiliarity[mine] > 1))}
+                | {"unfamiliar": float(np.mean(unfamiliarity[mine] > 1)), "groups": len(np.unique(groups[mine]))}
                 for source in sorted(set(sources))
                 if (mine := sources == source).any()
             }

@@ -325,9 +325,10 @@ def release_markdown(report: dict) -> str:
             "below is measured that way.",
             "",
         ]
+    groups = f" ({scores['groups']:,} groups of near-duplicates and adjacent slices)" if "groups" in scores else ""
     lines += [
-        f"On {report['held_out']} of `{report['dataset']}`, the {scores['slices']:,} slices these weights never "
-        "trained on:",
+        f"On {report['held_out']} of `{report['dataset']}`, the {scores['slices']:,} slices{groups} these weights "
+        "never trained on:",
         "",
         "| | accuracy | log-loss | calibration error (ECE) | called unfamiliar |",
         "|---|---|---|---|---|",
@@ -374,17 +375,19 @@ def release_markdown(report: dict) -> str:
             )
         lines.append("")
     if by_source := report.get("held_out_by_source"):
+        grouped = all("groups" in metrics for metrics in by_source.values())  # reports since groups were counted
         lines += [
             "The same held-out slices by source:",
             "",
-            "| source | slices | 4-class accuracy | tumor slices called a tumor | healthy slices called notumor "
-            "| called unfamiliar |",
+            f"| source | slices{' (groups)' if grouped else ''} | 4-class accuracy | tumor slices called a tumor "
+            "| healthy slices called notumor | called unfamiliar |",
             "|---|---|---|---|---|---|",
         ]
         for name, metrics in by_source.items():
             cells = [metrics.get(key) for key in ("accuracy", "tumor_found", "notumor_specificity")]
             shown = " | ".join(f"{value:.4f}" if value is not None else "–" for value in cells)
-            lines.append(f"| {name} | {metrics['slices']} | {shown} | {metrics['unfamiliar']:.1%} |")
+            count = f"{metrics['slices']} ({metrics['groups']})" if grouped else str(metrics["slices"])
+            lines.append(f"| {name} | {count} | {shown} | {metrics['unfamiliar']:.1%} |")
         lines.append("")
     if report["external"]:
         lines += [

@@ -4,6 +4,7 @@ report hold the numbers measured on it."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -12,7 +13,7 @@ from test_evaluation import external_folder, run  # noqa: F401 (fixtures)
 from transformers import AutoModelForImageClassification
 
 import make_release
-from brain_resnet import reports
+from brain_resnet import data, reports
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,8 @@ def test_report_measures_the_released_model(release, run):  # noqa: F811
     out, report = release
     held_out = report["held_out_scores"]
     assert held_out["slices"] == 20  # fold 0 of 40 slices in 2 folds
+    table = data.load_table(json.loads((run / "run_args.json").read_text())["settings"]["dataset"], "grouped", False)
+    assert held_out["groups"] == len(np.unique(table.groups[table.folds == 0])) <= 20
     assert held_out["unfamiliar"] <= 0.1  # the threshold is the held-out 95th percentile
     assert held_out["log_loss"] <= report["held_out_scores_uncalibrated"]["log_loss"] + 1e-4
     other = report["external"]["other-source"]
@@ -72,6 +75,7 @@ def test_report_measures_the_released_model(release, run):  # noqa: F811
     card = (out / "README.md").read_text()
     assert "**Trained on a CPU**" in card  # where the weights came from, said up front
     assert f"| other-source | {other['slices']} |" in card
+    assert f"the 20 slices ({held_out['groups']} groups of near-duplicates and adjacent slices)" in card
     assert f"{held_out['accuracy']:.4f}" in card and "fold 0's model" in card
     assert f"| released, fitted on the other half (cross-fitted) | {crossed['accuracy']['mean']:.4f} ± " in card
 

@@ -11,6 +11,7 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,9 +97,15 @@ def test_matrix_evaluates_the_fold_models_and_makes_the_release(matrix_run):
     by_source = report["held_out_by_source"]  # the release candidate trained and is scored on every source
     assert sorted(by_source) == ["br35h", "figshare", "sartaj"]
     assert sum(scores["slices"] for scores in by_source.values()) == report["held_out_scores"]["slices"]
+    table = data.load_table(
+        json.loads((work / "runs/release/run_args.json").read_text())["settings"]["dataset"], "grouped", False
+    )  # near-duplicate groups of the held-out fold
+    sources, held = np.array(table.sources), table.folds == 0
+    for source, scores in by_source.items():
+        assert scores["groups"] == len(np.unique(table.groups[held & (sources == source)])) <= scores["slices"]
     card = (work / "release/README.md").read_text()
     assert "| stratified | improved | 2 |" in card  # the summary's cross-validation table
-    assert "| sartaj |" in card
+    assert f"| sartaj | {by_source['sartaj']['slices']} ({by_source['sartaj']['groups']}) |" in card
     trained = json.loads((work / "results/matrix.json").read_text())
     assert [job["status"] for job in trained["jobs"]] == ["finished"] * 3
     assert trained["aggregate_train_images_per_s"] > 0

@@ -405,6 +405,7 @@ class GroupStats:
     images: int  # images in those groups
     largest: int
     mixed_classes: int  # clusters holding more than one class
+    mixed_sets: list[list[str]]  # the files of each such cluster
     groups: int  # all groups, singletons included
     identical: list[list[str]]  # sets of byte-identical files
     test_with_train_twin: int  # test images sharing a group with a train image
@@ -415,7 +416,7 @@ class GroupStats:
 def group_stats(table: Table) -> GroupStats:
     sizes = Counter(table.group.tolist())
     multi = [g for g, size in sizes.items() if size > 1]
-    mixed = sum(len(set(table.label[table.group == g].tolist())) > 1 for g in multi)
+    mixed = [g for g in multi if len(set(table.label[table.group == g].tolist())) > 1]
     by_digest = defaultdict(list)
     for s in table.slices:
         by_digest[s.digest].append(s.entry.file)
@@ -427,7 +428,8 @@ def group_stats(table: Table) -> GroupStats:
         clusters=len(multi),
         images=sum(sizes[g] for g in multi),
         largest=max(sizes.values()),
-        mixed_classes=mixed,
+        mixed_classes=len(mixed),
+        mixed_sets=[[table.slices[i].entry.file for i in np.flatnonzero(table.group == g)] for g in mixed],
         groups=len(sizes),
         identical=[files for files in by_digest.values() if len(files) > 1],
         test_with_train_twin=sum(g in train_groups for g in test_groups),
@@ -456,6 +458,16 @@ def check_text(stats: GroupStats) -> str:
     return text + ": " + "; ".join(" + ".join(files) for files in stats.split_check_sets) + "."
 
 
+def mixed_text(stats: GroupStats) -> str:
+    """The clusters that mix classes, named: one slice under two labels, or different patients that look alike."""
+    if not stats.mixed_sets:
+        return ""
+    return (
+        "Clusters mixing classes (the same slice under two labels, or look-alikes of different patients; each kept "
+        "in one fold): " + "; ".join(" + ".join(files) for files in stats.mixed_sets) + "."
+    )
+
+
 def deviations(table: Table) -> dict[str, float]:
     train = table.split == "train"
     return {p: class_share_deviation(table.label[train], getattr(table, p)[train]) for p in FOLD_COLUMNS.values()}
@@ -479,6 +491,8 @@ def summary(table: Table, stats: GroupStats) -> str:
         "Byte-identical files: " + identical_text(stats, "\n  "),
         check_text(stats),
     ]
+    if stats.mixed_sets:
+        lines.append(mixed_text(stats))
     if "test" in table.splits:
         lines.append(f"Test images with a near-duplicate in train: {stats.test_with_train_twin:,}.")
     if table.excluded:
@@ -634,7 +648,7 @@ def card_text(table: Table, stats: GroupStats, name: str, load_as: str) -> str:
         "set of links. The thresholds were chosen by measurement on brain-tumor-mri-4k: links between different "
         "classes (so different patients) first appear at 36 perceptual-hash bits and a thumbnail correlation "
         f"of 0.898, and groups stay small. Here: {stats.clusters:,} clusters of 2+ images hold "
-        f"{stats.images:,} images (largest {stats.largest}, {stats.mixed_classes} mixing classes).",
+        f"{stats.images:,} images (largest {stats.largest}, {stats.mixed_classes} mixing classes). {mixed_text(stats)}",
         "",
         f"{check_text(stats)} That hash is no link of the grouping, so it measures the grouping from outside; "
         "some of its sets are look-alikes of different patients (even of different sources), which no "

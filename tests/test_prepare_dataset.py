@@ -327,6 +327,20 @@ def test_same_seed_gives_the_same_folds(tmp_path, brain_mri_data):
     assert read_columns(tmp_path / "a") == read_columns(tmp_path / "b")
 
 
+def test_a_slice_under_two_labels_is_named_in_the_summary_and_the_card(tmp_path, brain_mri_data, capsys):
+    src = tmp_path / "src"
+    copy_slices(brain_mri_data, src, per_class=6, step=67)
+    relabelled = sorted((src / "glioma").iterdir())[0]  # the same slice filed as meningioma too
+    shutil.copy(relabelled, src / "meningioma" / f"copy-{relabelled.name}")
+    prep.main([str(src), str(tmp_path / "out"), "--folds", "3", "--seed", "0"])
+    named = f"glioma/{relabelled.name} + meningioma/copy-{relabelled.name}"
+    assert named in capsys.readouterr().out
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Clusters mixing classes" in card and named in card
+    rows = {row["file"]: row for row in read_columns(tmp_path / "out")}
+    assert rows[f"glioma/{relabelled.name}"]["fold"] == rows[f"meningioma/copy-{relabelled.name}"]["fold"]
+
+
 def test_exclude_leaves_the_listed_files_out_and_every_other_file_keeps_its_fold(tmp_path, brain_mri_data, capsys):
     src = tmp_path / "brain-tumor-mri-4k"
     copy_slices(brain_mri_data, src, per_class=6, step=37)

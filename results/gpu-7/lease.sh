@@ -16,6 +16,9 @@ SEED=${2:-42}
 EPOCHS=${EPOCHS:-60} SIZE=${SIZE:-128} LIMIT=${LIMIT:-420} FOLDS=${FOLDS:-0 1 2 3 4}
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
 R=results/gpu-7 RUNS=runs/gpu-7
+for needed in data/all-sources/README.md results/label-audit/doubtful-notumor.txt "$R"/lists/untyped-fold-0.txt; do
+    [ -e "$needed" ] || { echo "missing $needed: carry data/all-sources, and keep results/label-audit and $R in the tree"; exit 1; }
+done
 mkdir -p "$R" "$RUNS" "$OUT"
 log() { echo "[$SECONDS s] $*" | tee -a "$R/lease-seed$SEED.log"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$R/gpu.txt" 2>&1

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -58,8 +59,9 @@ def read_json(path: Path, default=None):
 
 
 def write_json(path: Path, data) -> None:
-    """Write through a temporary file, so that an interruption leaves the old file or the new one."""
-    partial = path.with_name(path.name + ".partial")
+    """Write through a temporary file, so that an interruption leaves the old file or the new one; the file is the
+    writer's own, so that processes started side by side (one per fold) can write the same path at once."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial")
     partial.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(partial, path)
 

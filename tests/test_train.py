@@ -328,6 +328,23 @@ def test_finished_run_resumes_to_an_immediate_exit(python_run, common, capsys):
     assert (python_run / "log.jsonl").read_text() == log_before
 
 
+def test_processes_started_side_by_side_can_write_the_same_run_file(tmp_path):
+    """One train.py process per fold into one run folder (run_matrix.py, the lease scripts) each write
+    run_args.json when they find none; no writer may move another's half-written file away."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "run_args.json"
+
+    def write_many(writer: int) -> None:
+        for _ in range(200):
+            runs.write_json(path, {"settings": {"writer": writer}, "padding": "x" * 10_000})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write_many, range(8)))  # re-raises a writer's error
+    assert json.loads(path.read_text())["settings"]["writer"] in range(8)
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
 def test_resume_needs_the_runs_own_settings(python_run, common, capsys):
     assert train.main([*common, "--output-dir", str(python_run)]) == 2
     assert "already holds a run: add --resume" in capsys.readouterr().err

@@ -56,7 +56,7 @@ from brain_resnet.external import NOTUMOR, external_files, external_metrics, rea
 from brain_resnet.folds import PROTOCOL_NAMES
 from brain_resnet.metrics import forward_flops
 from brain_resnet.modeling import VARIANTS, BrainResNetForImageClassification, BrainResNetImageProcessor
-from brain_resnet.runs import has_weights, read_json, write_json
+from brain_resnet.runs import check_lists_unchanged, has_weights, read_json, write_json
 
 # corruption -> strengths, mildest first
 CORRUPTIONS = {
@@ -290,6 +290,8 @@ def mean_std(values: list[float]) -> dict:
 def robustness(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     runs = [load_run(path, device) for path in args.runs]
+    for run in runs:
+        check_lists_unchanged(run.settings)
     datasets = {run.settings["dataset"] for run in runs}
     if len(datasets) > 1:
         raise UsageError(f"the runs were trained on different datasets ({', '.join(sorted(datasets))})")

@@ -55,7 +55,7 @@ from brain_resnet.external import TUMOR, external_files, external_metrics, read_
 from brain_resnet.hub import save_model_folder, upload
 from brain_resnet.modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
 from brain_resnet.reports import render_model_card, render_summary_section
-from brain_resnet.runs import read_json, shown_path, write_json
+from brain_resnet.runs import check_lists_unchanged, read_json, shown_path, write_json
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 
@@ -169,6 +169,7 @@ def make_release(args: argparse.Namespace) -> dict:
     if str(fold) not in results.get("folds", {}):
         raise UsageError(f"{run_dir}/cv_results.json has no finished fold {fold}")
     settings = saved["settings"]
+    check_lists_unchanged(settings)  # the held-out rows must be the ones the run held out
     model = BrainResNetForImageClassification.from_pretrained(args.model).eval()
     processor = BrainResNetImageProcessor.from_pretrained(args.model)
     class_names = [model.config.id2label[i] for i in range(model.config.num_labels)]

@@ -380,7 +380,10 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
         )
         if args.untyped_tumors:
             data.healthy_label = table.class_names.index(NOTUMOR)
-            accelerator.print(f"{(table.labels == ANY_TUMOUR).sum()} slices train as tumors of unknown type")
+            accelerator.print(
+                f"{(table.labels == ANY_TUMOUR).sum()} slices are tumors of unknown type (each fold's model trains "
+                "on those outside its held-out fold)"
+            )
         if args.mirror_prob or args.paste_prob:
             data.find_tumour_sides()
         if args.heal_prob:

@@ -146,10 +146,16 @@ def load_table(
     """The train split with the protocol's folds (and the test split, for the full model's evaluation); with
     `sources`, only the rows of those sources or source/class cells (the folds stay as the dataset made them); with
     `untyped_tumors` (a list of the dataset's `file` names), those rows labelled ANY_TUMOUR; with `exclude` (a list
-    in the same format), without those rows, the other rows keeping their folds."""
+    in the same format), without those rows, the other rows keeping the folds of the dataset's fold columns."""
     splits, class_names = read_splits(dataset)
     if "train" not in splits:
         raise UsageError(f"dataset {dataset!r} has no train split (its splits: {', '.join(splits) or 'none'})")
+    if exclude and untyped_tumors:  # else a file in both would be "not a row" once excluded
+        both = read_listing(exclude, "--exclude") & read_listing(untyped_tumors, "--untyped-tumors")
+        if both:
+            raise UsageError(
+                f"--exclude and --untyped-tumors both name {len(both)} file(s): {', '.join(sorted(both)[:3])}"
+            )
     if exclude:  # first: a list may name rows of sources that --sources then leaves out
         splits = without_listed_files(splits, exclude)
     if sources:
@@ -181,6 +187,14 @@ def load_table(
     return Table(images, labels, folds, row_sources, class_names, groups)
 
 
+def read_listing(listing: str, option: str) -> set[str]:
+    """The files a list names (prepare_dataset.py --exclude's format: one per line, `#` comments)."""
+    try:
+        return set(read_exclusions(Path(listing)))
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read {option} {listing}: {error}") from None
+
+
 def listed_files(
     listing: str, option: str, files: list | None, rows_of: str = "the dataset (or of its --sources)"
 ) -> set[str]:
@@ -188,10 +202,7 @@ def listed_files(
     rows of `rows_of`."""
     if files is None:
         raise UsageError(f"{option} needs the dataset's `file` column (prepare_dataset.py writes it)")
-    try:
-        listed = set(read_exclusions(Path(listing)))
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read {option} {listing}: {error}") from None
+    listed = read_listing(listing, option)
     missing = sorted(listed - set(files))
     if missing:
         raise UsageError(

@@ -8,9 +8,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from .cli import UsageError
+from .folds import read_exclusions
 
 FULL = "full"  # the fold name of the model trained on all the data
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # one file, or shards and their index
+LIST_OPTIONS = ("untyped_tumors", "exclude")  # settings that name a list of the dataset's files
 # The settings that define what a run computes: --resume continues a run only when they are unchanged.
 RUN_SETTINGS = (
     "dataset",
@@ -83,10 +85,33 @@ def epoch_records(log_path: Path) -> dict:
 
 def run_settings(args: argparse.Namespace) -> dict:
     settings = {name: getattr(args, name) for name in RUN_SETTINGS}
-    for name in ("dataset", "model", "init_from", "heal_from", "untyped_tumors", "exclude"):  # one file, any spelling
+    for name in ("dataset", "model", "init_from", "heal_from", *LIST_OPTIONS):  # the same file however spelled
         if settings[name] is not None and Path(settings[name]).exists():
             settings[name] = str(Path(settings[name]).resolve())
+    for name in LIST_OPTIONS:  # what a list named when the run trained: lists get edited
+        if settings[name] is not None and Path(settings[name]).exists():
+            settings[f"{name}_files"] = sorted(read_exclusions(Path(settings[name])))
     return settings
+
+
+def check_lists_unchanged(settings: dict) -> None:
+    """Refuse to work on a run whose --exclude or --untyped-tumors list now names other files than it trained with
+    (runs saved before the lists' contents were recorded pass)."""
+    for name in LIST_OPTIONS:
+        recorded, path = settings.get(f"{name}_files"), settings.get(name)
+        if recorded is None or path is None:
+            continue
+        option = "--" + name.replace("_", "-")
+        try:
+            now = sorted(read_exclusions(Path(path)))
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"cannot read the run's {option} list {path}: {error}") from None
+        if now != recorded:
+            added, dropped = sorted(set(now) - set(recorded)), sorted(set(recorded) - set(now))
+            raise UsageError(
+                f"the run's {option} list {path} has changed since it trained ({len(added)} file(s) added, "
+                f"{len(dropped)} dropped: {', '.join((added + dropped)[:3])}); restore it, or train again"
+            )
 
 
 def check_resume(args: argparse.Namespace) -> dict | None:
@@ -100,11 +125,14 @@ def check_resume(args: argparse.Namespace) -> dict | None:
         )
     saved = read_json(path)
     current = run_settings(args)
-    # A setting added after the run was saved is off in it: it matches when it is off now.
+    # A setting added after the run was saved is off in it: it matches when it is off now. A list's recorded
+    # contents are compared where the run recorded them.
+    recorded_later = {f"{name}_files" for name in LIST_OPTIONS}
     changed = [
         f"--{name.replace('_', '-')} {saved['settings'].get(name)} (now {value})"
         for name, value in current.items()
-        if saved["settings"].get(name) != value and (name in saved["settings"] or value)
+        if saved["settings"].get(name) != value
+        and (name in saved["settings"] or (value and name not in recorded_later))
     ]
     if changed:
         raise UsageError(f"--resume continues a run with its own settings; it was run with {', '.join(changed)}")

@@ -843,6 +843,19 @@ def test_excluded_slices_leave_training_and_scores_and_the_rest_keep_their_folds
     assert make_release.main([str(out / "fold-0"), "--output", str(tmp_path / "release"), "--report", str(report)]) == 0
     assert json.loads(report.read_text())["held_out_scores"]["slices"] == (smaller.folds == 0).sum()
 
+    settings = json.loads((out / "run_args.json").read_text())["settings"]
+    assert settings["exclude_files"] == sorted(files[i] for i in dropped)  # what the list named when it trained
+    listing.write_text(f"{files[0]}\n")  # the list edited after training: the run's held-out rows are no longer it
+    assert make_release.main([str(out / "fold-0"), "--output", str(tmp_path / "again")]) == 2
+    assert "has changed since it trained (0 file(s) added, 2 dropped" in capsys.readouterr().err
+    assert train.main([*common, "--output-dir", str(out), "--exclude", str(listing), "--resume"]) == 2
+    listing.write_text("\n".join(files[i] for i in dropped) + "\n")
+
+    untyped = tmp_path / "untyped.txt"  # a slice cannot be both left out and trained as a tumor
+    untyped.write_text(f"{files[0]}\n")
+    with pytest.raises(UsageError, match="both name 1 file"):
+        data.load_table(str(dataset), "grouped", with_test=False, untyped_tumors=str(untyped), exclude=str(listing))
+
     listing.write_text("src/notumor/not-a-slice.jpg\n")
     assert train.main([*common, "--output-dir", str(tmp_path / "typo"), "--exclude", str(listing)]) == 2
     assert "--exclude" in (err := capsys.readouterr().err) and "not-a-slice.jpg" in err
@@ -860,7 +873,7 @@ def test_untyped_tumours_train_as_tumours_and_are_left_out_of_the_held_out_score
 
     out = tmp_path / "run"
     assert train.main([*common, "--output-dir", str(out), "--untyped-tumors", str(listing)]) == 0
-    assert "3 slices train as tumors of unknown type" in capsys.readouterr().out
+    assert "3 slices are tumors of unknown type" in capsys.readouterr().out
     results = read_results(out)
     for fold, entry in results["folds"].items():  # held out: the fold's typed slices only
         untyped_here = int(((marked.folds == int(fold)) & (marked.labels == data.ANY_TUMOUR)).sum())

@@ -19,6 +19,8 @@ from brain_resnet.data import load_table, read_splits
 dataset, logits_file = sys.argv[1], sys.argv[2]
 report = json.loads(Path(logits_file).read_text())
 table = load_table(dataset, "grouped", with_test=False)
+if table.folds.tolist() != report["folds"] or table.labels.tolist() != report["labels"]:
+    sys.exit(f"{dataset} is not the dataset the logits were written for (its folds or labels differ)")
 files = np.array([name.rsplit("/", 1)[-1] for name in read_splits(dataset)[0]["train"]["file"]])
 labels, folds, groups = table.labels, table.folds, table.groups
 sources, notumor = np.array(table.sources), table.class_names.index("notumor")

@@ -4,9 +4,10 @@ fixed in results/gpu-7/README.md before the run:
     PYTHONPATH=. python results/gpu-7/untyped_cv.py results/gpu-7/row-logits-seed42.json [more seeds' files]
 
 For each seed, arm and fold k: fold k's model sets its operating point on its held-out fold's healthy slices (the
-audited ones left out), at 1%, 5% and 10% of them called a tumor, and scores there Br35H patient k's audited slices
-(never seen by that model in either arm), its held-out fold and the fold's sartaj slices. Primary: the mean of each
-slice's logits and its mirror image's (as the release classifies) at 5%.
+audited ones left out), at 1%, 5% and 10% of them called a tumor, and scores there the Br35H patient that
+lists/exclude-fold-K.txt names (never seen by that model in either arm), its held-out fold and the fold's sartaj
+slices. Both arms must have the same folds' models, or the comparison would be of different patients. Primary: the
+mean of each slice's logits and its mirror image's (as the release classifies) at 5%.
 """
 
 import json
@@ -26,7 +27,7 @@ PRIMARY = 0.05
 
 
 def patient_files(fold: int) -> set[str]:
-    """Br35H patient `fold`'s audited slices: the Br35H rows of that fold's exclusion list."""
+    """The audited slices of the Br35H patient that fold's model scores: the Br35H rows of its exclusion list."""
     return {name for name in read_exclusions(HERE / "lists" / f"exclude-fold-{fold}.txt") if "/br35h-" in name}
 
 
@@ -82,8 +83,15 @@ def main() -> None:
                 f"{'arm':<9}{'false alarms':>13}{'patients found':>16}{'held-out acc.':>15}{'as trained':>12}"
                 f"{'sartaj tumors found':>21}"
             )
-            for arm in primary:
-                for rate, t in arm_scores(report, models_of(report, arm, mirror), audited).items():
+            arms = {arm: models_of(report, arm, mirror) for arm in primary}
+            if arms["control"].keys() != arms["untyped"].keys() or not arms["control"]:
+                sys.exit(
+                    f"{path}: the arms have models of different folds (control {sorted(arms['control'])}, untyped "
+                    f"{sorted(arms['untyped'])}); a fold whose training was cut short saved none"
+                )
+            print(f"folds: {sorted(arms['control'])}")
+            for arm, models in arms.items():
+                for rate, t in arm_scores(report, models, audited).items():
                     print(
                         f"{arm:<9}{rate:>13.0%}{t['found']:>10} of {t['patient_slices']:<3}"
                         f"{t['correct'] / t['held_out']:>15.4f}{t['correct_as_trained'] / t['held_out']:>12.4f}"

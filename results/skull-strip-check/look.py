@@ -33,7 +33,7 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
 def reconstruct(seeds: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
     """The parts of `within` connected to `seeds`."""
     grown = seeds & within
-    while not torch.equal(step := dilate(grown, 2) & within, grown):
+    while not torch.equal(step := dilate(grown, 1) & within, grown):  # 8-connected
         grown = step
     return grown
 

@@ -78,18 +78,19 @@ def main() -> None:
         report = json.loads(Path(path).read_text())
         audited = np.isin(report["files"], list(audit))
         for mirror in (True, False):
-            print(f"\n{path}: {'mirror-averaged (primary)' if mirror else 'own logits'}")
-            print(
-                f"{'arm':<9}{'false alarms':>13}{'patients found':>16}{'held-out acc.':>15}{'as trained':>12}"
-                f"{'sartaj tumors found':>21}"
-            )
             arms = {arm: models_of(report, arm, mirror) for arm in primary}
             if arms["control"].keys() != arms["untyped"].keys() or not arms["control"]:
                 sys.exit(
                     f"{path}: the arms have models of different folds (control {sorted(arms['control'])}, untyped "
                     f"{sorted(arms['untyped'])}); a fold whose training was cut short saved none"
                 )
-            print(f"folds: {sorted(arms['control'])}")
+            print(
+                f"\n{path}: {'mirror-averaged (primary)' if mirror else 'own logits'}, folds {sorted(arms['control'])}"
+            )
+            print(
+                f"{'arm':<9}{'false alarms':>13}{'patients found':>16}{'held-out acc.':>15}{'as trained':>12}"
+                f"{'sartaj tumors found':>21}"
+            )
             for arm, models in arms.items():
                 for rate, t in arm_scores(report, models, audited).items():
                     print(

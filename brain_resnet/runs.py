@@ -1,6 +1,7 @@
 """A train.py output folder: its JSON files, the per-epoch log, the fold folders and the check before resuming."""
 
 import argparse
+import contextlib
 import json
 import os
 import threading
@@ -90,7 +91,8 @@ def run_settings(args: argparse.Namespace) -> dict:
             settings[name] = str(Path(settings[name]).resolve())
     for name in LIST_OPTIONS:  # what a list named when the run trained: lists get edited
         if settings[name] is not None and Path(settings[name]).exists():
-            settings[f"{name}_files"] = sorted(read_exclusions(Path(settings[name])))
+            with contextlib.suppress(OSError, UnicodeDecodeError):  # unreadable: loading the dataset says so
+                settings[f"{name}_files"] = sorted(read_exclusions(Path(settings[name])))
     return settings
 
 

@@ -56,7 +56,7 @@ from brain_resnet.external import NOTUMOR, external_files, external_metrics, rea
 from brain_resnet.folds import PROTOCOL_NAMES
 from brain_resnet.metrics import forward_flops
 from brain_resnet.modeling import VARIANTS, BrainResNetForImageClassification, BrainResNetImageProcessor
-from brain_resnet.runs import check_lists_unchanged, has_weights, read_json, write_json
+from brain_resnet.runs import LIST_OPTIONS, check_lists_unchanged, has_weights, read_json, write_json
 
 # corruption -> strengths, mildest first
 CORRUPTIONS = {
@@ -300,18 +300,15 @@ def robustness(args: argparse.Namespace) -> dict:
     if len(source_sets) > 1:
         raise UsageError("the runs were trained on different --sources of the dataset; evaluate them apart")
     sources = list(source_sets.pop()) or None
-    untyped_lists = {run.settings.get("untyped_tumors") for run in runs}
-    if len(untyped_lists) > 1:
-        raise UsageError("the runs were trained with different --untyped-tumors lists; evaluate them apart")
-    untyped = untyped_lists.pop()
-    excluded_lists = {run.settings.get("exclude") for run in runs}
-    if len(excluded_lists) > 1:
-        raise UsageError("the runs were trained with different --exclude lists; evaluate them apart")
-    excluded = excluded_lists.pop()
+    lists = {}  # --untyped-tumors and --exclude: one table, so one list of each for all runs
+    for name in LIST_OPTIONS:
+        named = {run.settings.get(name) for run in runs}
+        if len(named) > 1:
+            option = "--" + name.replace("_", "-")
+            raise UsageError(f"the runs were trained with different {option} lists; evaluate them apart")
+        lists[name] = named.pop()
     protocols = {run.settings["protocol"] for run in runs}
-    tables = {
-        p: load_table(dataset, p, False, sources=sources, untyped_tumors=untyped, exclude=excluded) for p in protocols
-    }
+    tables = {p: load_table(dataset, p, False, sources=sources, **lists) for p in protocols}
     table = next(iter(tables.values()))
     labels, class_names = table.labels, table.class_names
     if NOTUMOR not in class_names:

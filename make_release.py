@@ -55,7 +55,7 @@ from brain_resnet.external import TUMOR, external_files, external_metrics, read_
 from brain_resnet.hub import save_model_folder, upload
 from brain_resnet.modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
 from brain_resnet.reports import render_model_card, render_summary_section
-from brain_resnet.runs import check_lists_unchanged, read_json, shown_path, write_json
+from brain_resnet.runs import LIST_OPTIONS, check_lists_unchanged, read_json, shown_path, write_json
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 
@@ -189,8 +189,7 @@ def make_release(args: argparse.Namespace) -> dict:
         settings["protocol"],
         with_test=False,
         sources=settings.get("sources"),
-        untyped_tumors=settings.get("untyped_tumors"),
-        exclude=settings.get("exclude"),
+        **{name: settings.get(name) for name in LIST_OPTIONS},
     )
     typed = table.labels != ANY_TUMOUR  # untyped tumours have no class to calibrate or to take a class mean of
     held_out, training = (table.folds == fold) & typed, (table.folds != fold) & typed

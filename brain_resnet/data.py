@@ -150,14 +150,12 @@ def load_table(
     splits, class_names = read_splits(dataset)
     if "train" not in splits:
         raise UsageError(f"dataset {dataset!r} has no train split (its splits: {', '.join(splits) or 'none'})")
-    if exclude and untyped_tumors:  # else a file in both would be "not a row" once excluded
-        both = read_listing(exclude, "--exclude") & read_listing(untyped_tumors, "--untyped-tumors")
-        if both:
-            raise UsageError(
-                f"--exclude and --untyped-tumors both name {len(both)} file(s): {', '.join(sorted(both)[:3])}"
-            )
+    excluded = read_listing(exclude, "--exclude") if exclude else set()
+    untyped = read_listing(untyped_tumors, "--untyped-tumors") if untyped_tumors else set()
+    if both := excluded & untyped:  # else a file in both would be "not a row" once excluded
+        raise UsageError(f"--exclude and --untyped-tumors both name {len(both)} file(s): {', '.join(sorted(both)[:3])}")
     if exclude:  # first: a list may name rows of sources that --sources then leaves out
-        splits = without_listed_files(splits, exclude)
+        splits = without_listed_files(splits, excluded, exclude)
     if sources:
         splits = {name: only_sources(split, sources, dataset, class_names) for name, split in splits.items()}
     train = splits["train"]
@@ -169,7 +167,7 @@ def load_table(
         )
     labels, class_names = label_indices(train["label"], class_names)
     if untyped_tumors:
-        labels = mark_untyped_tumours(labels, train.get("file"), untyped_tumors, class_names)
+        labels = mark_untyped_tumours(labels, train.get("file"), untyped, untyped_tumors, class_names)
     fold_column = FOLD_COLUMNS[protocol]
     folds = np.asarray(train[fold_column]) if fold_column in train else make_folds(train, labels, protocol)
     images, row_sources = list(train["image"]), train.get("source")
@@ -195,27 +193,25 @@ def read_listing(listing: str, option: str) -> set[str]:
         raise UsageError(f"cannot read {option} {listing}: {error}") from None
 
 
-def listed_files(
-    listing: str, option: str, files: list | None, rows_of: str = "the dataset (or of its --sources)"
-) -> set[str]:
-    """The files a list names (prepare_dataset.py --exclude's format), each of which must be among `files`, the
-    rows of `rows_of`."""
+def check_listed_rows(
+    listed: set[str], listing: str, option: str, files: list | None, rows_of: str = "the dataset (or of its --sources)"
+) -> None:
+    """Refuse a list (read from `listing`) that names a file not among `files`, the rows of `rows_of`."""
     if files is None:
         raise UsageError(f"{option} needs the dataset's `file` column (prepare_dataset.py writes it)")
-    listed = read_listing(listing, option)
     missing = sorted(listed - set(files))
     if missing:
         raise UsageError(
             f"{option} {listing} names {len(missing)} file(s) that are not rows of {rows_of}: "
             f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
         )
-    return listed
 
 
-def without_listed_files(splits: dict[str, dict], listing: str) -> dict[str, dict]:
-    """Every split without the rows whose `file` the list at `listing` names (each must be a row of some split)."""
+def without_listed_files(splits: dict[str, dict], listed: set[str], listing: str) -> dict[str, dict]:
+    """Every split without the rows whose `file` is `listed` (the list at `listing`; each must be a row of some
+    split)."""
     files = [name for split in splits.values() for name in split.get("file", [])]
-    listed = listed_files(listing, "--exclude", files if files else None, rows_of="the dataset")
+    check_listed_rows(listed, listing, "--exclude", files if files else None, rows_of="the dataset")
     return {
         name: {
             column: [v for v, f in zip(values, split["file"], strict=True) if f not in listed]
@@ -227,12 +223,14 @@ def without_listed_files(splits: dict[str, dict], listing: str) -> dict[str, dic
     }
 
 
-def mark_untyped_tumours(labels: np.ndarray, files: list | None, listing: str, class_names: list[str]) -> np.ndarray:
-    """`labels` with ANY_TUMOUR for the rows whose `file` the list at `listing` names (one per line, `#` comments,
-    as prepare_dataset.py --exclude reads them); every listed file must be a row."""
+def mark_untyped_tumours(
+    labels: np.ndarray, files: list | None, listed: set[str], listing: str, class_names: list[str]
+) -> np.ndarray:
+    """`labels` with ANY_TUMOUR for the rows whose `file` is `listed` (the list at `listing`); every listed file
+    must be a row."""
     if NOTUMOR not in class_names:
         raise UsageError(f"--untyped-tumors needs a {NOTUMOR!r} class; the dataset has {class_names}")
-    listed = listed_files(listing, "--untyped-tumors", files)
+    check_listed_rows(listed, listing, "--untyped-tumors", files)
     return np.where(np.isin(files, list(listed)), ANY_TUMOUR, labels)
 
 

@@ -164,6 +164,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "MRI sequence (which gives away the source in the 4k data) stops being a cue",
     )
     parser.add_argument(
+        "--invert-prob",
+        type=number(float, 0, 1),
+        default=0.0,
+        help="share of training views whose head intensities are inverted, background kept black: one fixed "
+        "reversal of tissue contrast, roughly T1 <-> T2, for the same purpose",
+    )
+    parser.add_argument(
         "--mirror-prob",
         type=number(float, 0, 1),
         default=0.0,

@@ -74,7 +74,9 @@ def measure(name: str, args, accelerator: Accelerator, bf16: bool, layout: torch
         return logits(pixel_values.contiguous(memory_format=layout))
 
     processor = BrainResNetImageProcessor(size=args.image_size)
-    step_args = SimpleNamespace(image_size=args.image_size, label_smoothing=0.1, remap_prob=0.5, match_sources=0.0)
+    step_args = SimpleNamespace(
+        image_size=args.image_size, label_smoothing=0.1, remap_prob=0.5, invert_prob=0.0, match_sources=0.0
+    )
 
     cache_size = round(args.image_size * CACHE_MARGIN)
     images = torch.randint(0, 256, (4 * args.batch_size, 1, cache_size, cache_size), dtype=torch.uint8, device=device)

@@ -5,11 +5,12 @@ import torch
 import torch.nn.functional as F
 
 
-def augment(images: torch.Tensor, size: int, remap_prob: float = 0.0) -> torch.Tensor:
+def augment(images: torch.Tensor, size: int, remap_prob: float = 0.0, invert_prob: float = 0.0) -> torch.Tensor:
     """Random views of cached uint8 (B, 1, S, S) slices as float (B, 1, size, size) in [0, 1], all on the device.
 
     Geometry (zoom, aspect, rotation, shift, left-right flip) is one affine resampling; then, with probability
-    `remap_prob`, a random non-monotonic intensity curve (remap_intensity); then gamma, contrast and brightness
+    `remap_prob`, a random non-monotonic intensity curve (remap_intensity), and with probability `invert_prob`, the
+    head's intensities inverted (invert_head_contrast); then gamma, contrast and brightness
     jitter, blur, a lower acquisition resolution and noise, each drawn per image. Intensity, sharpness and
     resolution differ between the sources of the data, so randomising them leaves anatomy as the cue.
     """
@@ -43,6 +44,8 @@ def augment(images: torch.Tensor, size: int, remap_prob: float = 0.0) -> torch.T
     x = x.clamp_(0, 1)
     if remap_prob > 0:
         x = torch.where(chance(remap_prob).view(per_image), remap_intensity(x), x)
+    if invert_prob > 0:  # drawn only when on, so that runs without it keep their random stream
+        x = torch.where(chance(invert_prob).view(per_image), invert_head_contrast(x), x)
     x = x.pow_(torch.exp(uniform(-0.35, 0.35)).view(per_image))  # gamma 0.70-1.42
     x = x.mul_(uniform(0.8, 1.2).view(per_image)).add_(uniform(-0.05, 0.05).view(per_image))
     x = gaussian_blur(x, torch.where(chance(0.25), uniform(0.4, 1.2), 0.0))
@@ -68,6 +71,20 @@ def remap_intensity(x: torch.Tensor, knots: int = 6) -> torch.Tensor:
     lower = lower.long()
     start, end = levels.gather(1, lower), levels.gather(1, lower + 1)
     return torch.lerp(start, end, weight).view_as(x)
+
+
+def invert_head_contrast(x: torch.Tensor, low: float = 0.03, high: float = 0.09) -> torch.Tensor:
+    """Each image of (B, 1, H, W) in [0, 1] with the head's intensities inverted and the background kept black.
+
+    One fixed reversal of tissue contrast, roughly T1 <-> T2 (CSF dark <-> bright, grey matter darker <-> brighter
+    than white): in the 4k data every tumour is T1 contrast-enhanced and most healthy slices are T2-weighted, so a
+    sequence seen with one class only stops meaning that class. Unlike remap_intensity's random curves it keeps each
+    tissue's contrast to its neighbours, only reversed. The head is where the slice, slightly blurred, is brighter
+    than the background's noise (a soft mask rising from `low` to `high`), so the frame stays black.
+    """
+    blurred = gaussian_blur(x, torch.full((x.shape[0],), 1.5, device=x.device, dtype=x.dtype))
+    head = ((blurred - low) / (high - low)).clamp_(0, 1)
+    return head * (1 - x)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 2) -> torch.Tensor:

@@ -11,7 +11,16 @@ from .metrics import METRICS
 from .runs import FULL, epoch_records, fold_name, shown_path
 
 # train.py settings that training_info names when they are on
-SWITCHES = ("remap_prob", "mirror_prob", "paste_prob", "heal_prob", "balance_sources", "untyped_tumors", "exclude")
+SWITCHES = (
+    "remap_prob",
+    "invert_prob",
+    "mirror_prob",
+    "paste_prob",
+    "heal_prob",
+    "balance_sources",
+    "untyped_tumors",
+    "exclude",
+)
 RESULTS_START, RESULTS_END = "<!-- train.py:results:start -->", "<!-- train.py:results:end -->"
 RELEASE_START, RELEASE_END = "<!-- make_release.py:release:start -->", "<!-- make_release.py:release:end -->"
 SUMMARY_START, SUMMARY_END = "<!-- make_release.py:summary:start -->", "<!-- make_release.py:summary:end -->"

@@ -29,6 +29,7 @@ RUN_SETTINGS = (
     "warmup",
     "label_smoothing",
     "remap_prob",
+    "invert_prob",
     "mirror_prob",
     "paste_prob",
     "heal_prob",

@@ -28,6 +28,7 @@ from brain_resnet.augment import (
     augment,
     gaussian_blur,
     heal_lesions,
+    invert_head_contrast,
     mirror_hemispheres,
     paste_lesions,
     remap_intensity,
@@ -505,6 +506,20 @@ def test_intensity_remap_changes_contrast_but_not_background_or_shape():
     plain = augmented(images, seed=1)
     assert torch.equal(plain, augmented(images, seed=1, remap_prob=0.0))  # off: the same random stream as before
     assert not torch.equal(plain, augmented(images, seed=1, remap_prob=1.0))
+
+
+def test_contrast_inversion_reverses_the_head_and_keeps_the_background_black():
+    head = torch.zeros(1, 1, 48, 48)
+    head[:, :, 8:40, 8:40] = torch.linspace(0.2, 1.0, 32)  # a head: tissue from dark to bright, on black
+    inverted = invert_head_contrast(head)
+    assert inverted.min() >= 0 and inverted.max() <= 1
+    assert torch.equal(inverted[:, :, :5], torch.zeros(1, 1, 5, 48))  # the frame stays black: framing is no cue
+    row = inverted[0, 0, 24, 12:36]  # inside the head, away from its soft edge
+    assert torch.allclose(row, 1 - head[0, 0, 24, 12:36])  # the dark tissue is now the bright one, and so on
+    images = torch.randint(0, 256, (6, 1, 74, 74), dtype=torch.uint8)
+    plain = augmented(images, seed=1)
+    assert torch.equal(plain, augmented(images, seed=1, invert_prob=0.0))  # off: the same random stream as before
+    assert not torch.equal(plain, augmented(images, seed=1, invert_prob=1.0))
 
 
 def brain_slice(lesion_side: int = 0, centre_column: float = 31.5, size: int = 64) -> torch.Tensor:

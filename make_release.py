@@ -53,6 +53,7 @@ from brain_resnet.data import ANY_TUMOUR, NOTUMOR, decode_images, load_table
 from brain_resnet.engine import model_input
 from brain_resnet.external import TUMOR, external_files, external_metrics, read_external
 from brain_resnet.hub import save_model_folder, upload
+from brain_resnet.metrics import share_interval
 from brain_resnet.modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
 from brain_resnet.reports import render_model_card, render_summary_section
 from brain_resnet.runs import LIST_OPTIONS, check_lists_unchanged, read_json, shown_path, write_json
@@ -144,10 +145,12 @@ def shift_notumor_logit(
 
 
 def held_out_scores(probs: np.ndarray, labels: np.ndarray, unfamiliarity: np.ndarray, groups: np.ndarray) -> dict:
+    correct = probs.argmax(axis=1) == labels
     return {
         "slices": int(len(labels)),
         "groups": int(len(np.unique(groups))),  # near-duplicates and adjacent slices: fewer independent cases
-        "accuracy": float(np.mean(probs.argmax(axis=1) == labels)),
+        "accuracy": float(np.mean(correct)),
+        "accuracy_interval": share_interval(correct, groups),  # 95%, whole groups resampled
         "log_loss": float(F.nll_loss(torch.from_numpy(np.log(np.clip(probs, 1e-12, 1))), torch.from_numpy(labels))),
         "calibration_error": expected_calibration_error(probs, labels),
         "unfamiliar": float(np.mean(unfamiliarity > 1)),
@@ -273,7 +276,7 @@ def make_release(args: argparse.Namespace) -> dict:
             truths = np.asarray(class_names)[labels[held_out]]
             predicted = np.asarray(class_names)[probs.argmax(axis=1)]
             report["held_out_by_source"] = {
-                source: external_metrics(truths[mine].tolist(), predicted[mine].tolist())
+                source: external_metrics(truths[mine].tolist(), predicted[mine].tolist(), groups[mine])
                 | {"unfamiliar": float(np.mean(unfamiliarity[mine] > 1)), "groups": len(np.unique(groups[mine]))}
                 for source in sorted(set(sources))
                 if (mine := sources == source).any()

@@ -10,6 +10,7 @@ import numpy as np
 
 from .cli import UsageError
 from .data import NOTUMOR, open_image
+from .metrics import share_interval
 
 TUMOR = "tumor"  # an external folder of tumor slices of unknown type
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -44,19 +45,23 @@ def external_files(folder: Path, class_names: list[str]) -> list[tuple[Path, str
     return files
 
 
-def external_metrics(truth: list[str], predicted: list[str]) -> dict:
-    """Accuracy on slices of a named class, tumor slices found, healthy slices called healthy, per class counts."""
+def external_metrics(truth: list[str], predicted: list[str], groups=None) -> dict:
+    """Accuracy on slices of a named class, tumor slices found, healthy slices called healthy, per class counts;
+    given each slice's near-duplicate group, also each share's 95% interval (`intervals`, metrics.share_interval)."""
     truth, predicted = np.array(truth), np.array(predicted)
-    named = truth != TUMOR
-    tumor = truth != NOTUMOR
-    healthy = truth == NOTUMOR
-    metrics = {
-        "slices": int(len(truth)),
-        "accuracy": float((truth[named] == predicted[named]).mean()) if named.any() else None,
-        "tumor_found": float((predicted[tumor] != NOTUMOR).mean()) if tumor.any() else None,
-        "notumor_specificity": float((predicted[healthy] == NOTUMOR).mean()) if healthy.any() else None,
-        "predicted_by_class": {},
+    shares = {  # the slices each share is over, and which of them count
+        "accuracy": (truth != TUMOR, truth == predicted),
+        "tumor_found": (truth != NOTUMOR, predicted != NOTUMOR),
+        "notumor_specificity": (truth == NOTUMOR, predicted == NOTUMOR),
     }
+    metrics = {"slices": int(len(truth))}
+    metrics |= {name: float(hits[over].mean()) if over.any() else None for name, (over, hits) in shares.items()}
+    if groups is not None:
+        groups = np.asarray(groups)
+        metrics["intervals"] = {
+            name: share_interval(hits[over], groups[over]) for name, (over, hits) in shares.items() if over.any()
+        }
+    metrics["predicted_by_class"] = {}
     for name in sorted(set(truth)):
         values, counts = np.unique(predicted[truth == name], return_counts=True)
         metrics["predicted_by_class"][name] = dict(zip(values.tolist(), counts.tolist(), strict=True))

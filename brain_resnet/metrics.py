@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import binomtest, bootstrap
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -46,6 +47,36 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
             for s in sorted(set(sources))
         }
     return metrics
+
+
+def share_interval(hits, groups, confidence: float = 0.95, resamples: int = 2000) -> list[float] | None:
+    """A `confidence` interval for the share of slices that are `hits` (booleans), when the slices come in groups of
+    near-duplicates and adjacent slices of one patient, which are about one case each, not many.
+
+    Whole groups are resampled (a cluster bootstrap, percentile interval). Where every slice is a hit, or none is,
+    resampling cannot vary the share: then the exact binomial (Clopper-Pearson) interval with each group as one case,
+    so that "all 70 found" still says how low the rate could be. None for no slices or a single group.
+    """
+    hits = np.asarray(hits, dtype=bool)
+    _, group_index = np.unique(np.asarray(groups), return_inverse=True)
+    cases = int(group_index.max()) + 1 if hits.size else 0
+    if cases < 2:
+        return None
+    if hits.all() or not hits.any():
+        interval = binomtest(cases if hits.all() else 0, cases).proportion_ci(confidence, method="exact")
+        return [float(interval.low), float(interval.high)]
+    group_hits, group_sizes = np.bincount(group_index, weights=hits), np.bincount(group_index)
+    result = bootstrap(
+        (group_hits, group_sizes),
+        lambda found, sizes, axis: found.sum(axis=axis) / sizes.sum(axis=axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(0),  # the same report every time
+    )
+    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
 def eval_record(logits: torch.Tensor, labels: np.ndarray) -> dict:

@@ -14,6 +14,7 @@ from transformers import AutoModelForImageClassification
 
 import make_release
 from brain_resnet import data, reports
+from brain_resnet.metrics import share_interval
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,24 @@ def test_report_measures_the_released_model(release, run):  # noqa: F811
     assert f"the 20 slices ({held_out['groups']} groups of near-duplicates and adjacent slices)" in card
     assert f"{held_out['accuracy']:.4f}" in card and "fold 0's model" in card
     assert f"| released, fitted on the other half (cross-fitted) | {crossed['accuracy']['mean']:.4f} ± " in card
+    low, high = held_out["accuracy_interval"]  # how far other patients like these could move it
+    assert 0 <= low <= held_out["accuracy"] <= high <= 1 and low < high
+    assert f"| {held_out['accuracy']:.4f} ({low:.3f}–{high:.3f}) |" in card and "95% intervals" in card
+
+
+def test_intervals_count_a_group_of_near_duplicates_as_one_case():
+    every_one = np.ones(70, dtype=bool)  # 70 of 70 tumors found
+    low, high = share_interval(every_one, groups=np.arange(70))
+    assert high == 1 and low == pytest.approx(0.025 ** (1 / 70))  # exact binomial: 70 cases, none missed
+    assert share_interval(every_one, groups=np.repeat(np.arange(14), 5))[0] < 0.8  # 14 patients say much less
+    rng = np.random.default_rng(1)
+    per_patient = np.repeat(rng.random(200) < 0.9, 5)  # each patient's 5 slices right or wrong together
+    clustered = share_interval(per_patient, groups=np.repeat(np.arange(200), 5))
+    independent = share_interval(per_patient, groups=np.arange(1000))
+    assert clustered[0] <= per_patient.mean() <= clustered[1]
+    assert clustered[1] - clustered[0] > 1.5 * (independent[1] - independent[0])
+    assert share_interval(per_patient, groups=np.repeat(np.arange(200), 5)) == clustered  # one report each time
+    assert share_interval(per_patient[:5], groups=np.zeros(5)) is None  # one case: no interval to give
 
 
 def test_operating_point_is_set_on_held_out_healthy_slices_and_shipped_in_the_weights(release, run, tmp_path):  # noqa: F811

@@ -103,9 +103,16 @@ def test_matrix_evaluates_the_fold_models_and_makes_the_release(matrix_run):
     sources, held = np.array(table.sources), table.folds == 0
     for source, scores in by_source.items():
         assert scores["groups"] == len(np.unique(table.groups[held & (sources == source)])) <= scores["slices"]
+        for share, (low, high) in scores["intervals"].items():  # 95%, near-duplicate groups resampled whole
+            assert 0 <= low <= scores[share] <= high <= 1
     card = (work / "release/README.md").read_text()
     assert "| stratified | improved | 2 |" in card  # the summary's cross-validation table
-    assert f"| sartaj | {by_source['sartaj']['slices']} ({by_source['sartaj']['groups']}) |" in card
+    sartaj = by_source["sartaj"]
+    low, high = sartaj["intervals"]["accuracy"]
+    assert (
+        f"| sartaj | {sartaj['slices']} ({sartaj['groups']}) | {sartaj['accuracy']:.4f} ({low:.3f}–{high:.3f}) |"
+        in card
+    )
     trained = json.loads((work / "results/matrix.json").read_text())
     assert [job["status"] for job in trained["jobs"]] == ["finished"] * 3
     assert trained["aggregate_train_images_per_s"] > 0

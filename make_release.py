@@ -53,7 +53,6 @@ from brain_resnet.data import ANY_TUMOUR, NOTUMOR, decode_images, load_table
 from brain_resnet.engine import model_input
 from brain_resnet.external import TUMOR, external_files, external_metrics, read_external
 from brain_resnet.hub import save_model_folder, upload
-from brain_resnet.metrics import share_interval
 from brain_resnet.modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
 from brain_resnet.reports import render_model_card, render_summary_section
 from brain_resnet.runs import LIST_OPTIONS, check_lists_unchanged, read_json, shown_path, write_json
@@ -144,13 +143,16 @@ def shift_notumor_logit(
     return offset
 
 
-def held_out_scores(probs: np.ndarray, labels: np.ndarray, unfamiliarity: np.ndarray, groups: np.ndarray) -> dict:
-    correct = probs.argmax(axis=1) == labels
+def held_out_scores(
+    probs: np.ndarray, labels: np.ndarray, unfamiliarity: np.ndarray, groups: np.ndarray, class_names: list[str]
+) -> dict:
+    names = np.asarray(class_names)
+    # tumors found and healthy slices called healthy beside the accuracy, each with its 95% interval
+    shares = external_metrics(names[labels].tolist(), names[probs.argmax(axis=1)].tolist(), groups)
     return {
         "slices": int(len(labels)),
         "groups": int(len(np.unique(groups))),  # near-duplicates and adjacent slices: fewer independent cases
-        "accuracy": float(np.mean(correct)),
-        "accuracy_interval": share_interval(correct, groups),  # 95%, whole groups resampled
+        **{key: shares[key] for key in ("accuracy", "tumor_found", "notumor_specificity", "intervals")},
         "log_loss": float(F.nll_loss(torch.from_numpy(np.log(np.clip(probs, 1e-12, 1))), torch.from_numpy(labels))),
         "calibration_error": expected_calibration_error(probs, labels),
         "unfamiliar": float(np.mean(unfamiliarity > 1)),
@@ -257,7 +259,9 @@ def make_release(args: argparse.Namespace) -> dict:
             "calibration_temperature": temperature,
             "familiarity_threshold": released.config.familiarity_threshold,
             "mirror_average": args.mirror_average,
-            "held_out_scores": held_out_scores(probs, labels[held_out], unfamiliarity, table.groups[held_out]),
+            "held_out_scores": held_out_scores(
+                probs, labels[held_out], unfamiliarity, table.groups[held_out], class_names
+            ),
             "held_out_scores_uncalibrated": {
                 "accuracy": float(np.mean(trained_logits.argmax(dim=1).numpy() == labels[held_out])),
                 "log_loss": float(F.cross_entropy(trained_logits, torch.from_numpy(labels[held_out]))),

@@ -358,7 +358,7 @@ def release_markdown(report: dict) -> str:
         "|---|---|---|---|---|",
         f"| as trained | {before.get('accuracy', scores['accuracy']):.4f} | {before['log_loss']:.4f} "
         f"| {before['calibration_error']:.4f} | – |",
-        f"| released ({released}) | {with_interval(scores['accuracy'], scores.get('accuracy_interval'))} | "
+        f"| released ({released}) | {with_interval(scores['accuracy'], scores.get('intervals', {}).get('accuracy'))} | "
         f"{scores['log_loss']:.4f} | {scores['calibration_error']:.4f} | {scores['unfamiliar']:.1%} |",
     ]
     crossed = report.get("held_out_scores_cross_fitted")
@@ -368,7 +368,7 @@ def release_markdown(report: dict) -> str:
         shown.append(f"{crossed['unfamiliar']['mean']:.1%} ± {crossed['unfamiliar']['std']:.1%}")
         lines.append(f"| released, fitted on the other half (cross-fitted) | {' | '.join(shown)} |")
     lines.append("")
-    if scores.get("accuracy_interval"):  # reports since intervals were computed
+    if "intervals" in scores:  # reports since intervals were computed
         lines += [INTERVALS_NOTE, ""]
     if point:
         lines += [
@@ -409,7 +409,8 @@ def release_markdown(report: dict) -> str:
             "| healthy slices called notumor | called unfamiliar |",
             "|---|---|---|---|---|---|",
         ]
-        for name, metrics in by_source.items():
+        rows = ({"all": scores} if "intervals" in scores else {}) | by_source  # all: the shares over every source
+        for name, metrics in rows.items():
             intervals = metrics.get("intervals", {})
             shown = " | ".join(
                 with_interval(metrics.get(key), intervals.get(key))

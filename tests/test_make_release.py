@@ -79,8 +79,10 @@ def test_report_measures_the_released_model(release, run):  # noqa: F811
     assert f"the 20 slices ({held_out['groups']} groups of near-duplicates and adjacent slices)" in card
     assert f"{held_out['accuracy']:.4f}" in card and "fold 0's model" in card
     assert f"| released, fitted on the other half (cross-fitted) | {crossed['accuracy']['mean']:.4f} ± " in card
-    low, high = held_out["accuracy_interval"]  # how far other patients like these could move it
+    low, high = held_out["intervals"]["accuracy"]  # how far other patients like these could move it
     assert 0 <= low <= held_out["accuracy"] <= high <= 1 and low < high
+    for share in ("tumor_found", "notumor_specificity"):
+        assert held_out["intervals"][share][0] <= held_out[share] <= held_out["intervals"][share][1]
     assert f"| {held_out['accuracy']:.4f} ({low:.3f}–{high:.3f}) |" in card and "95% intervals" in card
 
 

@@ -113,6 +113,8 @@ def test_matrix_evaluates_the_fold_models_and_makes_the_release(matrix_run):
         f"| sartaj | {sartaj['slices']} ({sartaj['groups']}) | {sartaj['accuracy']:.4f} ({low:.3f}–{high:.3f}) |"
         in card
     )
+    every = report["held_out_scores"]  # and over every source, first
+    assert f"| all | {every['slices']} ({every['groups']}) | {every['accuracy']:.4f} (" in card
     trained = json.loads((work / "results/matrix.json").read_text())
     assert [job["status"] for job in trained["jobs"]] == ["finished"] * 3
     assert trained["aggregate_train_images_per_s"] > 0

@@ -416,7 +416,7 @@ def release_markdown(report: dict) -> str:
                 with_interval(metrics.get(key), intervals.get(key))
                 for key in ("accuracy", "tumor_found", "notumor_specificity")
             )
-            count = f"{metrics['slices']} ({metrics['groups']})" if grouped else str(metrics["slices"])
+            count = f"{metrics['slices']:,} ({metrics['groups']:,})" if grouped else f"{metrics['slices']:,}"
             lines.append(f"| {name} | {count} | {shown} | {metrics['unfamiliar']:.1%} |")
         lines.append("")
     if report["external"]:

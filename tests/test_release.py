@@ -1,10 +1,13 @@
 """The bundled release/ folder is a working Hub model repository and the README's Python snippet runs as written."""
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from brain_resnet.reports import render_release_section
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASE = REPO / "release"
@@ -23,6 +26,12 @@ def test_release_is_a_hub_model_repository():
     assert sum(path.stat().st_size for path in weights) <= 40 * 2**20
     card = (RELEASE / "README.md").read_text()
     assert card.startswith("---\n") and "pipeline_tag: image-classification" in card
+
+
+def test_release_card_holds_the_numbers_of_its_report():
+    card = (RELEASE / "README.md").read_text()
+    report = json.loads((REPO / "results/release.json").read_text())  # what make_release.py measured
+    assert render_release_section(card, report) == card, "release/README.md disagrees with results/release.json"
 
 
 def python_blocks_of_section(markdown: str, heading: str) -> list[str]:

@@ -144,11 +144,10 @@ def shift_notumor_logit(
 
 
 def held_out_scores(
-    probs: np.ndarray, labels: np.ndarray, unfamiliarity: np.ndarray, groups: np.ndarray, class_names: list[str]
+    probs: np.ndarray, labels: np.ndarray, unfamiliarity: np.ndarray, groups: np.ndarray, shares: dict
 ) -> dict:
-    names = np.asarray(class_names)
-    # tumors found and healthy slices called healthy beside the accuracy, each with its 95% interval
-    shares = external_metrics(names[labels].tolist(), names[probs.argmax(axis=1)].tolist(), groups)
+    """`shares`: external_metrics of the same slices, whose accuracy, tumors found and healthy slices called healthy
+    (with their 95% intervals) stand beside the probabilities' scores."""
     return {
         "slices": int(len(labels)),
         "groups": int(len(np.unique(groups))),  # near-duplicates and adjacent slices: fewer independent cases
@@ -245,6 +244,9 @@ def make_release(args: argparse.Namespace) -> dict:
         released = AutoModelForImageClassification.from_pretrained(staging, trust_remote_code=True).eval()
         probs, unfamiliarity = released_outputs(released, images[held_out], processor, args.batch_size)
         uncalibrated = torch.softmax(trained_logits, dim=1).numpy()
+        truths = np.asarray(class_names)[labels[held_out]]  # the held-out slices' classes and calls, by name
+        predicted = np.asarray(class_names)[probs.argmax(axis=1)]
+        groups = table.groups[held_out]
         report = {
             "command": args.command,
             "device": "cpu",
@@ -260,7 +262,7 @@ def make_release(args: argparse.Namespace) -> dict:
             "familiarity_threshold": released.config.familiarity_threshold,
             "mirror_average": args.mirror_average,
             "held_out_scores": held_out_scores(
-                probs, labels[held_out], unfamiliarity, table.groups[held_out], class_names
+                probs, labels[held_out], unfamiliarity, groups, external_metrics(truths, predicted, groups)
             ),
             "held_out_scores_uncalibrated": {
                 "accuracy": float(np.mean(trained_logits.argmax(dim=1).numpy() == labels[held_out])),
@@ -276,11 +278,9 @@ def make_release(args: argparse.Namespace) -> dict:
                 "held_out_healthy_called_tumor": float(np.mean(probs[healthy].argmax(axis=1) != notumor))
             }
         if table.sources is not None:  # the held-out slices of each source, scored as `external` scores a folder
-            sources, groups = np.asarray(table.sources)[held_out], table.groups[held_out]
-            truths = np.asarray(class_names)[labels[held_out]]
-            predicted = np.asarray(class_names)[probs.argmax(axis=1)]
+            sources = np.asarray(table.sources)[held_out]
             report["held_out_by_source"] = {
-                source: external_metrics(truths[mine].tolist(), predicted[mine].tolist(), groups[mine])
+                source: external_metrics(truths[mine], predicted[mine], groups[mine])
                 | {"unfamiliar": float(np.mean(unfamiliarity[mine] > 1)), "groups": len(np.unique(groups[mine]))}
                 for source in sorted(set(sources))
                 if (mine := sources == source).any()

@@ -404,13 +404,16 @@ class GroupStats:
     clusters: int  # groups of two or more images
     images: int  # images in those groups
     largest: int
-    mixed_classes: int  # clusters holding more than one class
-    mixed_sets: list[list[str]]  # the files of each such cluster
+    mixed_sets: list[list[str]]  # the files of each cluster holding more than one class
     groups: int  # all groups, singletons included
     identical: list[list[str]]  # sets of byte-identical files
     test_with_train_twin: int  # test images sharing a group with a train image
     split_check_sets: list[list[str]]  # the files of each train set of one check_hash split across `fold`s
     check_sets: int  # train sets of 2+ images with one check_hash
+
+    @property
+    def mixed_classes(self) -> int:
+        return len(self.mixed_sets)
 
 
 def group_stats(table: Table) -> GroupStats:
@@ -428,7 +431,6 @@ def group_stats(table: Table) -> GroupStats:
         clusters=len(multi),
         images=sum(sizes[g] for g in multi),
         largest=max(sizes.values()),
-        mixed_classes=len(mixed),
         mixed_sets=[[table.slices[i].entry.file for i in np.flatnonzero(table.group == g)] for g in mixed],
         groups=len(sizes),
         identical=[files for files in by_digest.values() if len(files) > 1],

@@ -45,7 +45,7 @@ def external_files(folder: Path, class_names: list[str]) -> list[tuple[Path, str
     return files
 
 
-def external_metrics(truth: list[str], predicted: list[str], groups=None) -> dict:
+def external_metrics(truth: list[str] | np.ndarray, predicted: list[str] | np.ndarray, groups=None) -> dict:
     """Accuracy on slices of a named class, tumor slices found, healthy slices called healthy, per class counts;
     given each slice's near-duplicate group, also each share's 95% interval (`intervals`, metrics.share_interval)."""
     truth, predicted = np.array(truth), np.array(predicted)

@@ -58,8 +58,8 @@ def share_interval(hits, groups, confidence: float = 0.95, resamples: int = 2000
     so that "all 70 found" still says how low the rate could be. None for no slices or a single group.
     """
     hits = np.asarray(hits, dtype=bool)
-    _, group_index = np.unique(np.asarray(groups), return_inverse=True)
-    cases = int(group_index.max()) + 1 if hits.size else 0
+    distinct, group_index = np.unique(np.asarray(groups), return_inverse=True)
+    cases = len(distinct)  # each group is about one case
     if cases < 2:
         return None
     if hits.all() or not hits.any():

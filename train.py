@@ -187,6 +187,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "added at the same place, labelled as that tumour, so that a healthy slice's source stops meaning healthy",
     )
     parser.add_argument(
+        "--dark-lesion-prob",
+        type=number(float, 0, 1),
+        default=0.0,
+        help="share of the pasted lesions (--paste-prob) subtracted instead of added: a dark mass, as tumours that "
+        "are hypointense on their sequence look, where every lesion the 4k data lends is bright",
+    )
+    parser.add_argument(
         "--heal-prob",
         type=number(float, 0, 1),
         default=0.0,
@@ -285,6 +292,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the Hub repo full/ is to be published at, named by its model card (default: --push-to-hub's)",
     )
     args = parser.parse_args(argv)
+    if args.dark_lesion_prob and not args.paste_prob:
+        parser.error("--dark-lesion-prob darkens pasted lesions: it needs --paste-prob")
     if bool(args.heal_prob) != bool(args.heal_from):
         parser.error("--heal-prob and --heal-from go together: the model marks the lesions that are healed")
     if args.untyped_tumors and (args.group_dro or args.match_sources):

@@ -201,14 +201,20 @@ def lesion_maps(images: torch.Tensor, sides: torch.Tensor) -> tuple[torch.Tensor
 
 
 def paste_lesions(
-    images: torch.Tensor, labels: torch.Tensor, sides: torch.Tensor, healthy_label: int, prob: float
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    sides: torch.Tensor,
+    healthy_label: int,
+    prob: float,
+    dark_prob: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Give each healthy slice of the batch, with probability `prob`, the lesion (`lesion_maps`) of a random slice
     of the batch that has one, at the same place (slices are brain-cropped and centred alike), and that slice's
-    label.
+    label. With probability `dark_prob` a pasted lesion is subtracted instead: a dark mass.
 
     Healthy slices of one source and tumours of another then stop splitting by source: a healthy source's look
-    with a lesion is a tumour.
+    with a lesion is a tumour. Every lesion the 4k data lends is bright (contrast-enhanced T1); dark ones stand for
+    tumours that are hypointense on their sequence, so that brightness alone stops making a tumour.
     """
     batch, device = labels.shape[0], labels.device
     lesions, area = lesion_maps(images, sides)
@@ -217,7 +223,11 @@ def paste_lesions(
         return images, labels
     chosen = (labels == healthy_label) & (torch.rand(batch, device=device) < prob)
     donor = donors[torch.randint(len(donors), (batch,), device=device)]
-    pasted = (images.float() + lesions[donor]).clamp(max=255).to(images.dtype)
+    lesion = lesions[donor]
+    if dark_prob:  # drawn only when on: runs without dark lesions keep their random stream
+        dark = torch.rand(batch, device=device) < dark_prob
+        lesion = torch.where(dark.view(-1, 1, 1, 1), -lesion, lesion)
+    pasted = (images.float() + lesion).clamp(0, 255).to(images.dtype)
     images = torch.where(chosen.view(-1, 1, 1, 1), pasted, images)
     return images, torch.where(chosen, labels[donor], labels)
 

@@ -155,7 +155,7 @@ def train_step(
     if lesions is not None and args.heal_prob:  # first: a healed slice may then get a pasted lesion
         images, labels = heal_lesions(images, labels, *lesions, args.heal_prob)
     if sides is not None and args.paste_prob:
-        images, labels = paste_lesions(images, labels, *sides, args.paste_prob)
+        images, labels = paste_lesions(images, labels, *sides, args.paste_prob, args.dark_lesion_prob)
     if sides is not None and args.mirror_prob:
         images, labels = mirror_hemispheres(images, labels, *sides, args.mirror_prob)
     pixel_values = model_input(augment(images, args.image_size, args.remap_prob, args.invert_prob), processor)

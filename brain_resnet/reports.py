@@ -16,6 +16,7 @@ SWITCHES = (
     "invert_prob",
     "mirror_prob",
     "paste_prob",
+    "dark_lesion_prob",
     "heal_prob",
     "balance_sources",
     "untyped_tumors",

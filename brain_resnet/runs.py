@@ -32,6 +32,7 @@ RUN_SETTINGS = (
     "invert_prob",
     "mirror_prob",
     "paste_prob",
+    "dark_lesion_prob",
     "heal_prob",
     "heal_from",
     "balance_sources",

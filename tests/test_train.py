@@ -417,6 +417,7 @@ def test_init_from_refuses_a_model_of_other_classes_or_another_network(python_ru
         (["--ema-decay", "1"], "--ema-decay 1 would keep the initial weights"),
         (["--heal-prob", "0.3"], "--heal-prob and --heal-from go together"),
         (["--heal-from", "release"], "--heal-prob and --heal-from go together"),
+        (["--dark-lesion-prob", "0.5"], "--dark-lesion-prob darkens pasted lesions: it needs --paste-prob"),
     ],
 )
 def test_bad_flags_fail_with_a_usage_message(flags, message, capsys, tmp_path):
@@ -576,6 +577,21 @@ def test_paste_lesions_gives_healthy_slices_a_tumour_slices_lesion_and_label():
     assert (new_labels[given] == 1).all() and 30 < int(given.sum()) < 70  # about half of the 100 healthy slices
     no_donor = paste_lesions(images, labels, torch.zeros_like(sides), healthy_label=2, prob=1.0)
     assert torch.equal(no_donor[0], images) and torch.equal(no_donor[1], labels)  # no tumour slice: unchanged
+
+
+def test_dark_lesions_are_subtracted_where_bright_ones_are_added():
+    healthy, tumour = brain_slice(0), brain_slice(-1)
+    images = torch.stack([healthy, tumour] * 100)
+    labels = torch.tensor([2, 1] * 100)
+    sides = torch.tensor([0, -1] * 100, dtype=torch.int8)
+    lesion = tumour.float() - healthy.float()
+    torch.manual_seed(0)
+    pasted, new_labels = paste_lesions(images, labels, sides, healthy_label=2, prob=1.0, dark_prob=0.5)
+    dark = (healthy.float() - lesion).clamp(min=0).to(torch.uint8)
+    is_dark = (pasted[labels == 2] == dark).all(dim=(1, 2, 3))
+    is_bright = (pasted[labels == 2] == tumour).all(dim=(1, 2, 3))
+    assert (is_dark | is_bright).all() and 30 < int(is_dark.sum()) < 70  # about half of the 100 pasted lesions
+    assert (new_labels == 1).all()  # dark or bright, a pasted lesion is the donor's tumour
 
 
 def test_heal_lesions_makes_half_the_lesions_healthy_tissue_and_fills_as_many_regions_that_keep_their_label():

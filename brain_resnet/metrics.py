@@ -50,20 +50,21 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, class_names: l
 
 
 def share_interval(hits, groups, confidence: float = 0.95, resamples: int = 2000) -> list[float] | None:
-    """A `confidence` interval for the share of slices that are `hits` (booleans), when the slices come in groups of
-    near-duplicates and adjacent slices of one patient, which are about one case each, not many.
+    """A `confidence` interval for the share of slices that are `hits`, when the slices come in groups of
+    near-duplicates and adjacent slices of one patient, which are about one case each, not many. `hits` are
+    booleans, or each slice's share of hits over repeated fits (a cross-fitted operating point's repeats).
 
     Whole groups are resampled (a cluster bootstrap, percentile interval). Where every slice is a hit, or none is,
     resampling cannot vary the share: then the exact binomial (Clopper-Pearson) interval with each group as one case,
     so that "all 70 found" still says how low the rate could be. None for no slices or a single group.
     """
-    hits = np.asarray(hits, dtype=bool)
+    hits = np.asarray(hits, dtype=float)
     distinct, group_index = np.unique(np.asarray(groups), return_inverse=True)
     cases = len(distinct)  # each group is about one case
     if cases < 2:
         return None
-    if hits.all() or not hits.any():
-        interval = binomtest(cases if hits.all() else 0, cases).proportion_ci(confidence, method="exact")
+    if (hits == 1).all() or (hits == 0).all():
+        interval = binomtest(cases if hits[0] else 0, cases).proportion_ci(confidence, method="exact")
         return [float(interval.low), float(interval.high)]
     group_hits, group_sizes = np.bincount(group_index, weights=hits), np.bincount(group_index)
     result = bootstrap(

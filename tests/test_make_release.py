@@ -101,6 +101,14 @@ def test_intervals_count_a_group_of_near_duplicates_as_one_case():
     assert share_interval(per_patient[:5], groups=np.zeros(5)) is None  # one case: no interval to give
 
 
+def test_interval_of_hits_averaged_over_repeated_fits():
+    # half the slices right with every fit, half with one fit in two: a share of 0.75, and never a perfect score
+    averaged = np.tile([1.0, 0.5], 100)
+    low, high = share_interval(averaged, groups=np.arange(200))
+    assert 0.6 < low < 0.75 < high < 0.9
+    assert share_interval(np.ones(200), groups=np.arange(200)) == share_interval(np.ones(200, bool), np.arange(200))
+
+
 def test_operating_point_is_set_on_held_out_healthy_slices_and_shipped_in_the_weights(release, run, tmp_path):  # noqa: F811
     out, report = tmp_path / "release", tmp_path / "release.json"
     argv = [str(run / "fold-0"), "--output", str(out), "--report", str(report), "--healthy-false-alarms", "0.2"]

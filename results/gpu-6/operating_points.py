@@ -4,6 +4,7 @@ for the improved model and ResNet34, each slice's own logits and the mean with i
 slices are called a tumor. The point is fitted as make_release.py cross-fits it: each fold's held-out slices are
 split into stratified halves with near-duplicate groups kept whole, the point fitted on one half scores the other
 and the other way round, over CROSS_FIT_REPEATS random halvings; so no slice is scored by a point fitted on it.
+In brackets, each share's 95% interval, near-duplicate groups resampled whole (metrics.share_interval).
 
     PYTHONPATH=. python results/gpu-6/operating_points.py data/all-sources-clean results/gpu-6/held-out-logits.json
 """
@@ -18,6 +19,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from brain_resnet.calibration import CROSS_FIT_REPEATS, notumor_offset
 from brain_resnet.data import load_table
+from brain_resnet.metrics import share_interval
 
 FALSE_ALARMS = 0.05
 
@@ -41,36 +43,38 @@ def cross_fitted_calls(logits: torch.Tensor, truth: np.ndarray, groups: np.ndarr
     return calls
 
 
-def scores(calls: np.ndarray, rows: np.ndarray) -> dict[str, float]:
-    """Accuracy, and the shares of tumors called a tumor and of healthy slices called healthy (nan where none)."""
+def hits(calls: np.ndarray, rows: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For accuracy and the shares of tumors called a tumor and of healthy slices called healthy: the rows each
+    counts and whether each of them is a hit."""
     truth, healthy = labels[rows], labels[rows] == notumor
+    right, called_healthy = calls[rows] == truth, calls[rows] == notumor
     return {
-        "accuracy": float(np.mean(calls[rows] == truth)),
-        "tumor_found": float(np.mean(calls[rows][~healthy] != notumor)) if (~healthy).any() else np.nan,
-        "healthy_called_healthy": float(np.mean(calls[rows][healthy] == notumor)) if healthy.any() else np.nan,
+        "accuracy": (rows, right),
+        "tumors found": (rows[~healthy], ~called_healthy[~healthy]),
+        "healthy called healthy": (rows[healthy], called_healthy[healthy]),
     }
 
 
 def describe(name: str, calls_by_repeat: list[np.ndarray]) -> None:
-    """Mean over folds (± std) and, per source, the shares over every slice, averaged over the repeats."""
+    """Mean over folds (± std) and, per source, the shares over every slice, averaged over the repeats, with the
+    95% interval of each (metrics.share_interval: near-duplicate groups resampled whole)."""
     per_fold = [
-        [scores(calls, np.flatnonzero(folds == fold))["accuracy"] for fold in range(5)] for calls in calls_by_repeat
+        [hits(calls, np.flatnonzero(folds == fold))["accuracy"][1].mean() for fold in range(5)]
+        for calls in calls_by_repeat
     ]
     fold_means = np.mean(per_fold, axis=0)
     folds_text = " ".join(f"{accuracy:.4f}" for accuracy in fold_means)
     print(f"{name:<44} accuracy {fold_means.mean():.4f} ± {fold_means.std(ddof=1):.4f} (folds {folds_text})")
     for source in ["all", *sorted(set(sources))]:
         rows = np.arange(len(labels)) if source == "all" else np.flatnonzero(sources == source)
-        mean = {
-            key: np.mean([scores(calls, rows)[key] for calls in calls_by_repeat])
-            for key in scores(calls_by_repeat[0], rows)
-        }
-        healthy, tumors = int(np.sum(labels[rows] == notumor)), int(np.sum(labels[rows] != notumor))
-        shares = [f"accuracy {mean['accuracy']:.4f}"]
-        if tumors:
-            shares.append(f"tumors found {mean['tumor_found']:.4f} of {tumors}")
-        if healthy:
-            shares.append(f"healthy called healthy {mean['healthy_called_healthy']:.4f} of {healthy}")
+        by_repeat = [hits(calls, rows) for calls in calls_by_repeat]
+        shares = []
+        for key, (counted, _) in by_repeat[0].items():
+            if len(counted):
+                share = np.mean([repeat[key][1] for repeat in by_repeat], axis=0)  # each slice's hits over repeats
+                low, high = share_interval(share, table.groups[counted])
+                of = "" if key == "accuracy" else f" of {len(counted)}"
+                shares.append(f"{key} {share.mean():.4f}{of} ({low:.3f}–{high:.3f})")
         print(f"    {source:<9} {len(rows):>5} slices: {', '.join(shares)}")
 
 

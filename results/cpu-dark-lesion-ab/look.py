@@ -23,8 +23,9 @@ processor = BrainResNetImageProcessor()
 lesions, area = lesion_maps(images[6:], tumour_sides(images[6:]))
 with_lesion = torch.nonzero(area >= 0.01).flatten()[:6]
 rows = []
-for host, donor in zip(images[:6].float(), lesions[with_lesion]):
-    views = [host, images[6:][with_lesion[len(rows)]].float(), host + donor, host - donor]
+for host, donor in zip(images[:6].float(), with_lesion, strict=True):
+    lesion = lesions[donor]
+    views = [host, images[6:][donor].float(), host + lesion, host - lesion]
     rows.append(np.concatenate([v.clamp(0, 255)[0].numpy() for v in views], axis=1))
 grid = np.concatenate(rows).round().astype(np.uint8)
 Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2)).save(

@@ -235,6 +235,8 @@ def make_release(args: argparse.Namespace) -> dict:
         # out of sample for everything fitted on the fold (operating point, temperature): the Space shows it
         "accuracy_cross_fitted": round(cross_fitted["accuracy"]["mean"], 4),
     }
+    if (interval := cross_fitted["accuracy"]["interval"]) is not None:  # what other patients could score
+        model.config.training_info["accuracy_cross_fitted_interval"] = [round(bound, 4) for bound in interval]
 
     args.output.resolve().parent.mkdir(parents=True, exist_ok=True)
     # Written beside the output and moved into place at the end: a failure leaves the previous release intact.

@@ -366,6 +366,8 @@ def release_markdown(report: dict) -> str:
     if crossed:
         keys = ("accuracy", "log_loss", "calibration_error")
         shown = [f"{crossed[key]['mean']:.4f} ± {crossed[key]['std']:.4f}" for key in keys]
+        if interval := crossed["accuracy"].get("interval"):  # reports since the interval was computed
+            shown[0] += f" ({interval[0]:.3f}–{interval[1]:.3f})"
         shown.append(f"{crossed['unfamiliar']['mean']:.1%} ± {crossed['unfamiliar']['std']:.1%}")
         lines.append(f"| released, fitted on the other half (cross-fitted) | {' | '.join(shown)} |")
     lines.append("")

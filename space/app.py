@@ -292,9 +292,16 @@ def model_status(config) -> str:
     if out_of_sample is not None:
         # make_release.py's figure, scored on held-out slices that its threshold and calibration were not fitted on
         fitted = "tumor threshold and calibration" if info.get("operating_point") else "calibration"
+        interval = info.get("accuracy_cross_fitted_interval")
+        # near-duplicate slices of one patient count as one case: fewer cases than slices, a wider interval
+        spread = (
+            f"95% interval {interval[0]:.1%}–{interval[1]:.1%}, one patient's similar slices counted once; "
+            if interval
+            else ""
+        )
         headline = (
-            f"**{out_of_sample:.1%} of held-out slices of its training sources classified correctly** (its {fitted} "
-            "fitted on other held-out slices; slices from other scanners may fare worse). "
+            f"**{out_of_sample:.1%} of held-out slices of its training sources classified correctly** ({spread}its "
+            f"{fitted} fitted on other held-out slices; slices from other scanners may fare worse). "
         )
     return f"{headline}Model: trained ({facts})." + (f" {'; '.join(honesty).capitalize()}." if honesty else "")
 

@@ -58,6 +58,10 @@ def test_cross_fitted_scores_score_each_half_with_what_the_other_half_fitted():
     plain = cross_fitted_scores(logits, distances, labels, groups, notumor)
     # The temperature never changes the top class; each half's threshold flags about 5% of the other half.
     assert plain["accuracy"]["mean"] == pytest.approx(float(np.mean(logits.argmax(dim=1).numpy() == labels)))
+    # Refitting on other halves never moves the top class here (std 0), yet 1,000 pairs of slices leave the
+    # accuracy uncertain by about ±2 points: the interval says so.
+    low, high = plain["accuracy"]["interval"]
+    assert low < plain["accuracy"]["mean"] < high and 0.03 < high - low < 0.06 and plain["accuracy"]["std"] < 1e-9
     assert plain["unfamiliar"]["mean"] == pytest.approx(0.05, abs=0.01)
     assert plain["healthy_called_tumor"]["mean"] > 0.1
     shifted = cross_fitted_scores(logits, distances, labels, groups, notumor, false_alarms=0.03)

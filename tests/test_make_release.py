@@ -134,6 +134,11 @@ def test_operating_point_is_set_on_held_out_healthy_slices_and_shipped_in_the_we
     assert f"So fitted, the operating point called {crossed['healthy_called_tumor']['mean']:.1%}" in card
     # beside the in-sample accuracy_at_operating_point in the Space's status line (it lists training_info)
     assert model.config.training_info["accuracy_cross_fitted"] == pytest.approx(crossed["accuracy"]["mean"], abs=5e-5)
+    low, high = model.config.training_info["accuracy_cross_fitted_interval"]  # the Space's headline shows it
+    assert [low, high] == pytest.approx(crossed["accuracy"]["interval"], abs=5e-5) and low <= crossed["accuracy"][
+        "mean"
+    ] <= high
+    assert f"{crossed['accuracy']['mean']:.4f} ± {crossed['accuracy']['std']:.4f} ({low:.3f}–{high:.3f})" in card
 
 
 def test_what_is_not_a_fold_of_a_finished_run_is_refused_and_nothing_is_written(run, tmp_path, capsys):  # noqa: F811

@@ -251,6 +251,11 @@ def test_model_status_shouts_only_for_untrained_weights():
     info = {"accuracy_cross_fitted": 0.9416, "operating_point": point}
     shifted = app.model_status(BrainResNetConfig(training_info=info))
     assert "(its tumor threshold and calibration fitted on other held-out slices" in shifted
+    spread = app.model_status(
+        BrainResNetConfig(training_info=info | {"accuracy_cross_fitted_interval": [0.9131, 0.9624]})
+    )
+    assert "classified correctly** (95% interval 91.3%–96.2%, one patient's similar slices counted once;" in spread
+    assert "0.9131" not in spread  # a list of training_info is not repeated among the facts
     assert "94.2%" not in app.model_status(BrainResNetConfig(training_info={"accuracy": 0.9416}))
 
 

@@ -106,7 +106,9 @@ how unlike those slices an upload is (the distance of its features from every cl
 threshold that 5% of held-out slices exceed); above 1, the page warns that the slice is unfamiliar. The check
 catches other sequences, planes, scanners and non-MRI pictures that land far from the training data; it cannot
 catch an unfamiliar slice that happens to look familiar to the network, and a familiar slice can still be
-misclassified.
+misclassified. Checked with models like this one on a collection they never trained on, the warning flagged most
+of their wrong tumor types and of the healthy brains they called a tumor, but almost none of the tumors they
+missed: **"no tumor" without a warning is no all-clear.**
 
 **Where it errs most.** In the paper's data every sagittal, coronal and T1 contrast-enhanced slice is a tumor and the
 healthy slices are axial, many T2-weighted or FLAIR; networks trained on it read the plane and the sequence. The

@@ -151,9 +151,9 @@ def cross_fitted_scores(
             scores["healthy_called_tumor"] = float(np.mean(called[healthy] != notumor))
             scores["tumors_called_notumor"] = float(np.mean(called[~healthy] == notumor))
         runs.append(scores)
-    scores = {
+    over_runs = {
         key: {"mean": float(np.mean([run[key] for run in runs])), "std": float(np.std([run[key] for run in runs]))}
         for key in runs[0]
     }
-    scores["accuracy"]["interval"] = share_interval(right, groups)
-    return scores
+    over_runs["accuracy"]["interval"] = share_interval(right, groups)
+    return over_runs

@@ -9,6 +9,8 @@ import torch
 from transformers import AutoModelForImageClassification
 
 from brain_resnet.calibration import (
+    CROSS_FIT_REPEATS,
+    cross_fitted_calls,
     cross_fitted_scores,
     expected_calibration_error,
     fit_familiarity,
@@ -65,6 +67,9 @@ def test_cross_fitted_scores_score_each_half_with_what_the_other_half_fitted():
     assert plain["unfamiliar"]["mean"] == pytest.approx(0.05, abs=0.01)
     assert plain["healthy_called_tumor"]["mean"] > 0.1
     shifted = cross_fitted_scores(logits, distances, labels, groups, notumor, false_alarms=0.03)
+    calls = [cross_fitted_calls(logits, labels, groups, notumor, 0.03, seed) for seed in range(CROSS_FIT_REPEATS)]
+    # the same halves and operating points as the scores': the top class never depends on the temperature
+    assert np.mean([np.mean(c == labels) for c in calls]) == pytest.approx(shifted["accuracy"]["mean"])
     assert shifted["healthy_called_tumor"]["mean"] == pytest.approx(0.03, abs=0.015)  # out of sample: near, not <=
     assert shifted["tumors_called_notumor"]["mean"] > plain["tumors_called_notumor"]["mean"]
 

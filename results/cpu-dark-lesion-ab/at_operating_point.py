@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedGroupKFold
 from transformers import AutoModelForImageClassification
 
-from brain_resnet.calibration import CROSS_FIT_REPEATS, notumor_offset
+from brain_resnet.calibration import CROSS_FIT_REPEATS, cross_fitted_calls, notumor_offset
 from brain_resnet.data import decode_images, load_table
 from brain_resnet.engine import model_input
 from brain_resnet.modeling import BrainResNetImageProcessor
@@ -28,16 +27,9 @@ truth, groups = table.labels[held_out], table.groups[held_out]
 
 
 def cross_fitted_accuracy(logits: torch.Tensor) -> float:
-    accuracies = []
-    for seed in range(CROSS_FIT_REPEATS):
-        calls = np.zeros(len(truth), int)
-        halves = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
-        for fit, scored in halves.split(np.zeros(len(truth)), truth, groups):
-            shifted = logits[scored].clone()
-            shifted[:, notumor] += notumor_offset(logits[fit], truth[fit], notumor, FALSE_ALARMS)
-            calls[scored] = shifted.argmax(dim=1).numpy()
-        accuracies.append(np.mean(calls == truth))
-    return float(np.mean(accuracies))
+    repeats = range(CROSS_FIT_REPEATS)
+    calls = [cross_fitted_calls(logits, truth, groups, notumor, FALSE_ALARMS, seed) for seed in repeats]
+    return float(np.mean([np.mean(seed_calls == truth) for seed_calls in calls]))
 
 
 def logits_of(model, processor, images: list) -> torch.Tensor:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedGroupKFold
 
-from brain_resnet.calibration import CROSS_FIT_REPEATS, notumor_offset
+from brain_resnet.calibration import CROSS_FIT_REPEATS, cross_fitted_calls
 from brain_resnet.data import load_table
 from brain_resnet.metrics import share_interval
 
@@ -30,17 +29,6 @@ if table.folds.tolist() != report["folds"] or table.labels.tolist() != report["l
     sys.exit(f"{dataset} is not the dataset the logits were written for (its folds or labels differ)")
 labels, folds, sources = table.labels, table.folds, np.array(table.sources)
 notumor = table.class_names.index("notumor")
-
-
-def cross_fitted_calls(logits: torch.Tensor, truth: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
-    """Each slice's top class at the operating point fitted on the other half of its fold."""
-    calls = np.zeros(len(truth), int)
-    halves = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
-    for fit, scored in halves.split(np.zeros(len(truth)), truth, groups):
-        shifted = logits[scored].clone()
-        shifted[:, notumor] += notumor_offset(logits[fit], truth[fit], notumor, FALSE_ALARMS)
-        calls[scored] = shifted.argmax(dim=1).numpy()
-    return calls
 
 
 def hits(calls: np.ndarray, rows: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -91,6 +79,7 @@ for run, by_fold in report["runs"].items():
             calls = np.zeros(len(labels), int)
             for fold in range(5):
                 rows = np.flatnonzero(folds == fold)
-                calls[rows] = cross_fitted_calls(logits[rows], labels[rows], table.groups[rows], seed)
+                fold_groups = table.groups[rows]
+                calls[rows] = cross_fitted_calls(logits[rows], labels[rows], fold_groups, notumor, FALSE_ALARMS, seed)
             at_point.append(calls)
         describe(f"{run}, {kind}, at {FALSE_ALARMS:.0%} (cross-fitted)", at_point)

@@ -99,17 +99,22 @@ def notumor_offset(logits: torch.Tensor, labels: np.ndarray, notumor: int, false
     return float(margins[allowed]) + 1e-3
 
 
+def cross_fit_halves(labels: np.ndarray, groups: np.ndarray, seed: int):
+    """The two (fit, scored) index pairs of one cross-fitting: halves stratified by class with near-duplicate
+    `groups` kept whole, drawn by `seed`."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    halves = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
+    return halves.split(np.zeros(len(labels)), labels, groups)
+
+
 def cross_fitted_calls(
     logits: torch.Tensor, labels: np.ndarray, groups: np.ndarray, notumor: int, false_alarms: float, seed: int
 ) -> np.ndarray:
     """Each slice's top class at the operating point (`notumor_offset` with `false_alarms`) fitted on the other half
-    of the slices: two halves stratified by class, near-duplicate `groups` whole, drawn by `seed` as
-    cross_fitted_scores draws them."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
+    of the slices (`cross_fit_halves`, as cross_fitted_scores splits them)."""
     calls = np.zeros(len(labels), int)
-    halves = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
-    for fit, scored in halves.split(np.zeros(len(labels)), labels, groups):
+    for fit, scored in cross_fit_halves(labels, groups, seed):
         shifted = logits[scored].clone()
         shifted[:, notumor] += notumor_offset(logits[fit], labels[fit], notumor, false_alarms)
         calls[scored] = shifted.argmax(dim=1).numpy()
@@ -136,14 +141,11 @@ def cross_fitted_scores(
     slices' near-duplicate groups (metrics.share_interval; each slice counts its share of right calls over the
     repeats): what other patients could score, where the std shows only what the fitting varies.
     """
-    from sklearn.model_selection import StratifiedGroupKFold
-
     logits, labels = logits.detach().float(), np.asarray(labels)
     runs, right = [], np.zeros(len(labels))
     for seed in range(repeats):
         probs, unfamiliar = np.zeros(tuple(logits.shape), np.float32), np.zeros(len(labels), bool)
-        halves = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed)
-        for fit, scored in halves.split(np.zeros(len(labels)), labels, groups):
+        for fit, scored in cross_fit_halves(labels, groups, seed):
             shifted = logits.clone()
             if false_alarms is not None:
                 if not (labels[fit] == notumor).any():

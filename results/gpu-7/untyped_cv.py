@@ -1,7 +1,10 @@
 """The seventh lease's test of --untyped-tumors, scored from the fold models' logits (row_logits.py) by the rule
 fixed in results/gpu-7/README.md before the run:
 
-    PYTHONPATH=. python results/gpu-7/untyped_cv.py results/gpu-7/row-logits-seed42.json [more seeds' files]
+    PYTHONPATH=. python results/gpu-7/untyped_cv.py results/gpu-7/row-logits-seed42.json.gz [more seeds' files]
+
+(row_logits.py writes plain JSON; the lease's files are kept gzipped, 8.4 MB → 1.3 MB each, so that the tracked tree
+and data/all-sources still fit a lease's 64 MiB.)
 
 For each seed, arm and fold k: fold k's model sets its operating point on its held-out fold's healthy slices (the
 audited ones left out), at 1%, 5% and 10% of them called a tumor, and scores there the Br35H patient that
@@ -10,6 +13,7 @@ slices. Both arms must have the same folds' models, or the comparison would be o
 mean of each slice's logits and its mirror image's (as the release classifies) at 5%.
 """
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -75,7 +79,8 @@ def main() -> None:
     audit = set(read_exclusions(AUDIT))
     primary = {"control": [], "untyped": []}
     for path in sys.argv[1:]:
-        report = json.loads(Path(path).read_text())
+        raw = Path(path).read_bytes()
+        report = json.loads(gzip.decompress(raw) if path.endswith(".gz") else raw)
         audited = np.isin(report["files"], list(audit))
         for mirror in (True, False):
             arms = {arm: models_of(report, arm, mirror) for arm in primary}

@@ -157,6 +157,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=number(float, 0, 1), default=0.05, help="fraction of steps warming up")
     parser.add_argument("--label-smoothing", type=number(float, 0, 1), default=0.1, help="of the training loss")
     parser.add_argument(
+        "--geometry-only",
+        action="store_true",
+        help="augment with zoom, rotation, shift and flips only, without the intensity, blur, resolution and noise "
+        "jitter: slices keep their source's look. For the paper's protocol, where test slices come from the "
+        "training slices' scanners; a model for other scanners needs the jitter",
+    )
+    parser.add_argument(
         "--remap-prob",
         type=number(float, 0, 1),
         default=0.0,
@@ -292,6 +299,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the Hub repo full/ is to be published at, named by its model card (default: --push-to-hub's)",
     )
     args = parser.parse_args(argv)
+    if args.geometry_only and (args.remap_prob or args.invert_prob):
+        parser.error("--geometry-only leaves intensities alone: it cannot go with --remap-prob or --invert-prob")
     if args.dark_lesion_prob and not args.paste_prob:
         parser.error("--dark-lesion-prob darkens pasted lesions: it needs --paste-prob")
     if bool(args.heal_prob) != bool(args.heal_from):

@@ -75,7 +75,12 @@ def measure(name: str, args, accelerator: Accelerator, bf16: bool, layout: torch
 
     processor = BrainResNetImageProcessor(size=args.image_size)
     step_args = SimpleNamespace(
-        image_size=args.image_size, label_smoothing=0.1, remap_prob=0.5, invert_prob=0.0, match_sources=0.0
+        image_size=args.image_size,
+        label_smoothing=0.1,
+        geometry_only=False,
+        remap_prob=0.5,
+        invert_prob=0.0,
+        match_sources=0.0,
     )
 
     cache_size = round(args.image_size * CACHE_MARGIN)

@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 
-def augment(images: torch.Tensor, size: int, remap_prob: float = 0.0, invert_prob: float = 0.0) -> torch.Tensor:
+def augment(
+    images: torch.Tensor, size: int, remap_prob: float = 0.0, invert_prob: float = 0.0, geometry_only: bool = False
+) -> torch.Tensor:
     """Random views of cached uint8 (B, 1, S, S) slices as float (B, 1, size, size) in [0, 1], all on the device.
 
     Geometry (zoom, aspect, rotation, shift, left-right flip) is one affine resampling; then, with probability
@@ -13,6 +15,8 @@ def augment(images: torch.Tensor, size: int, remap_prob: float = 0.0, invert_pro
     head's intensities inverted (invert_head_contrast); then gamma, contrast and brightness
     jitter, blur, a lower acquisition resolution and noise, each drawn per image. Intensity, sharpness and
     resolution differ between the sources of the data, so randomising them leaves anatomy as the cue.
+    `geometry_only` stops after the resampling: slices keep their source's look, which helps within one source
+    (the paper's protocol) and is what the jitter is there to prevent across sources.
     """
     batch, device = images.shape[0], images.device
 
@@ -40,8 +44,10 @@ def augment(images: torch.Tensor, size: int, remap_prob: float = 0.0, invert_pro
     grid = F.affine_grid(theta, [batch, 1, size, size], align_corners=False)
     x = F.grid_sample(images.float().div_(255), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
-    per_image = (batch, 1, 1, 1)
     x = x.clamp_(0, 1)
+    if geometry_only:
+        return x
+    per_image = (batch, 1, 1, 1)
     if remap_prob > 0:
         x = torch.where(chance(remap_prob).view(per_image), remap_intensity(x), x)
     if invert_prob > 0:  # drawn only when on, so that runs without it keep their random stream

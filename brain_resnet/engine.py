@@ -158,7 +158,9 @@ def train_step(
         images, labels = paste_lesions(images, labels, *sides, args.paste_prob, args.dark_lesion_prob)
     if sides is not None and args.mirror_prob:
         images, labels = mirror_hemispheres(images, labels, *sides, args.mirror_prob)
-    pixel_values = model_input(augment(images, args.image_size, args.remap_prob, args.invert_prob), processor)
+    pixel_values = model_input(
+        augment(images, args.image_size, args.remap_prob, args.invert_prob, args.geometry_only), processor
+    )
     if args.match_sources:
         logits, features = forward(pixel_values)
         gap = source_mean_gap(features, labels, sources[0], logits.shape[1], sources[1])

@@ -28,6 +28,7 @@ RUN_SETTINGS = (
     "weight_decay",
     "warmup",
     "label_smoothing",
+    "geometry_only",
     "remap_prob",
     "invert_prob",
     "mirror_prob",

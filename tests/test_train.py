@@ -418,6 +418,7 @@ def test_init_from_refuses_a_model_of_other_classes_or_another_network(python_ru
         (["--heal-prob", "0.3"], "--heal-prob and --heal-from go together"),
         (["--heal-from", "release"], "--heal-prob and --heal-from go together"),
         (["--dark-lesion-prob", "0.5"], "--dark-lesion-prob darkens pasted lesions: it needs --paste-prob"),
+        (["--geometry-only", "--remap-prob", "0.5"], "--geometry-only leaves intensities alone"),
     ],
 )
 def test_bad_flags_fail_with_a_usage_message(flags, message, capsys, tmp_path):
@@ -490,6 +491,16 @@ def test_augment_gives_random_views_in_range():
     assert not torch.equal(first, augment(images, 64))
     still = torch.rand(3, 1, 16, 16)
     assert torch.allclose(gaussian_blur(still, torch.zeros(3)), still, atol=1e-6)
+
+
+def test_geometry_only_views_keep_the_slices_intensities():
+    bright = torch.full((8, 1, 74, 74), 200, dtype=torch.uint8)  # one grey level: any change of it is jitter
+    level = torch.full((8,), 200 / 255)
+    geometric = augmented(bright, seed=2, geometry_only=True)
+    assert torch.equal(geometric, augmented(bright, seed=2, geometry_only=True))
+    assert torch.allclose(geometric.amax(dim=(1, 2, 3)), level)  # resampled, never brightened or darkened
+    jittered = augmented(bright, seed=2)
+    assert not torch.allclose(jittered.amax(dim=(1, 2, 3)), level, atol=0.01)
 
 
 def test_intensity_remap_changes_contrast_but_not_background_or_shape():

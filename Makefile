@@ -48,7 +48,8 @@ cpu-release: setup data/all-sources-clean
 	$(PY) train.py --dataset data/all-sources-clean --output-dir $(CPU_RUN) --protocol grouped --folds 0 \
 		--epochs 60 --image-size 128 --batch-size 128 --lr 2e-3 --paste-prob 0.3 --workers 1 --resume
 	$(PY) make_release.py $(CPU_RUN)/fold-0 --output release --healthy-false-alarms 0.05 --mirror-average \
-		--summary results/summary.json --report results/release.json --workers 2
+		--summary results/summary.json --recipe-cross-validation results/gpu-6/recipe-cross-validation.json \
+		--report results/release.json --workers 2
 
 data/all-sources: | setup
 	$(PY) prepare_dataset.py $(SOURCE_4K) $(EXTERNAL) $@ --folds 5 --seed 0

@@ -86,6 +86,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="classify each slice with its left-right mirror image (config.mirror_average), so that both display "
         "conventions get one answer; everything is fitted and scored that way",
     )
+    parser.add_argument(
+        "--recipe-cross-validation",
+        type=Path,
+        metavar="JSON",
+        help="the release's recipe cross-validated over every fold (results/gpu-6/recipe-cross-validation.json, by "
+        "results/gpu-6/operating_points.py): checked to be this run's recipe, operating point and mirror averaging, "
+        "then stored beside the release's own held-out figure (training_info.recipe_cross_validation), where the "
+        "Space shows it",
+    )
     parser.add_argument("--report", type=Path, help="JSON file for every measured number (default: print only)")
     parser.add_argument(
         "--hub-model-id",
@@ -164,6 +173,38 @@ def subset_accuracy(truths: np.ndarray, predicted: np.ndarray, subset: np.ndarra
     return float(np.mean(truths[scored] == predicted[scored])) if scored.any() else None
 
 
+# What defines a recipe: every run setting but the seed, the precision policy and where the dataset lay
+NOT_RECIPE = ("seed", "mixed_precision", "dataset")
+
+
+def recipe_cross_validation(path: Path, settings: dict, args: argparse.Namespace) -> dict:
+    """The recipe's cross-validated accuracy from `path`, once sure it is this release's recipe, classified this
+    release's way (a setting missing from either run is off, as `--resume` reads old runs)."""
+    recipe = read_json(path)
+    needed = ("settings", "accuracy", "interval", "folds", "device", "healthy_false_alarms", "mirror_average")
+    if recipe is None or any(key not in recipe for key in needed):
+        raise UsageError(f"--recipe-cross-validation {path}: not a file that results/gpu-6/operating_points.py wrote")
+    theirs = recipe["settings"]
+    differences = [
+        f"{name} {theirs.get(name)} (the release's: {settings.get(name)})"
+        for name in sorted(set(theirs) | set(settings))
+        if name not in NOT_RECIPE
+        and theirs.get(name) != settings.get(name)
+        and (theirs.get(name) or settings.get(name))
+    ]
+    if Path(str(theirs.get("dataset"))).name != Path(str(settings["dataset"])).name:
+        differences.append(f"dataset {theirs.get('dataset')} (the release's: {settings['dataset']})")
+    if recipe["healthy_false_alarms"] != args.healthy_false_alarms:
+        differences.append(
+            f"operating point {recipe['healthy_false_alarms']} (the release's: {args.healthy_false_alarms})"
+        )
+    if recipe["mirror_average"] != args.mirror_average:
+        differences.append(f"mirror averaging {recipe['mirror_average']} (the release's: {args.mirror_average})")
+    if differences:
+        raise UsageError(f"--recipe-cross-validation {path} is another recipe: {'; '.join(differences)}")
+    return {key: recipe[key] for key in ("folds", "accuracy", "interval", "device")}
+
+
 def make_release(args: argparse.Namespace) -> dict:
     run_dir = args.model.parent
     saved, results = read_json(run_dir / "run_args.json"), read_json(run_dir / "cv_results.json")
@@ -184,6 +225,11 @@ def make_release(args: argparse.Namespace) -> dict:
     summary = read_json(args.summary) if args.summary is not None else None
     if args.summary is not None and "protocols" not in (summary or {}):
         raise UsageError(f"--summary {args.summary}: no such `evaluation.py summary` output")
+    recipe = (
+        recipe_cross_validation(args.recipe_cross_validation, settings, args)
+        if args.recipe_cross_validation is not None
+        else None
+    )
     model = model.half().float()  # what the float16 release will compute: fit on the shipped weights
     model.config.mirror_average = args.mirror_average
 
@@ -237,6 +283,8 @@ def make_release(args: argparse.Namespace) -> dict:
     }
     if (interval := cross_fitted["accuracy"]["interval"]) is not None:  # what other patients could score
         model.config.training_info["accuracy_cross_fitted_interval"] = [round(bound, 4) for bound in interval]
+    if recipe is not None:  # one fold's figure is one draw: the recipe over every fold is the steadier one
+        model.config.training_info["recipe_cross_validation"] = recipe
 
     args.output.resolve().parent.mkdir(parents=True, exist_ok=True)
     # Written beside the output and moved into place at the end: a failure leaves the previous release intact.
@@ -272,6 +320,7 @@ def make_release(args: argparse.Namespace) -> dict:
                 "calibration_error": expected_calibration_error(uncalibrated, labels[held_out]),
             },
             "held_out_scores_cross_fitted": cross_fitted | {"repeats": CROSS_FIT_REPEATS},
+            "recipe_cross_validation": None if recipe is None else recipe | {"file": str(args.recipe_cross_validation)},
             "external": {},
         }
         if args.healthy_false_alarms is not None:

@@ -404,6 +404,14 @@ def release_markdown(report: dict) -> str:
                 f"{crossed['tumors_called_notumor']['mean']:.1%} of tumor slices healthy."
             )
         lines.append("")
+    if recipe := report.get("recipe_cross_validation"):
+        lines += [
+            f"**The same recipe over all {recipe['folds']} folds**, trained again fold by fold (on an "
+            f"{recipe['device']}) and classified the same way at the same operating point, cross-fitted likewise: "
+            f"accuracy {with_interval(recipe['accuracy'], recipe['interval'])} over every fold's held-out slices "
+            f"(`{recipe['file']}`). This release's fold is one draw of those; that figure is the steadier one.",
+            "",
+        ]
     if by_source := report.get("held_out_by_source"):
         grouped = all("groups" in metrics for metrics in by_source.values())  # reports since groups were counted
         lines += [

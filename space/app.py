@@ -305,6 +305,12 @@ def model_status(config) -> str:
             f"**{out_of_sample:.1%} of held-out slices of its training sources classified correctly** ({spread}its "
             f"{fitted} fitted on other held-out slices; slices from other scanners may fare worse). "
         )
+        if recipe := info.get("recipe_cross_validation"):  # the bundled model's fold is one draw of several
+            low, high = recipe["interval"]
+            headline += (
+                f"The same recipe over all {recipe['folds']} folds (trained on an {recipe['device']}): "
+                f"**{recipe['accuracy']:.1%}** ({low:.1%}–{high:.1%}), the steadier figure. "
+            )
     return f"{headline}Model: trained ({facts})." + (f" {'; '.join(honesty).capitalize()}." if honesty else "")
 
 

@@ -153,6 +153,40 @@ def test_what_is_not_a_fold_of_a_finished_run_is_refused_and_nothing_is_written(
     assert not out.exists()
 
 
+def test_the_recipe_cross_validation_is_checked_and_shipped_beside_the_release_figure(run, tmp_path, capsys):  # noqa: F811
+    settings = json.loads((run / "run_args.json").read_text())["settings"]
+    recipe = {  # another seed of the same recipe, trained where the dataset lay elsewhere
+        "settings": settings | {"seed": 7, "dataset": f"/elsewhere/{settings['dataset'].rsplit('/', 1)[-1]}"},
+        "accuracy": 0.9244,
+        "interval": [0.9108, 0.9374],
+        "folds": 2,
+        "device": "NVIDIA H200",
+        "healthy_false_alarms": 0.2,
+        "mirror_average": False,
+    }
+    recipe_file, out, report = tmp_path / "recipe.json", tmp_path / "release", tmp_path / "release.json"
+    recipe_file.write_text(json.dumps(recipe))
+    argv = [str(run / "fold-0"), "--output", str(out), "--healthy-false-alarms", "0.2"]
+    assert make_release.main([*argv, "--recipe-cross-validation", str(recipe_file), "--report", str(report)]) == 0
+    shipped = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).config.training_info
+    assert shipped["recipe_cross_validation"] == {
+        key: recipe[key] for key in ("folds", "accuracy", "interval", "device")
+    }
+    assert json.loads(report.read_text())["recipe_cross_validation"]["file"] == str(recipe_file)
+    assert "**The same recipe over all 2 folds**" in (out / "README.md").read_text()
+
+    other = tmp_path / "other"
+    for change in ({"settings": settings | {"paste_prob": 0.5}}, {"mirror_average": True}):
+        recipe_file.write_text(json.dumps(recipe | change))
+        assert make_release.main([*argv[:1], "--output", str(other), *argv[3:], "--recipe-cross-validation",
+                                  str(recipe_file)]) == 2  # fmt: skip
+        assert "is another recipe: " in capsys.readouterr().err
+    recipe_file.write_text(json.dumps({"accuracy": 0.99}))
+    assert make_release.main([*argv[:1], "--output", str(other), "--recipe-cross-validation", str(recipe_file)]) == 2
+    assert "not a file that results/gpu-6/operating_points.py wrote" in capsys.readouterr().err
+    assert not other.exists()
+
+
 def test_an_operating_point_that_cannot_be_cross_checked_is_refused_before_the_work(run, tmp_path, monkeypatch, capsys):  # noqa: F811
     real_load_table = make_release.load_table
 

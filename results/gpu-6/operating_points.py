@@ -6,10 +6,16 @@ split into stratified halves with near-duplicate groups kept whole, the point fi
 and the other way round, over CROSS_FIT_REPEATS random halvings; so no slice is scored by a point fitted on it.
 In brackets, each share's 95% interval, near-duplicate groups resampled whole (metrics.share_interval).
 
-    PYTHONPATH=. python results/gpu-6/operating_points.py data/all-sources-clean results/gpu-6/held-out-logits.json
+    PYTHONPATH=. python results/gpu-6/operating_points.py data/all-sources-clean results/gpu-6/held-out-logits.json \
+        [results/gpu-6/recipe-cross-validation.json]
+
+The optional JSON file gets the release's way of classifying (the improved model, mirror-averaged, at 5%) with the
+run's settings, for `make_release.py --recipe-cross-validation`, which checks that they are the release's recipe
+and puts the figure beside the release's own (the Space shows both).
 """
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -21,8 +27,11 @@ from brain_resnet.data import load_table
 from brain_resnet.metrics import share_interval
 
 FALSE_ALARMS = 0.05
+HERE = Path(__file__).parent
 
+RELEASE_WAY = ("release-recipe-improved", "mirror-averaged")
 dataset, logits_file = sys.argv[1], sys.argv[2]
+recipe_file = Path(sys.argv[3]) if len(sys.argv) > 3 else None
 report = json.loads(Path(logits_file).read_text())
 table = load_table(dataset, "grouped", with_test=False)
 if table.folds.tolist() != report["folds"] or table.labels.tolist() != report["labels"]:
@@ -43,9 +52,10 @@ def hits(calls: np.ndarray, rows: np.ndarray) -> dict[str, tuple[np.ndarray, np.
     }
 
 
-def describe(name: str, calls_by_repeat: list[np.ndarray]) -> None:
+def describe(name: str, calls_by_repeat: list[np.ndarray]) -> dict:
     """Mean over folds (± std) and, per source, the shares over every slice, averaged over the repeats, with the
-    95% interval of each (metrics.share_interval: near-duplicate groups resampled whole)."""
+    95% interval of each (metrics.share_interval: near-duplicate groups resampled whole). Returns the accuracy over
+    every slice: its mean, its interval and the folds' means."""
     per_fold = [
         [hits(calls, np.flatnonzero(folds == fold))["accuracy"][1].mean() for fold in range(5)]
         for calls in calls_by_repeat
@@ -63,7 +73,10 @@ def describe(name: str, calls_by_repeat: list[np.ndarray]) -> None:
                 low, high = share_interval(share, table.groups[counted])
                 of = "" if key == "accuracy" else f" of {len(counted)}"
                 shares.append(f"{key} {share.mean():.4f}{of} ({low:.3f}–{high:.3f})")
+                if source == "all" and key == "accuracy":
+                    overall = {"accuracy": share.mean(), "interval": [low, high], "fold_accuracies": fold_means}
         print(f"    {source:<9} {len(rows):>5} slices: {', '.join(shares)}")
+    return overall
 
 
 for run, by_fold in report["runs"].items():
@@ -82,4 +95,21 @@ for run, by_fold in report["runs"].items():
                 fold_groups = table.groups[rows]
                 calls[rows] = cross_fitted_calls(logits[rows], labels[rows], fold_groups, notumor, FALSE_ALARMS, seed)
             at_point.append(calls)
-        describe(f"{run}, {kind}, at {FALSE_ALARMS:.0%} (cross-fitted)", at_point)
+        overall = describe(f"{run}, {kind}, at {FALSE_ALARMS:.0%} (cross-fitted)", at_point)
+        if recipe_file is not None and (Path(run).name, kind) == RELEASE_WAY:
+            run_folder = HERE / "runs" / Path(run).name
+            run_args = json.loads((run_folder / "run_args.json").read_text())
+            recipe = {
+                "command": shlex.join(["python", *sys.argv]),
+                "run_command": run_args["command"],
+                "settings": run_args["settings"],
+                "device": json.loads((run_folder / "cv_results.json").read_text())["device"],
+                "folds": len(by_fold),
+                "healthy_false_alarms": FALSE_ALARMS,
+                "mirror_average": kind == "mirror-averaged",
+                "cross_fit_repeats": CROSS_FIT_REPEATS,
+                "accuracy": round(float(overall["accuracy"]), 4),
+                "interval": [round(float(bound), 4) for bound in overall["interval"]],
+                "fold_accuracies": [round(float(accuracy), 4) for accuracy in overall["fold_accuracies"]],
+            }
+            recipe_file.write_text(json.dumps(recipe, indent=2) + "\n")

@@ -406,7 +406,7 @@ def release_markdown(report: dict) -> str:
         lines.append("")
     if recipe := report.get("recipe_cross_validation"):
         lines += [
-            f"**The same recipe over all {recipe['folds']} folds**, trained again fold by fold (on an "
+            f"**The same recipe over all {recipe['folds']} folds**, trained again fold by fold (on "
             f"{recipe['device']}) and classified the same way at the same operating point, cross-fitted likewise: "
             f"accuracy {with_interval(recipe['accuracy'], recipe['interval'])} over every fold's held-out slices "
             f"(`{recipe['file']}`). This release's fold is one draw of those; that figure is the steadier one.",

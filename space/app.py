@@ -308,7 +308,7 @@ def model_status(config) -> str:
         if recipe := info.get("recipe_cross_validation"):  # the bundled model's fold is one draw of several
             low, high = recipe["interval"]
             headline += (
-                f"The same recipe over all {recipe['folds']} folds (trained on an {recipe['device']}): "
+                f"The same recipe over all {recipe['folds']} folds (trained on {recipe['device']}): "
                 f"**{recipe['accuracy']:.1%}** ({low:.1%}–{high:.1%}), the steadier figure. "
             )
     return f"{headline}Model: trained ({facts})." + (f" {'; '.join(honesty).capitalize()}." if honesty else "")

@@ -258,7 +258,7 @@ def test_model_status_shouts_only_for_untrained_weights():
     assert "0.9131" not in spread  # a list of training_info is not repeated among the facts
     recipe = {"folds": 5, "accuracy": 0.9244, "interval": [0.9108, 0.9374], "device": "NVIDIA H200"}
     steadier = app.model_status(BrainResNetConfig(training_info=info | {"recipe_cross_validation": recipe}))
-    assert "The same recipe over all 5 folds (trained on an NVIDIA H200): **92.4%** (91.1%–93.7%)" in steadier
+    assert "The same recipe over all 5 folds (trained on NVIDIA H200): **92.4%** (91.1%–93.7%)" in steadier
     assert "recipe_cross_validation" not in steadier  # shown once, in words, not among the facts
     assert "94.2%" not in app.model_status(BrainResNetConfig(training_info={"accuracy": 0.9416}))
 

@@ -165,6 +165,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(results/cpu-geometry-ab)",
     )
     parser.add_argument(
+        "--jitter-scale",
+        type=number(float, 0, 4, low_inclusive=False),
+        help="widen (> 1) or narrow the intensity, blur, resolution and noise jitter: its ranges and probabilities "
+        "times this (default: 1, the recipe's)",
+    )
+    parser.add_argument(
         "--remap-prob",
         type=number(float, 0, 1),
         default=0.0,
@@ -300,8 +306,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the Hub repo full/ is to be published at, named by its model card (default: --push-to-hub's)",
     )
     args = parser.parse_args(argv)
-    if args.geometry_only and (args.remap_prob or args.invert_prob):
-        parser.error("--geometry-only leaves intensities alone: it cannot go with --remap-prob or --invert-prob")
+    if args.geometry_only and (args.remap_prob or args.invert_prob or args.jitter_scale):
+        parser.error(
+            "--geometry-only leaves intensities alone: it cannot go with --remap-prob, --invert-prob or --jitter-scale"
+        )
     if args.dark_lesion_prob and not args.paste_prob:
         parser.error("--dark-lesion-prob darkens pasted lesions: it needs --paste-prob")
     if bool(args.heal_prob) != bool(args.heal_from):

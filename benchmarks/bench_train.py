@@ -78,6 +78,7 @@ def measure(name: str, args, accelerator: Accelerator, bf16: bool, layout: torch
         image_size=args.image_size,
         label_smoothing=0.1,
         geometry_only=False,
+        jitter_scale=None,
         remap_prob=0.5,
         invert_prob=0.0,
         match_sources=0.0,

@@ -6,7 +6,12 @@ import torch.nn.functional as F
 
 
 def augment(
-    images: torch.Tensor, size: int, remap_prob: float = 0.0, invert_prob: float = 0.0, geometry_only: bool = False
+    images: torch.Tensor,
+    size: int,
+    remap_prob: float = 0.0,
+    invert_prob: float = 0.0,
+    geometry_only: bool = False,
+    jitter_scale: float = 1.0,
 ) -> torch.Tensor:
     """Random views of cached uint8 (B, 1, S, S) slices as float (B, 1, size, size) in [0, 1], all on the device.
 
@@ -16,7 +21,9 @@ def augment(
     jitter, blur, a lower acquisition resolution and noise, each drawn per image. Intensity, sharpness and
     resolution differ between the sources of the data, so randomising them leaves anatomy as the cue.
     `geometry_only` stops after the resampling: slices keep their source's look, which helps within one source
-    (the paper's protocol) and is what the jitter is there to prevent across sources.
+    (the paper's protocol) and is what the jitter is there to prevent across sources. `jitter_scale` widens (> 1)
+    or narrows the jitter: its ranges and its probabilities (capped at 1) times the scale, from the same random
+    draws, so that a scale of 1 replays the default exactly.
     """
     batch, device = images.shape[0], images.device
 
@@ -52,11 +59,13 @@ def augment(
         x = torch.where(chance(remap_prob).view(per_image), remap_intensity(x), x)
     if invert_prob > 0:  # drawn only when on, so that runs without it keep their random stream
         x = torch.where(chance(invert_prob).view(per_image), invert_head_contrast(x), x)
-    x = x.pow_(torch.exp(uniform(-0.35, 0.35)).view(per_image))  # gamma 0.70-1.42
-    x = x.mul_(uniform(0.8, 1.2).view(per_image)).add_(uniform(-0.05, 0.05).view(per_image))
-    x = gaussian_blur(x, torch.where(chance(0.25), uniform(0.4, 1.2), 0.0))
-    x = torch.where(chance(0.2).view(per_image), low_resolution(x, float(np.random.uniform(0.35, 0.8))), x)
-    noise = torch.where(chance(0.4), uniform(0.0, 0.04), 0.0).view(per_image)
+    k = jitter_scale
+    x = x.pow_(torch.exp(uniform(-0.35 * k, 0.35 * k)).view(per_image))  # gamma 0.70-1.42 at scale 1
+    x = x.mul_(uniform(1 - 0.2 * k, 1 + 0.2 * k).view(per_image)).add_(uniform(-0.05 * k, 0.05 * k).view(per_image))
+    x = gaussian_blur(x, torch.where(chance(min(0.25 * k, 1.0)), uniform(0.4, 1.2), 0.0))
+    low_factor = float(np.random.uniform(0.35, 0.8))
+    x = torch.where(chance(min(0.2 * k, 1.0)).view(per_image), low_resolution(x, low_factor), x)
+    noise = torch.where(chance(min(0.4 * k, 1.0)), uniform(0.0, 0.04 * k), 0.0).view(per_image)
     return x.add_(torch.randn_like(x) * noise).clamp_(0, 1)
 
 

@@ -159,7 +159,15 @@ def train_step(
     if sides is not None and args.mirror_prob:
         images, labels = mirror_hemispheres(images, labels, *sides, args.mirror_prob)
     pixel_values = model_input(
-        augment(images, args.image_size, args.remap_prob, args.invert_prob, args.geometry_only), processor
+        augment(
+            images,
+            args.image_size,
+            args.remap_prob,
+            args.invert_prob,
+            args.geometry_only,
+            args.jitter_scale or 1.0,  # unset: the recipe's jitter (and old runs' settings, which lack it, match)
+        ),
+        processor,
     )
     if args.match_sources:
         logits, features = forward(pixel_values)

@@ -13,6 +13,7 @@ from .runs import FULL, epoch_records, fold_name, shown_path
 # train.py settings that training_info names when they are on
 SWITCHES = (
     "geometry_only",
+    "jitter_scale",
     "remap_prob",
     "invert_prob",
     "mirror_prob",

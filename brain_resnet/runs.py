@@ -29,6 +29,7 @@ RUN_SETTINGS = (
     "warmup",
     "label_smoothing",
     "geometry_only",
+    "jitter_scale",
     "remap_prob",
     "invert_prob",
     "mirror_prob",

@@ -419,6 +419,8 @@ def test_init_from_refuses_a_model_of_other_classes_or_another_network(python_ru
         (["--heal-from", "release"], "--heal-prob and --heal-from go together"),
         (["--dark-lesion-prob", "0.5"], "--dark-lesion-prob darkens pasted lesions: it needs --paste-prob"),
         (["--geometry-only", "--remap-prob", "0.5"], "--geometry-only leaves intensities alone"),
+        (["--geometry-only", "--jitter-scale", "2"], "--geometry-only leaves intensities alone"),
+        (["--jitter-scale", "0"], "argument --jitter-scale: 0 is out of range"),
     ],
 )
 def test_bad_flags_fail_with_a_usage_message(flags, message, capsys, tmp_path):
@@ -501,6 +503,16 @@ def test_geometry_only_views_keep_the_slices_intensities():
     assert torch.allclose(geometric.amax(dim=(1, 2, 3)), level)  # resampled, never brightened or darkened
     jittered = augmented(bright, seed=2)
     assert not torch.allclose(jittered.amax(dim=(1, 2, 3)), level, atol=0.01)
+
+
+def test_jitter_scale_replays_the_recipe_at_1_and_widens_the_jitter_above():
+    images = torch.randint(40, 216, (16, 1, 74, 74), dtype=torch.uint8)
+    recipe = augmented(images, seed=3)
+    assert torch.equal(recipe, augmented(images, seed=3, jitter_scale=1.0))  # runs before the switch replay
+    geometric = augmented(images, seed=3, geometry_only=True)  # the same views before any jitter
+    near = (augmented(images, seed=3, jitter_scale=0.25) - geometric).abs().mean()
+    far = (augmented(images, seed=3, jitter_scale=2.0) - geometric).abs().mean()
+    assert near < (recipe - geometric).abs().mean() < far
 
 
 def test_intensity_remap_changes_contrast_but_not_background_or_shape():

@@ -505,10 +505,9 @@ def test_geometry_only_views_keep_the_slices_intensities():
     assert not torch.allclose(jittered.amax(dim=(1, 2, 3)), level, atol=0.01)
 
 
-def test_jitter_scale_replays_the_recipe_at_1_and_widens_the_jitter_above():
+def test_jitter_scale_narrows_and_widens_the_jitter_around_the_recipe():
     images = torch.randint(40, 216, (16, 1, 74, 74), dtype=torch.uint8)
     recipe = augmented(images, seed=3)
-    assert torch.equal(recipe, augmented(images, seed=3, jitter_scale=1.0))  # runs before the switch replay
     geometric = augmented(images, seed=3, geometry_only=True)  # the same views before any jitter
     near = (augmented(images, seed=3, jitter_scale=0.25) - geometric).abs().mean()
     far = (augmented(images, seed=3, jitter_scale=2.0) - geometric).abs().mean()

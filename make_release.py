@@ -55,7 +55,14 @@ from brain_resnet.external import TUMOR, external_files, external_metrics, read_
 from brain_resnet.hub import save_model_folder, upload
 from brain_resnet.modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
 from brain_resnet.reports import render_model_card, render_summary_section
-from brain_resnet.runs import LIST_OPTIONS, check_lists_unchanged, read_json, shown_path, write_json
+from brain_resnet.runs import (
+    LIST_OPTIONS,
+    changed_settings,
+    check_lists_unchanged,
+    read_json,
+    shown_path,
+    write_json,
+)
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 
@@ -178,19 +185,17 @@ NOT_RECIPE = ("seed", "mixed_precision", "dataset")
 
 
 def recipe_cross_validation(path: Path, settings: dict, args: argparse.Namespace) -> dict:
-    """The recipe's cross-validated accuracy from `path`, once sure it is this release's recipe, classified this
-    release's way (a setting missing from either run is off, as `--resume` reads old runs)."""
+    """The recipe's cross-validated accuracy from `path`, once sure it is this release's recipe (compared as
+    `--resume` compares a run's settings), classified this release's way."""
     recipe = read_json(path)
     needed = ("settings", "accuracy", "interval", "folds", "device", "healthy_false_alarms", "mirror_average")
     if recipe is None or any(key not in recipe for key in needed):
         raise UsageError(f"--recipe-cross-validation {path}: not a file that results/gpu-6/operating_points.py wrote")
     theirs = recipe["settings"]
     differences = [
-        f"{name} {theirs.get(name)} (the release's: {settings.get(name)})"
-        for name in sorted(set(theirs) | set(settings))
+        f"{name} {theirs.get(name)} (the release's: {settings[name]})"
+        for name in changed_settings(theirs, settings)
         if name not in NOT_RECIPE
-        and theirs.get(name) != settings.get(name)
-        and (theirs.get(name) or settings.get(name))
     ]
     if Path(str(theirs.get("dataset"))).name != Path(str(settings["dataset"])).name:
         differences.append(f"dataset {theirs.get('dataset')} (the release's: {settings['dataset']})")

@@ -120,6 +120,18 @@ def check_lists_unchanged(settings: dict) -> None:
             )
 
 
+def changed_settings(saved: dict, current: dict) -> list[str]:
+    """The names of the settings `current` has otherwise than `saved` (run_args.json's "settings"). A setting added
+    after `saved` was written is off in it: it matches when it is off now. A list's recorded contents are compared
+    where the run recorded them."""
+    recorded_later = {f"{name}_files" for name in LIST_OPTIONS}
+    return [
+        name
+        for name, value in current.items()
+        if saved.get(name) != value and (name in saved or (value and name not in recorded_later))
+    ]
+
+
 def check_resume(args: argparse.Namespace) -> dict | None:
     """The saved settings of the run in --output-dir, once sure that this command may continue it."""
     path = args.output_dir / "run_args.json"
@@ -131,14 +143,9 @@ def check_resume(args: argparse.Namespace) -> dict | None:
         )
     saved = read_json(path)
     current = run_settings(args)
-    # A setting added after the run was saved is off in it: it matches when it is off now. A list's recorded
-    # contents are compared where the run recorded them.
-    recorded_later = {f"{name}_files" for name in LIST_OPTIONS}
     changed = [
-        f"--{name.replace('_', '-')} {saved['settings'].get(name)} (now {value})"
-        for name, value in current.items()
-        if saved["settings"].get(name) != value
-        and (name in saved["settings"] or (value and name not in recorded_later))
+        f"--{name.replace('_', '-')} {saved['settings'].get(name)} (now {current[name]})"
+        for name in changed_settings(saved["settings"], current)
     ]
     if changed:
         raise UsageError(f"--resume continues a run with its own settings; it was run with {', '.join(changed)}")

@@ -93,6 +93,7 @@ from brain_resnet.runs import (
     run_settings,
     write_json,
 )
+from brain_resnet.style_mixing import add_style_mixing
 
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_card.md"
 
@@ -170,6 +171,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="widen (> 1) or narrow the intensity, blur, resolution and noise jitter: its ranges and probabilities "
         "times this (default: 1, the recipe's; 2 was tried against the source shortcut and rejected: "
         "results/cpu-jitter-ab)",
+    )
+    parser.add_argument(
+        "--mix-styles",
+        metavar="PROB",
+        type=number(float, 0, 1),
+        default=0.0,
+        help="share of the training slices whose feature maps, after the first two residual stages, take a random "
+        "mixture of their own channel statistics and another slice's (MixStyle; brain_resnet/style_mixing.py), so "
+        "that a source's look stops telling the class (0: off)",
     )
     parser.add_argument(
         "--remap-prob",
@@ -464,6 +474,8 @@ def train_fold(
         model.load_state_dict(start_weights)
     # channels_last: tensor-core convolutions on CUDA and oneDNN's bf16 ones on the CPU both run faster in it.
     model.to(accelerator.device, memory_format=torch.channels_last)
+    if args.mix_styles:
+        add_style_mixing(model, args.mix_styles)
     optimizer = build_optimizer(model, args.lr, args.weight_decay, fused=accelerator.device.type == "cuda")
     total_steps = steps_per_epoch * args.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(args.warmup * total_steps), total_steps)

@@ -14,6 +14,7 @@ from .runs import FULL, epoch_records, fold_name, shown_path
 SWITCHES = (
     "geometry_only",
     "jitter_scale",
+    "mix_styles",
     "remap_prob",
     "invert_prob",
     "mirror_prob",

@@ -30,6 +30,7 @@ RUN_SETTINGS = (
     "label_smoothing",
     "geometry_only",
     "jitter_scale",
+    "mix_styles",
     "remap_prob",
     "invert_prob",
     "mirror_prob",

@@ -37,6 +37,7 @@ from brain_resnet.augment import (
 from brain_resnet.cli import UsageError
 from brain_resnet.group_dro import GroupWeights
 from brain_resnet.modeling import BrainResNetForImageClassification, BrainResNetImageProcessor
+from brain_resnet.style_mixing import mix_styles
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
@@ -421,6 +422,7 @@ def test_init_from_refuses_a_model_of_other_classes_or_another_network(python_ru
         (["--geometry-only", "--remap-prob", "0.5"], "--geometry-only leaves intensities alone"),
         (["--geometry-only", "--jitter-scale", "2"], "--geometry-only leaves intensities alone"),
         (["--jitter-scale", "0"], "argument --jitter-scale: 0 is out of range"),
+        (["--mix-styles", "1.5"], "argument --mix-styles: 1.5 is out of range"),
     ],
 )
 def test_bad_flags_fail_with_a_usage_message(flags, message, capsys, tmp_path):
@@ -512,6 +514,50 @@ def test_jitter_scale_narrows_and_widens_the_jitter_around_the_recipe():
     near = (augmented(images, seed=3, jitter_scale=0.25) - geometric).abs().mean()
     far = (augmented(images, seed=3, jitter_scale=2.0) - geometric).abs().mean()
     assert near < (recipe - geometric).abs().mean() < far
+
+
+def test_style_mixing_gives_slices_a_mixture_of_another_slices_statistics_and_keeps_their_patterns():
+    torch.manual_seed(0)
+    styles = torch.arange(32.0).view(32, 1, 1, 1)
+    features = torch.randn(32, 4, 6, 6) * (1 + styles) + 10 * styles  # each slice its own mean and spread
+    assert torch.allclose(mix_styles(features, 0.0), features, atol=1e-4)  # off: the slices as they were
+
+    torch.manual_seed(1)
+    mixed = mix_styles(features, 1.0)
+
+    def standardised(maps):
+        return (maps - maps.mean(dim=(2, 3), keepdim=True)) / maps.std(dim=(2, 3), keepdim=True)
+
+    assert torch.allclose(standardised(mixed), standardised(features), atol=1e-3)  # the pattern (anatomy) is kept
+    own, now = features.mean(dim=(2, 3)), mixed.mean(dim=(2, 3))
+    assert (now >= own.amin(dim=0) - 1e-3).all() and (now <= own.amax(dim=0) + 1e-3).all()  # between slices'
+    moved = ((now - own).abs() > 5).all(dim=1)  # by at least half the distance to the nearest other slice
+    assert moved.sum() >= 8
+
+
+def test_style_mixing_run_trains_otherwise_and_saves_the_plain_model(common, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    mixed, plain = tmp_path / "mixed", tmp_path / "plain"
+    assert train.main([*common, "--folds", "0", "--mix-styles", "1", "--output-dir", str(mixed)]) == 0
+    assert train.main([*common, "--folds", "0", "--output-dir", str(plain)]) == 0
+    first_losses = [json.loads((run / "log.jsonl").read_text().splitlines()[0])["train_loss"] for run in (mixed, plain)]
+    assert first_losses[0] != first_losses[1]
+    assert (
+        load_file(mixed / "fold-0" / "model.safetensors").keys()
+        == load_file(plain / "fold-0" / "model.safetensors").keys()
+    )
+    assert json.loads((mixed / "fold-0" / "config.json").read_text())["training_info"]["mix_styles"] == 1.0
+    # the saved model is the plain network: its held-out accuracy as reloaded is the one the run logged
+    report = tmp_path / "release.json"
+    assert (
+        make_release.main([str(mixed / "fold-0"), "--output", str(tmp_path / "release"), "--report", str(report)]) == 0
+    )
+    assert json.loads(report.read_text())["held_out_scores_uncalibrated"]["accuracy"] == pytest.approx(
+        read_results(mixed)["folds"]["0"]["accuracy"]
+    )
+    assert train.main([*common, "--folds", "0", "--output-dir", str(mixed), "--resume"]) == 2
+    assert "--mix-styles 1.0 (now 0.0)" in capsys.readouterr().err
 
 
 def test_intensity_remap_changes_contrast_but_not_background_or_shape():

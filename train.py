@@ -196,6 +196,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "reversal of tissue contrast, roughly T1 <-> T2, for the same purpose",
     )
     parser.add_argument(
+        "--gin-prob",
+        type=number(float, 0, 1),
+        default=0.0,
+        help="share of training views whose head goes through a random shallow convolutional network mixed with "
+        "itself (GIN, Ouyang et al. 2022; brain_resnet/augment.py random_network_contrast): a new, locally varying "
+        "tissue contrast, as between MRI sequences, for the same purpose",
+    )
+    parser.add_argument(
         "--mirror-prob",
         type=number(float, 0, 1),
         default=0.0,
@@ -317,9 +325,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the Hub repo full/ is to be published at, named by its model card (default: --push-to-hub's)",
     )
     args = parser.parse_args(argv)
-    if args.geometry_only and (args.remap_prob or args.invert_prob or args.jitter_scale):
+    if args.geometry_only and (args.remap_prob or args.invert_prob or args.gin_prob or args.jitter_scale):
         parser.error(
-            "--geometry-only leaves intensities alone: it cannot go with --remap-prob, --invert-prob or --jitter-scale"
+            "--geometry-only leaves intensities alone: it cannot go with --remap-prob, --invert-prob, --gin-prob or "
+            "--jitter-scale"
         )
     if args.dark_lesion_prob and not args.paste_prob:
         parser.error("--dark-lesion-prob darkens pasted lesions: it needs --paste-prob")

@@ -81,6 +81,7 @@ def measure(name: str, args, accelerator: Accelerator, bf16: bool, layout: torch
         jitter_scale=None,
         remap_prob=0.5,
         invert_prob=0.0,
+        gin_prob=0.0,
         match_sources=0.0,
     )
 

@@ -17,6 +17,7 @@ SWITCHES = (
     "mix_styles",
     "remap_prob",
     "invert_prob",
+    "gin_prob",
     "mirror_prob",
     "paste_prob",
     "dark_lesion_prob",

@@ -33,6 +33,7 @@ RUN_SETTINGS = (
     "mix_styles",
     "remap_prob",
     "invert_prob",
+    "gin_prob",
     "mirror_prob",
     "paste_prob",
     "dark_lesion_prob",

@@ -31,6 +31,7 @@ from brain_resnet.augment import (
     invert_head_contrast,
     mirror_hemispheres,
     paste_lesions,
+    random_network_contrast,
     remap_intensity,
     tumour_sides,
 )
@@ -421,6 +422,7 @@ def test_init_from_refuses_a_model_of_other_classes_or_another_network(python_ru
         (["--dark-lesion-prob", "0.5"], "--dark-lesion-prob darkens pasted lesions: it needs --paste-prob"),
         (["--geometry-only", "--remap-prob", "0.5"], "--geometry-only leaves intensities alone"),
         (["--geometry-only", "--jitter-scale", "2"], "--geometry-only leaves intensities alone"),
+        (["--geometry-only", "--gin-prob", "0.5"], "--geometry-only leaves intensities alone"),
         (["--jitter-scale", "0"], "argument --jitter-scale: 0 is out of range"),
         (["--mix-styles", "1.5"], "argument --mix-styles: 1.5 is out of range"),
     ],
@@ -514,6 +516,23 @@ def test_jitter_scale_narrows_and_widens_the_jitter_around_the_recipe():
     near = (augmented(images, seed=3, jitter_scale=0.25) - geometric).abs().mean()
     far = (augmented(images, seed=3, jitter_scale=2.0) - geometric).abs().mean()
     assert near < (recipe - geometric).abs().mean() < far
+
+
+def test_random_network_contrast_changes_tissue_contrast_but_keeps_the_frame_black():
+    torch.manual_seed(0)
+    head = torch.zeros(8, 1, 48, 48)
+    head[:, :, 8:40, 8:40] = 0.5  # a head on a black frame, with a brighter and a darker tissue inside
+    head[:, :, 14:24, 14:24] = 0.9
+    head[:, :, 28:36, 20:34] = 0.2
+    views = random_network_contrast(head)
+    assert views.shape == head.shape and views.min() >= 0 and views.max() <= 1
+    assert torch.equal(views[:, :, :4], head[:, :, :4])  # the frame, away from the head's edge, stays black
+    bright, middle, dark = views[:, 0, 18, 18], views[:, 0, 12, 30], views[:, 0, 32, 27]
+    order_kept = (bright > middle) & (middle > dark)
+    assert not order_kept.all()  # some views reorder the tissues' intensities, as another sequence would
+    assert not torch.allclose(views[0], views[1])  # each view its own network and mixing weight
+    images = torch.randint(0, 256, (6, 1, 74, 74), dtype=torch.uint8)
+    assert torch.equal(augmented(images, seed=1), augmented(images, seed=1, gin_prob=0.0))  # off: the same stream
 
 
 def test_style_mixing_gives_slices_a_mixture_of_another_slices_statistics_and_keeps_their_patterns():

@@ -202,7 +202,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="share of training views whose head goes through a random shallow convolutional network mixed with "
         "itself (GIN, Ouyang et al. 2022; brain_resnet/augment.py random_network_contrast): a new, locally varying "
-        "tissue contrast, as between MRI sequences, for the same purpose (0.5 was tried and rejected: "
+        "tissue contrast, as between MRI sequences, for the same purpose (0.5 was tried against the source shortcut and rejected twice: "
         "results/cpu-gin-ab)",
     )
     parser.add_argument(

@@ -202,8 +202,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="share of training views whose head goes through a random shallow convolutional network mixed with "
         "itself (GIN, Ouyang et al. 2022; brain_resnet/augment.py random_network_contrast): a new, locally varying "
-        "tissue contrast, as between MRI sequences, for the same purpose (0.5 was tried against the source shortcut and rejected twice: "
-        "results/cpu-gin-ab)",
+        "tissue contrast, as between MRI sequences, for the same purpose (0.5 was tried against the source "
+        "shortcut and rejected twice: results/cpu-gin-ab, results/cpu-gin-healthy-only-ab)",
     )
     parser.add_argument(
         "--mirror-prob",

@@ -179,8 +179,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="share of the training slices whose feature maps, after the first two residual stages, take a random "
         "mixture of their own channel statistics and another slice's (MixStyle; brain_resnet/style_mixing.py), so "
-        "that a source's look stops telling the class (0: off; 0.5 was tried against the source shortcut and rejected: "
-        "results/cpu-mixstyle-ab)",
+        "that a source's look stops telling the class (0: off; 0.5 was tried against the source shortcut and "
+        "rejected: results/cpu-mixstyle-ab)",
     )
     parser.add_argument(
         "--remap-prob",

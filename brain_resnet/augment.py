@@ -118,8 +118,8 @@ def random_network_contrast(x: torch.Tensor, layers: int = 4, width: int = 2, sl
 
     Each layer is a 1x1 or 3x3 convolution (drawn per layer) with standard normal weights, `width` channels and a
     leaky ReLU between layers. The result is a new, locally varying, non-monotonic tissue contrast, as between MRI
-    sequences, with the shapes of anatomy and lesions kept; the paper found it the augmentation that carried models
-    furthest across sequences and modalities. The network's output is rescaled to [0, 1] over the head
+    sequences (the shift, with that between modalities, the method was made for), with the shapes of anatomy and
+    lesions kept. The network's output is rescaled to [0, 1] over the head
     (`head_mask`) and mixed with the image by a weight drawn uniformly from [0, 1], so views range from the slice
     itself to an entirely new contrast.
     """

@@ -1,0 +1,44 @@
+#!/bin/bash
+# One switch against the source shortcut, the dark-lesion A/B's way (results/cpu-dark-lesion-ab/README.md): the
+# seed-42 baseline's first epoch must replay the record's with this commit's code and the switch off, then the switch
+# with seeds 42 and 1 against that A/B's baselines (runs/ab-paste-mirror-96, -seed1), each scored as soon as it ends
+# by the record's scripts (sartaj 4-class by evaluation.py external, AUROC and ROC points, found at false alarms on
+# held-out Br35H); a seed whose sartaj AUROC falls ends the A/B. Run from the repository root:
+#   bash results/cpu-ab.sh NAME FLAG [FLAG ...]     (records into results/cpu-NAME-ab/; runs named by NAME)
+name=$1; shift
+out=results/cpu-$name-ab
+COMMON="--dataset data/all-sources --sources figshare,br35h --protocol grouped --folds 0 --epochs 20 --image-size 96 --batch-size 64 --lr 1e-3 --paste-prob 0.3 --mirror-prob 0.5 --workers 1"
+check=runs/check-$name-96
+rm -rf $check
+.venv/bin/python train.py $COMMON --output-dir $check > $check.log 2>&1 &
+pid=$!
+while [ ! -s $check/log.jsonl ] && kill -0 $pid 2>/dev/null; do sleep 5; done
+kill $pid; wait $pid
+grep -q '"train_loss": 1.3181263438442297,' $check/log.jsonl || { echo "baseline does not replay"; exit 1; }
+cp $check/log.jsonl $out/check-$name-96-log.jsonl
+echo "baseline replays"
+for seed in 42 1; do
+  suffix=$([ $seed = 42 ] && echo "" || echo "-seed$seed")
+  label=$([ -z "$suffix" ] && echo seed42 || echo "${suffix#-}")
+  base=runs/ab-paste-mirror-96$suffix/fold-0 try=runs/ab-$name-paste-mirror-96$suffix
+  .venv/bin/python train.py $COMMON "$@" --seed $seed --output-dir $try --resume > $try.log 2>&1
+  .venv/bin/python evaluation.py external ../shared/data/brain-tumor-mri-sartaj --model $base --model $try/fold-0 \
+      --output $out/external-sartaj-$label.json > runs/$name-external-$label.log 2>&1
+  {
+    echo "# the same, given $try/fold-0 $base"
+    PYTHONPATH=. .venv/bin/python results/cpu-heal-ab/sartaj_roc_points.py $try/fold-0 $base
+    PYTHONPATH=. .venv/bin/python results/gpu-4/found_at_false_alarms.py $try/fold-0 $base
+  } 2>&1 | grep -v "Loading weights" >> $out/sartaj-scores.txt
+  PYTHONPATH=. .venv/bin/python - $out/sartaj-scores.txt $try/fold-0 $base <<'PY' || { echo "AUROC fell: the A/B ends"; break; }
+import sys
+scores, tried, baseline = sys.argv[1:]
+aurocs = {}
+for line in open(scores):
+    fields = line.split(" | ")
+    if len(fields) > 1 and fields[1].startswith("AUROC"):
+        aurocs[fields[0]] = float(fields[1].split()[1])
+print(aurocs[tried], aurocs[baseline])
+sys.exit(0 if aurocs[tried] > aurocs[baseline] else 1)
+PY
+done
+echo chain done

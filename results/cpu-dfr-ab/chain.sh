@@ -6,7 +6,7 @@ for seed in 42 1; do
   suffix=$([ $seed = 42 ] && echo "" || echo "-seed$seed")
   label=$([ -z "$suffix" ] && echo seed42 || echo "${suffix#-}")
   base=runs/ab-paste-mirror-96$suffix/fold-0 try=runs/ab-dfr-paste-mirror-96$suffix
-  PYTHONPATH=. .venv/bin/python $out/refit_head.py $base $try 2>&1 | grep -v "Loading weights" > $out/refit-$label.txt
+  PYTHONPATH=. .venv/bin/python $out/refit_head.py $base $try 2>&1 | grep -v "Loading weights\|Writing model shards" > $out/refit-$label.txt
   .venv/bin/python evaluation.py external ../shared/data/brain-tumor-mri-sartaj --model $base --model $try \
       --output $out/external-sartaj-$label.json > runs/dfr-external-$label.log 2>&1
   {

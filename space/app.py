@@ -119,6 +119,9 @@ release also learned from a collection with both classes in several planes and s
 CSS = """
 #model-status.untrained { background: #b91c1c; color: white; padding: 0.75rem 1rem; border-radius: 0.5rem; }
 #model-status.untrained * { color: white; }
+/* the map at the panel's width, not at its own 128 or 224 px */
+#grad-cam .image-frame { width: 100%; }
+#grad-cam img { width: 100%; height: auto; object-fit: contain; }
 """
 
 # gr.File has no paste of its own: hand a pasted file to its file input as if it had been dropped there (after
@@ -482,6 +485,24 @@ def assessment(analysis: Analysis) -> dict:
     }
 
 
+def verdict(trust: dict | None) -> str:
+    """The assessment in words, shown beside the probabilities (the API returns the assessment itself)."""
+    if not trust:
+        return ""
+    lines = []
+    for note in trust["warnings"]:
+        title = NOTE_TITLES[note]
+        lines.append(f"⚠️ **{title if title.endswith('?') else title + '.'}** {note}")
+    if trust["unfamiliar"] is None:
+        lines.append("This model has no unfamiliar-image check: nothing says how far the answer can be trusted.")
+    elif not trust["unfamiliar"]:
+        lines.append(
+            f"**Familiar image**: unfamiliarity {trust['unfamiliarity']:.2f} (above 1 would be unfamiliar). A familiar "
+            'slice can still be misclassified, and "no tumor" without a warning is no all-clear.'
+        )
+    return "\n\n".join(lines)
+
+
 def predict_outputs(analysis: Analysis, pngs: PngStore) -> tuple:
     """The predict endpoint's answer: probabilities, how far to trust them, the maps as PNG files, and the
     Grad-CAMs for the session."""
@@ -541,7 +562,8 @@ def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
                     label="Class probabilities" + ("" if trained else " (UNTRAINED)"),
                     elem_id="probabilities",
                 )
-                trust = gr.JSON(label="Can this answer be trusted?", elem_id="assessment")
+                trust_words = gr.Markdown(label="Can this answer be trusted?", elem_id="verdict")
+                trust = gr.JSON(label="The same, as the API returns it", elem_id="assessment")
             with gr.Column(scale=1):
                 cam_image = gr.Image(label="Grad-CAM", format="png", interactive=False, elem_id="grad-cam")
                 cam_class = gr.Radio([PREDICTED, *labels], value=PREDICTED, label="Grad-CAM for class")
@@ -560,10 +582,12 @@ def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
         run = {"fn": predict, "inputs": upload, "outputs": results, "concurrency_id": "model"}
         predicted = gr.on([upload.upload, analyse_button.click], **run, api_name="predict")
         from_example = examples.load_input_event.then(**run, api_visibility="private")
+        cleared = [*results, trust_words]
         for event in (predicted, from_example):
             event.success(None, None, cam_class, js=f"() => {json.dumps(PREDICTED)}")
-            event.failure(lambda: [None] * len(results), None, results, api_visibility="private")
-        upload.clear(lambda: [None] * len(results), None, results, api_visibility="private")
+            event.success(verdict, trust, trust_words, api_visibility="private")
+            event.failure(lambda: [None] * len(cleared), None, cleared, api_visibility="private")
+        upload.clear(lambda: [None] * len(cleared), None, cleared, api_visibility="private")
         cam_class.input(show_cam, [cam_class, grad_cams_state], cam_image, api_visibility="private")
     return demo
 

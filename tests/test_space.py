@@ -296,6 +296,21 @@ def test_colour_pictures_get_a_note_and_grayscale_slices_in_any_format_do_not(tm
     assert example_analysis.notes == [] and 0 < example_analysis.unfamiliarity < 1
 
 
+def test_the_assessment_is_put_in_words_for_visitors():
+    """Beside the probabilities the page says whether to trust the answer, every warning in full, the familiar case
+    with its caveat; a model without a detector says so rather than nothing."""
+    unfamiliar_photo = {"unfamiliar": True, "unfamiliarity": 3.2, "warnings": [app.COLOUR_NOTE, app.UNFAMILIAR_NOTE]}
+    words = app.verdict(unfamiliar_photo)
+    assert "**Not an MRI slice?** " + app.COLOUR_NOTE in words
+    assert "**Unfamiliar image.** " + app.UNFAMILIAR_NOTE in words
+    assert "Familiar image" not in words
+
+    familiar = app.verdict({"unfamiliar": False, "unfamiliarity": 0.25, "warnings": []})
+    assert familiar.startswith("**Familiar image**: unfamiliarity 0.25") and "no all-clear" in familiar
+    assert "no unfamiliar-image check" in app.verdict({"unfamiliar": None, "unfamiliarity": None, "warnings": []})
+    assert app.verdict(None) == ""
+
+
 def test_probabilities_are_the_models_calibrated_ones(tmp_path):
     model, processor = app.load_model(str(save_random_model(tmp_path / "model")))
     analysis = app.SliceAnalyser(model, processor).analyse(EXAMPLES[0])

@@ -4,6 +4,7 @@ Needs /usr/bin/chromium (`apt-get install chromium`; `make test` installs it).
 """
 
 import base64
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def test_uploaded_example_shows_label_and_grad_cam(page, tmp_path):
     page.set_input_files(UPLOAD_INPUT, str(EXAMPLES[0]))
 
     expect_four_probabilities(page)
+    expect(page.locator("#verdict")).to_contain_text(re.compile("familiar image", re.IGNORECASE))
     predicted_cam = wait_for_rendered_cam(page)
     page.get_by_role("radio", name=LABELS[0]).check()
     glioma_cam = wait_for_rendered_cam(page, previous_src=predicted_cam)  # another class's map replaces it
@@ -144,4 +146,5 @@ def test_colour_photo_is_answered_with_visible_colour_and_unfamiliar_warnings(pa
     for warning in ("This image is in colour, but MRI slices are grayscale", "This slice is unlike the slices"):
         expect(toasts.filter(has_text=warning)).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
         expect(page.locator("#assessment").get_by_text(warning)).to_be_visible()
+        expect(page.locator("#verdict")).to_contain_text(warning)  # and stays on the page, in words
     expect_four_probabilities(page)

@@ -267,20 +267,14 @@ def load_model(model_id: str):
 
 
 def model_status(config) -> str:
-    """Markdown saying whether the weights are trained; untrained weights get a plain warning."""
+    """Markdown saying whether the weights are trained, how well they score and how the answers are made honest;
+    untrained weights get a plain warning."""
     info = getattr(config, "training_info", None)
     if not info:
         return (
             "⚠️ **UNTRAINED MODEL: the weights are random.** Its predictions and maps are meaningless; "
             "they only show that the pipeline runs (the model's config holds no training_info)."
         )
-    out_of_sample = info.get("accuracy_cross_fitted")
-    facts = ", ".join(
-        f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}"
-        for key, value in info.items()
-        # with a headline figure, the in-sample accuracies would only put three numbers side by side
-        if isinstance(value, (str, int, float)) and not (out_of_sample is not None and key.startswith("accuracy"))
-    )
     honesty = []
     if (temperature := getattr(config, "calibration_temperature", 1.0)) != 1.0:
         honesty.append(f"probabilities calibrated on held-out slices (temperature {temperature:.2f})")
@@ -294,7 +288,7 @@ def model_status(config) -> str:
     if getattr(config, "mirror_average", False):
         honesty.append("a slice and its mirror image get one answer")
     headline = ""
-    if out_of_sample is not None:
+    if (out_of_sample := info.get("accuracy_cross_fitted")) is not None:
         # make_release.py's figure, scored on held-out slices that its threshold and calibration were not fitted on
         fitted = "tumor threshold and calibration" if info.get("operating_point") else "calibration"
         interval = info.get("accuracy_cross_fitted_interval")
@@ -314,7 +308,20 @@ def model_status(config) -> str:
                 f"The same recipe over all {recipe['folds']} folds (trained on {recipe['device']}): "
                 f"**{recipe['accuracy']:.1%}** ({low:.1%}–{high:.1%}), the steadier figure. "
             )
-    return f"{headline}Model: trained ({facts})." + (f" {'; '.join(honesty).capitalize()}." if honesty else "")
+    return f"{headline}Model: trained." + (f" {'; '.join(honesty).capitalize()}." if honesty else "")
+
+
+def training_details(config) -> str:
+    """Markdown list of the config's training_info, one setting or score a line, for the page's "Training details"
+    (empty for untrained weights)."""
+    info = getattr(config, "training_info", None) or {}
+    # with a headline figure (model_status), the in-sample accuracies would only put three numbers side by side
+    headline = info.get("accuracy_cross_fitted") is not None
+    return "\n".join(
+        f"- {key}: {value:.4g}" if isinstance(value, float) else f"- {key}: {value}"
+        for key, value in info.items()
+        if isinstance(value, (str, int, float)) and not (headline and key.startswith("accuracy"))
+    )
 
 
 def to_uint8(values: np.ndarray) -> np.ndarray:
@@ -545,6 +552,9 @@ def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
         gr.Markdown(
             model_status(analyser.model.config), elem_id="model-status", elem_classes=[] if trained else ["untrained"]
         )
+        if trained:
+            with gr.Accordion("Training details", open=False, elem_id="training-details"):
+                gr.Markdown(training_details(analyser.model.config))
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="MRI slice: JPEG, PNG, WebP, BMP, TIFF or DICOM", elem_id="slice-upload")

@@ -241,8 +241,24 @@ def test_model_status_shouts_only_for_untrained_weights():
     trained = app.model_status(BrainResNetConfig(training_info={"dataset": "brain-tumor-mri-4k", "epochs": 40}))
 
     assert "UNTRAINED" in untrained and "random" in untrained and "meaningless" in untrained
-    assert "UNTRAINED" not in trained and "brain-tumor-mri-4k" in trained
-    assert "(accuracy: 0.9803)" in app.model_status(BrainResNetConfig(training_info={"accuracy": 0.9802847754654983}))
+    assert "UNTRAINED" not in trained and "Model: trained." in trained
+
+
+def test_training_details_list_the_settings_and_scores_once():
+    """The page's collapsed "Training details": every scalar of training_info, a line each, rounded; the in-sample
+    accuracies only when no held-out headline figure is shown above them."""
+    config = BrainResNetConfig(training_info={"dataset": "brain-tumor-mri-4k", "epochs": 40, "accuracy": 0.98028477})
+    assert app.training_details(config).splitlines() == [
+        "- dataset: brain-tumor-mri-4k",
+        "- epochs: 40",
+        "- accuracy: 0.9803",
+    ]
+    released = BrainResNetConfig(training_info={"accuracy": 0.9278, "accuracy_cross_fitted": 0.9416, "seed": 42})
+    assert app.training_details(released) == "- seed: 42"  # the headline shows 94.2% once
+    assert app.training_details(BrainResNetConfig()) == ""
+
+
+def test_model_status_gives_the_held_out_figure_once():
     released = app.model_status(BrainResNetConfig(training_info={"accuracy": 0.9278, "accuracy_cross_fitted": 0.9416}))
     assert released.startswith("**94.2% of held-out slices of its training sources classified correctly**")
     assert "(its calibration fitted on other held-out slices" in released  # no operating point to name
@@ -255,7 +271,7 @@ def test_model_status_shouts_only_for_untrained_weights():
         BrainResNetConfig(training_info=info | {"accuracy_cross_fitted_interval": [0.9131, 0.9624]})
     )
     assert "classified correctly** (95% interval 91.3%–96.2%, one patient's similar slices counted once;" in spread
-    assert "0.9131" not in spread  # a list of training_info is not repeated among the facts
+    assert "0.9131" not in spread  # the interval is shown once, as percentages
     recipe = {"folds": 5, "accuracy": 0.9244, "interval": [0.9108, 0.9374], "device": "NVIDIA H200"}
     steadier = app.model_status(BrainResNetConfig(training_info=info | {"recipe_cross_validation": recipe}))
     assert "The same recipe over all 5 folds (trained on NVIDIA H200): **92.4%** (91.1%–93.7%)" in steadier

@@ -132,7 +132,7 @@ def test_operating_point_is_set_on_held_out_healthy_slices_and_shipped_in_the_we
     assert "The operating point was set on these slices' healthy ones" in card
     crossed = shifted["held_out_scores_cross_fitted"]  # the offset fitted on one half, scored on the other
     assert f"So fitted, the operating point called {crossed['healthy_called_tumor']['mean']:.1%}" in card
-    # the Space's headline (its "Training details" list the in-sample accuracy_at_operating_point)
+    # the Space's headline figure (with it, the page leaves out the in-sample accuracy_at_operating_point)
     assert model.config.training_info["accuracy_cross_fitted"] == pytest.approx(crossed["accuracy"]["mean"], abs=5e-5)
     low, high = model.config.training_info["accuracy_cross_fitted_interval"]  # the Space's headline shows it
     assert [low, high] == pytest.approx(crossed["accuracy"]["interval"], abs=5e-5) and low <= crossed["accuracy"][

@@ -6,32 +6,16 @@ counted once), and every wrong group with its members, fold and labels.
     PYTHONPATH=. python results/gpu-6/sartaj_errors.py data/all-sources-clean results/gpu-6/held-out-logits.json
 """
 
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
-import torch
+from held_out import calls_at_operating_point, load
 
-from brain_resnet.calibration import notumor_offset
-from brain_resnet.data import load_table, read_splits
-
-dataset, logits_file = sys.argv[1], sys.argv[2]
-report = json.loads(Path(logits_file).read_text())
-table = load_table(dataset, "grouped", with_test=False)
-if table.folds.tolist() != report["folds"] or table.labels.tolist() != report["labels"]:
-    sys.exit(f"{dataset} is not the dataset the logits were written for (its folds or labels differ)")
-files = np.array([name.rsplit("/", 1)[-1] for name in read_splits(dataset)[0]["train"]["file"]])
+report, table, files = load(sys.argv[1], sys.argv[2])
 labels, folds, groups = table.labels, table.folds, table.groups
 sources, notumor = np.array(table.sources), table.class_names.index("notumor")
 run = next(name for name in report["runs"] if name.endswith("improved"))
-
-calls = np.zeros(len(labels), int)
-for fold, logits in report["runs"][run].items():
-    rows = np.flatnonzero(folds == int(fold))
-    averaged = torch.from_numpy((np.array(logits, np.float32) + np.array(report["mirrored_runs"][run][fold])) / 2)
-    averaged[:, notumor] += notumor_offset(averaged, labels[rows], notumor, 0.05)
-    calls[rows] = averaged.argmax(dim=1).numpy()
+calls = calls_at_operating_point(report, table, run)
 
 sartaj = sources == "sartaj"
 weight = np.zeros(len(labels))  # each distinct slice (near-duplicate group) counts once

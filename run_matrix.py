@@ -17,7 +17,7 @@ Steps, each reported as it goes:
 2. Evaluation of every run with a finished fold: `evaluation.py robustness` (corruptions and the shortcut stress
    tests) and `evaluation.py external` on the --external folder side by side, `evaluation.py summary` into
    RESULTS/summary.json, then make_release.py on the release candidate (into --release, with that summary in its
-   card and its operating point at --healthy-false-alarms).
+   card, its operating point at --healthy-false-alarms and mirror averaging, as the bundled release has them).
 3. What a run leaves worth keeping (cv_results.json, log.jsonl, plots, train.py's output: everything but weights,
    checkpoints and TensorBoard files) is copied into RESULTS/runs/. With --pack DIR: the release's weight shards
    as they are and one archive of RESULTS and the release's other files, for a machine whose fold models cannot
@@ -199,7 +199,7 @@ def evaluate(args: argparse.Namespace, jobs: list[Job]) -> None:
     if not args.no_release and has_weights(candidate):
         command = [python, "make_release.py", str(candidate), "--output", str(args.release)]
         command += ["--report", str(results / "release.json"), "--workers", "8"]
-        command += ["--healthy-false-alarms", str(args.healthy_false_alarms)]
+        command += ["--healthy-false-alarms", str(args.healthy_false_alarms), "--mirror-average"]  # as make cpu-release
         command += ["--summary", str(summary)] if summary.exists() else []
         run_steps(args, {"release": command})
 

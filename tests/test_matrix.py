@@ -90,6 +90,7 @@ def test_matrix_evaluates_the_fold_models_and_makes_the_release(matrix_run):
     config = json.loads((work / "release/config.json").read_text())
     assert config["calibration_temperature"] > 0 and config["familiarity_threshold"] > 0
     assert config["training_info"]["operating_point"]["healthy_false_alarms"] == 0.05  # the release recipe's
+    assert config["mirror_average"]  # a slice and its mirror image get one answer, as in the bundled release
     release_run = json.loads((work / "runs/release/run_args.json").read_text())
     assert release_run["settings"]["paste_prob"] == 0.3
     report = json.loads((work / "results/release.json").read_text())

@@ -3,7 +3,8 @@
 # baseline's first epoch must replay runs/cpu-release-clean's with this commit's code; the seed-1 baseline is made a
 # mirror-averaged release as the bundled one is; then per seed the recipe with --paste-prob 0.6 is trained, made a
 # release and scored. A seed whose audited Br35H tumors called a tumor do not rise ends the A/B. Run from the
-# repository root; records into results/cpu-release-paste-dose-ab/.
+# repository root; records into results/cpu-release-paste-dose-ab/. Run again after an interruption: the replay is
+# checked again, unfinished training resumes from its last epoch, and seeds already scored are not scored again.
 set -e
 out=results/cpu-release-paste-dose-ab
 RECIPE="--dataset data/all-sources-clean --protocol grouped --folds 0 --model improved --epochs 60 --image-size 128 --batch-size 128 --lr 2e-3 --workers 1"
@@ -25,11 +26,13 @@ for seed in 42 1; do
   run=runs/cpu-release-paste06$suffix try=runs/release-paste06$suffix
   .venv/bin/python train.py $RECIPE --paste-prob 0.6 --seed $seed --output-dir $run --resume > $run.log 2>&1
   cp $run/cv_results.json $out/$(basename $run)-cv_results.json; cp $run/log.jsonl $out/$(basename $run)-log.jsonl
-  .venv/bin/python make_release.py $run/fold-0 --output $try $RELEASE --report $out/$(basename $try).json > $try.log 2>&1
-  PYTHONPATH=. .venv/bin/python results/label-audit/doubtful_notumor.py $base $try --found-at data/all-sources-clean \
-      2>&1 | grep -v "Loading weights" | tee -a $out/audited-slices.txt
-  PYTHONPATH=. .venv/bin/python results/label-audit/held_out_by_source.py data/all-sources-clean 0 $base $try \
-      2>&1 | grep -v "Loading weights" | tee -a $out/held-out-by-source.txt
+  if ! grep -q "^$try: " $out/audited-slices.txt 2>/dev/null; then  # a rerun resumes: scored seeds are not redone
+    .venv/bin/python make_release.py $run/fold-0 --output $try $RELEASE --report $out/$(basename $try).json > $try.log 2>&1
+    PYTHONPATH=. .venv/bin/python results/label-audit/doubtful_notumor.py $base $try --found-at data/all-sources-clean \
+        2>&1 | grep -v "Loading weights" | tee -a $out/audited-slices.txt
+    PYTHONPATH=. .venv/bin/python results/label-audit/held_out_by_source.py data/all-sources-clean 0 $base $try \
+        2>&1 | grep -v "Loading weights" | tee -a $out/held-out-by-source.txt
+  fi
   PYTHONPATH=. .venv/bin/python - $out/audited-slices.txt $base $try <<'PY' || { echo "no more audited Br35H tumors found: the A/B ends"; break; }
 import re, sys
 scores, baseline, tried = sys.argv[1:]

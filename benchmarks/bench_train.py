@@ -241,9 +241,10 @@ def main():
     baseline = results.get("resnet34", next(iter(results.values())))["images_per_s"]
     print(f"{'model':<14} {'params':>12} {'warm-up s':>10} {'train img/s':>12} {'x R34':>6}")
     for variant, result in results.items():
+        rate = result["images_per_s"]
         print(
-            f"{variant:<14} {result['params']:>12,} {result['warmup_s']:>10.1f} {result['images_per_s']:>12,.0f} "
-            f"{result['images_per_s'] / baseline:>6.3f}"
+            f"{variant:<14} {result['params']:>12,} {result['warmup_s']:>10.1f} {images_per_s(rate):>12} "
+            f"{rate / baseline:>6.3f}"
         )
     for variant, result in results.items():
         if "profile" in result:
@@ -255,6 +256,11 @@ def main():
             plain = measure(variant, args, accelerator, False, torch.contiguous_format)["images_per_s"]
             fast = results[variant]["images_per_s"]
             print(f"{variant:<14} {plain:>14,.1f} {fast:>15,.1f} {fast / plain:>8.2f}x")
+
+
+def images_per_s(rate: float) -> str:
+    """Whole images a second, with one decimal below 10 so that a slow run (a busy CPU, a tiny batch) shows no 0."""
+    return f"{rate:,.0f}" if rate >= 10 else f"{rate:.1f}"
 
 
 def print_together(results: dict, processes: int) -> None:

@@ -15,6 +15,6 @@ def test_bench_train_times_both_models_with_train_step():
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     for model in ("improved", "resnet34"):
-        row = re.search(rf"^{model}\s+[\d,]+\s+[\d.]+\s+([\d,]+)\s+([\d.]+)$", done.stdout, re.MULTILINE)
+        row = re.search(rf"^{model}\s+[\d,]+\s+[\d.]+\s+([\d,.]+)\s+([\d.]+)$", done.stdout, re.MULTILINE)
         assert row, done.stdout
-        assert int(row.group(1).replace(",", "")) > 0
+        assert float(row.group(1).replace(",", "")) > 0

@@ -8,15 +8,7 @@
 name=$1; shift
 out=results/cpu-$name-ab
 COMMON="--dataset data/all-sources --sources figshare,br35h --protocol grouped --folds 0 --epochs 20 --image-size 96 --batch-size 64 --lr 1e-3 --paste-prob 0.3 --mirror-prob 0.5 --workers 1"
-check=runs/check-$name-96
-rm -rf $check
-.venv/bin/python train.py $COMMON --output-dir $check > $check.log 2>&1 &
-pid=$!
-while [ ! -s $check/log.jsonl ] && kill -0 $pid 2>/dev/null; do sleep 5; done
-kill $pid; wait $pid
-grep -q '"train_loss": 1.3181263438442297,' $check/log.jsonl || { echo "baseline does not replay"; exit 1; }
-cp $check/log.jsonl $out/check-$name-96-log.jsonl
-echo "baseline replays"
+bash results/replay-check.sh runs/check-$name-96 1.3181263438442297 $out/check-$name-96-log.jsonl $COMMON || exit 1
 for seed in 42 1; do
   suffix=$([ $seed = 42 ] && echo "" || echo "-seed$seed")
   label=$([ -z "$suffix" ] && echo seed42 || echo "${suffix#-}")

@@ -9,15 +9,8 @@
 name=$1 try_name=$2; shift 2
 out=results/cpu-$name-ab
 COMMON="--dataset data/all-sources --sources figshare,br35h,sartaj/notumor --protocol grouped --folds 0 --epochs 20 --image-size 96 --batch-size 64 --lr 1e-3 --workers 1"
-check=runs/check-$name-96
-rm -rf $check
-.venv/bin/python train.py $COMMON --paste-prob 0.3 --output-dir $check > $check.log 2>&1 &
-pid=$!
-while [ ! -s $check/log.jsonl ] && kill -0 $pid 2>/dev/null; do sleep 5; done
-kill $pid; wait $pid
-grep -q '"train_loss": 1.2773851855047818,' $check/log.jsonl || { echo "baseline does not replay"; exit 1; }
-cp $check/log.jsonl $out/check-$name-96-log.jsonl
-echo "baseline replays"
+bash results/replay-check.sh runs/check-$name-96 1.2773851855047818 $out/check-$name-96-log.jsonl $COMMON \
+    --paste-prob 0.3 || exit 1
 for seed in 42 1; do
   suffix=$([ $seed = 42 ] && echo "" || echo "-seed$seed")
   base=runs/healthy-only-paste-96$suffix try=runs/healthy-only-$try_name-96$suffix

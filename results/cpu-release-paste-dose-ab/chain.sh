@@ -9,15 +9,8 @@ set -e
 out=results/cpu-release-paste-dose-ab
 RECIPE="--dataset data/all-sources-clean --protocol grouped --folds 0 --model improved --epochs 60 --image-size 128 --batch-size 128 --lr 2e-3 --workers 1"
 RELEASE="--healthy-false-alarms 0.05 --mirror-average --workers 2"
-check=runs/check-release-128
-rm -rf $check
-.venv/bin/python train.py $RECIPE --paste-prob 0.3 --output-dir $check > $check.log 2>&1 &
-pid=$!
-while [ ! -s $check/log.jsonl ] && kill -0 $pid 2>/dev/null; do sleep 5; done
-kill $pid; wait $pid || true
-grep -q '"train_loss": 1.3143178304036458,' $check/log.jsonl || { echo "baseline does not replay"; exit 1; }
-cp $check/log.jsonl $out/check-release-128-log.jsonl
-echo "baseline replays"
+bash results/replay-check.sh runs/check-release-128 1.3143178304036458 $out/check-release-128-log.jsonl $RECIPE \
+    --paste-prob 0.3
 [ -d runs/release-seed1 ] || .venv/bin/python make_release.py runs/cpu-release-clean-seed1/fold-0 --output runs/release-seed1 \
     $RELEASE --report $out/release-seed1.json > runs/release-seed1.log 2>&1
 for seed in 42 1; do

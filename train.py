@@ -116,158 +116,65 @@ def parse_folds(text: str) -> list:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--dataset", required=True, help="Hub dataset id or local folder from prepare_dataset.py")
-    parser.add_argument("--output-dir", required=True, type=Path, help="folder of the run (see above)")
-    parser.add_argument(
+    data = parser.add_argument_group("data and folds")
+    data.add_argument("--dataset", required=True, help="Hub dataset id or local folder from prepare_dataset.py")
+    data.add_argument("--output-dir", required=True, type=Path, help="folder of the run (see above)")
+    data.add_argument(
         "--folds",
         default="all",
         type=parse_folds,
         help="all, fold numbers such as 0,1, full (one model on all the data, nothing held out), or a mix: all,full",
     )
-    parser.add_argument(
+    data.add_argument(
         "--protocol",
         default="grouped",
         choices=FOLD_COLUMNS,
         help="grouped: folds keep near-duplicate slices together; random: plain stratified folds",
     )
-    parser.add_argument(
-        "--model",
-        default="improved",
-        type=model_spec,
-        help=f"{', '.join(VARIANTS)} (resnet34 is the baseline, no-* the ablations) or a CONFIG.json",
-    )
-    parser.add_argument(
-        "--init-from",
-        metavar="MODEL",
-        help="start every fold from this trained model's weights (a folder such as release/, or a Hub id) instead "
-        "of random ones: fine-tuning. Its network must be --model's and its classes the dataset's",
-    )
-    parser.add_argument(
+    data.add_argument(
         "--sources",
         type=lambda text: sorted(set(text.split(","))),
         help="train and evaluate on the rows of these sources only (the dataset's `source` column), such as "
         "figshare,br35h for brain-tumor-mri-4k within a multi-source dataset, or of one class of a source: "
         "figshare,br35h,sartaj/notumor adds sartaj's healthy slices only (default: every row)",
     )
-    # The defaults are the recipe of the GPU runs and the release (60 epochs at 128 px, batch 128, peak lr 2e-3)
-    parser.add_argument("--epochs", type=number(int, 1), default=60, help="epochs per fold")
-    parser.add_argument("--batch-size", type=number(int, 1), default=128, help="global batch, split over processes")
-    parser.add_argument("--image-size", type=number(int, 32), default=128, help="model input side in pixels")
-    parser.add_argument("--lr", type=number(float, 0, low_inclusive=False), default=2e-3, help="peak AdamW lr")
-    parser.add_argument("--weight-decay", type=number(float, 0), default=0.05, help="AdamW decay of the weights")
-    parser.add_argument("--warmup", type=number(float, 0, 1), default=0.05, help="fraction of steps warming up")
-    parser.add_argument("--label-smoothing", type=number(float, 0, 1), default=0.1, help="of the training loss")
-    parser.add_argument(
-        "--geometry-only",
-        action="store_true",
-        help="augment with zoom, rotation, shift and flips only, without the intensity, blur, resolution and noise "
-        "jitter: slices keep their source's look. Tried on the paper's protocol, where test slices share the "
-        "training slices' scanners: no gain there, and half as many of another source's tumors found "
-        "(results/cpu-geometry-ab)",
+    data.add_argument(
+        "--untyped-tumors",
+        metavar="LIST",
+        help="a list of the dataset's files (its `file` column, one per line, `#` comments: the format of "
+        "prepare_dataset.py --exclude, such as results/label-audit/doubtful-notumor.txt) that show a tumor of no "
+        "known class, whatever their label: they train as a tumor, loss -log P(any tumor class), and no 4-class "
+        "score counts them",
     )
-    parser.add_argument(
-        "--jitter-scale",
-        type=number(float, 0, 4, low_inclusive=False),
-        help="widen (> 1) or narrow the intensity, blur, resolution and noise jitter: its ranges and probabilities "
-        "times this (default: 1, the recipe's; 2 was tried against the source shortcut and rejected: "
-        "results/cpu-jitter-ab)",
+    data.add_argument(
+        "--exclude",
+        metavar="LIST",
+        help="a list of the dataset's files in the same format, left out of training and of every score as if the "
+        "dataset had not had them; the other slices keep their folds (a per-run prepare_dataset.py --exclude)",
     )
-    parser.add_argument(
-        "--mix-styles",
-        metavar="PROB",
-        type=number(float, 0, 1),
-        default=0.0,
-        help="share of the training slices whose feature maps, after the first two residual stages, take a random "
-        "mixture of their own channel statistics and another slice's (MixStyle; brain_resnet/style_mixing.py), so "
-        "that a source's look stops telling the class (0: off; 0.5 was tried against the source shortcut and "
-        "rejected: results/cpu-mixstyle-ab)",
+    recipe = parser.add_argument_group(
+        "model and recipe", "the defaults are the recipe of the GPU runs and the release"
     )
-    parser.add_argument(
-        "--remap-prob",
-        type=number(float, 0, 1),
-        default=0.0,
-        help="share of training views whose intensities go through a random non-monotonic curve, so that the "
-        "MRI sequence (which gives away the source in the 4k data) stops being a cue",
+    recipe.add_argument(
+        "--model",
+        default="improved",
+        type=model_spec,
+        help=f"{', '.join(VARIANTS)} (resnet34 is the baseline, no-* the ablations) or a CONFIG.json",
     )
-    parser.add_argument(
-        "--invert-prob",
-        type=number(float, 0, 1),
-        default=0.0,
-        help="share of training views whose head intensities are inverted, background kept black: one fixed "
-        "reversal of tissue contrast, roughly T1 <-> T2, for the same purpose",
-    )
-    parser.add_argument(
-        "--gin-prob",
-        type=number(float, 0, 1),
-        default=0.0,
-        help="share of training views whose head goes through a random shallow convolutional network mixed with "
-        "itself (GIN, Ouyang et al. 2022; brain_resnet/augment.py random_network_contrast): a new, locally varying "
-        "tissue contrast, as between MRI sequences, for the same purpose (0.5 was tried against the source "
-        "shortcut and rejected twice: results/cpu-gin-ab, results/cpu-gin-healthy-only-ab)",
-    )
-    parser.add_argument(
-        "--mirror-prob",
-        type=number(float, 0, 1),
-        default=0.0,
-        help="share of the axial and coronal glioma and meningioma slices that train as one half of the brain and "
-        "its mirror image: the tumour's half (label kept) or the healthy half (labelled notumor), each as likely. "
-        "The healthy mirror images are healthy brains in the tumour source's sequence and planes, which the 4k "
-        "data lacks",
-    )
-    parser.add_argument(
-        "--paste-prob",
-        type=number(float, 0, 1),
-        default=0.0,
-        help="share of the healthy slices that train with the lesion of a glioma or meningioma slice of the batch "
-        "added at the same place, labelled as that tumour, so that a healthy slice's source stops meaning healthy",
-    )
-    parser.add_argument(
-        "--dark-lesion-prob",
-        type=number(float, 0, 1),
-        default=0.0,
-        help="share of the pasted lesions (--paste-prob) subtracted instead of added: a dark mass, as tumours that "
-        "are hypointense on their sequence look, where every lesion the 4k data lends is bright",
-    )
-    parser.add_argument(
-        "--heal-prob",
-        type=number(float, 0, 1),
-        default=0.0,
-        help="share of the training slices that have a region filled from its surroundings: for half of the tumour "
-        "slices among them too asymmetric to mirror (sagittal, mostly), their lesion as --heal-from's model sees it, "
-        "relabelled notumor (a healthy brain in the tumour source's plane and sequence, which the 4k data lacks); "
-        "for the others, another slice's lesion region, label kept, so that a filled patch tells nothing",
-    )
-    parser.add_argument(
-        "--heal-from",
+    recipe.add_argument(
+        "--init-from",
         metavar="MODEL",
-        help="the trained model (a fold-K/ folder) whose Grad-CAM marks the lesions for --heal-prob; it must not "
-        "have seen the folds this run holds out",
+        help="start every fold from this trained model's weights (a folder such as release/, or a Hub id) instead "
+        "of random ones: fine-tuning. Its network must be --model's and its classes the dataset's",
     )
-    parser.add_argument(
-        "--balance-sources",
-        action="store_true",
-        help="draw each epoch's training slices with every source equally likely (with replacement), so that a "
-        "small source weighs as much as a large one",
-    )
-    parser.add_argument(
-        "--match-sources",
-        metavar="WEIGHT",
-        type=number(float, 0),
-        default=0.0,
-        help="weight of a penalty on how far apart the sources' mean pooled features lie within each class of a "
-        "batch, so that a source seen with one class only stops meaning that class (brain_resnet/alignment.py). "
-        "Needs a `source` column (0: off)",
-    )
-    parser.add_argument(
-        "--group-dro",
-        metavar="STEP",
-        type=number(float, 0),
-        default=0.0,
-        help="train with online group DRO over the (class, source) cells, the adversary's step size STEP (0.01 in "
-        "the paper; brain_resnet/group_dro.py): the loss weighs most the cell the model does worst on, however "
-        "few its slices. Needs a `source` column (0: off)",
-    )
-    parser.add_argument(
+    recipe.add_argument("--epochs", type=number(int, 1), default=60, help="epochs per fold")
+    recipe.add_argument("--batch-size", type=number(int, 1), default=128, help="global batch, split over processes")
+    recipe.add_argument("--image-size", type=number(int, 32), default=128, help="model input side in pixels")
+    recipe.add_argument("--lr", type=number(float, 0, low_inclusive=False), default=2e-3, help="peak AdamW lr")
+    recipe.add_argument("--weight-decay", type=number(float, 0), default=0.05, help="AdamW decay of the weights")
+    recipe.add_argument("--warmup", type=number(float, 0, 1), default=0.05, help="fraction of steps warming up")
+    recipe.add_argument("--label-smoothing", type=number(float, 0, 1), default=0.1, help="of the training loss")
+    recipe.add_argument(
         "--ema-decay",
         metavar="DECAY",
         type=number(float, 0, 1),
@@ -276,51 +183,141 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "with this decay (0.995: about the last 200 steps), and evaluate and save it instead of the last weights; "
         "the log's eval_accuracy_raw is the last weights' (0: off)",
     )
-    parser.add_argument(
-        "--untyped-tumors",
-        metavar="LIST",
-        help="a list of the dataset's files (its `file` column, one per line, `#` comments: the format of "
-        "prepare_dataset.py --exclude, such as results/label-audit/doubtful-notumor.txt) that show a tumor of no "
-        "known class, whatever their label: they train as a tumor, loss -log P(any tumor class), and no 4-class "
-        "score counts them",
+    recipe.add_argument("--seed", type=number(int, 0), default=42, help="of weights, batches and augmentation")
+    shortcut = parser.add_argument_group(
+        "against the source shortcut",
+        "ways to stop a slice's source telling its class, each off by default (the release recipe pastes\n"
+        "lesions: make cpu-release); results/README.md records how each fared",
     )
-    parser.add_argument(
-        "--exclude",
-        metavar="LIST",
-        help="a list of the dataset's files in the same format, left out of training and of every score as if the "
-        "dataset had not had them; the other slices keep their folds (a per-run prepare_dataset.py --exclude)",
+
+    def add_share(flag: str, text: str) -> None:
+        shortcut.add_argument(flag, metavar="SHARE", type=number(float, 0, 1), default=0.0, help=text)
+
+    add_share(
+        "--paste-prob",
+        "share of the healthy slices that train with the lesion of a glioma or meningioma slice of the batch "
+        "added at the same place, labelled as that tumour, so that a healthy slice's source stops meaning healthy",
     )
-    parser.add_argument("--seed", type=number(int, 0), default=42, help="of weights, batches and augmentation")
-    parser.add_argument(
+    add_share(
+        "--dark-lesion-prob",
+        "share of the pasted lesions (--paste-prob) subtracted instead of added: a dark mass, as tumours that "
+        "are hypointense on their sequence look, where every lesion the 4k data lends is bright",
+    )
+    add_share(
+        "--mirror-prob",
+        "share of the axial and coronal glioma and meningioma slices that train as one half of the brain and "
+        "its mirror image: the tumour's half (label kept) or the healthy half (labelled notumor), each as likely. "
+        "The healthy mirror images are healthy brains in the tumour source's sequence and planes, which the 4k "
+        "data lacks",
+    )
+    add_share(
+        "--heal-prob",
+        "share of the training slices that have a region filled from its surroundings: for half of the tumour "
+        "slices among them too asymmetric to mirror (sagittal, mostly), their lesion as --heal-from's model sees it, "
+        "relabelled notumor (a healthy brain in the tumour source's plane and sequence, which the 4k data lacks); "
+        "for the others, another slice's lesion region, label kept, so that a filled patch tells nothing",
+    )
+    shortcut.add_argument(
+        "--heal-from",
+        metavar="MODEL",
+        help="the trained model (a fold-K/ folder) whose Grad-CAM marks the lesions for --heal-prob; it must not "
+        "have seen the folds this run holds out",
+    )
+    shortcut.add_argument(
+        "--geometry-only",
+        action="store_true",
+        help="augment with zoom, rotation, shift and flips only, without the intensity, blur, resolution and noise "
+        "jitter: slices keep their source's look. Tried on the paper's protocol, where test slices share the "
+        "training slices' scanners: no gain there, and half as many of another source's tumors found "
+        "(results/cpu-geometry-ab)",
+    )
+    shortcut.add_argument(
+        "--jitter-scale",
+        type=number(float, 0, 4, low_inclusive=False),
+        help="widen (> 1) or narrow the intensity, blur, resolution and noise jitter: its ranges and probabilities "
+        "times this (default: 1, the recipe's; 2 was tried against the source shortcut and rejected: "
+        "results/cpu-jitter-ab)",
+    )
+    add_share(
+        "--remap-prob",
+        "share of training views whose intensities go through a random non-monotonic curve, so that the "
+        "MRI sequence (which gives away the source in the 4k data) stops being a cue",
+    )
+    add_share(
+        "--invert-prob",
+        "share of training views whose head intensities are inverted, background kept black: one fixed "
+        "reversal of tissue contrast, roughly T1 <-> T2, for the same purpose",
+    )
+    add_share(
+        "--gin-prob",
+        "share of training views whose head goes through a random shallow convolutional network mixed with "
+        "itself (GIN, Ouyang et al. 2022; brain_resnet/augment.py random_network_contrast): a new, locally varying "
+        "tissue contrast, as between MRI sequences, for the same purpose (0.5 was tried against the source "
+        "shortcut and rejected twice: results/cpu-gin-ab, results/cpu-gin-healthy-only-ab)",
+    )
+    add_share(
+        "--mix-styles",
+        "share of the training slices whose feature maps, after the first two residual stages, take a random "
+        "mixture of their own channel statistics and another slice's (MixStyle; brain_resnet/style_mixing.py), so "
+        "that a source's look stops telling the class (0: off; 0.5 was tried against the source shortcut and "
+        "rejected: results/cpu-mixstyle-ab)",
+    )
+    shortcut.add_argument(
+        "--balance-sources",
+        action="store_true",
+        help="draw each epoch's training slices with every source equally likely (with replacement), so that a "
+        "small source weighs as much as a large one",
+    )
+    shortcut.add_argument(
+        "--match-sources",
+        metavar="WEIGHT",
+        type=number(float, 0),
+        default=0.0,
+        help="weight of a penalty on how far apart the sources' mean pooled features lie within each class of a "
+        "batch, so that a source seen with one class only stops meaning that class (brain_resnet/alignment.py). "
+        "Needs a `source` column (0: off)",
+    )
+    shortcut.add_argument(
+        "--group-dro",
+        metavar="STEP",
+        type=number(float, 0),
+        default=0.0,
+        help="train with online group DRO over the (class, source) cells, the adversary's step size STEP (0.01 in "
+        "the paper; brain_resnet/group_dro.py): the loss weighs most the cell the model does worst on, however "
+        "few its slices. Needs a `source` column (0: off)",
+    )
+    machine = parser.add_argument_group("machine and run")
+    machine.add_argument(
         "--mixed-precision",
         choices=("auto", "bf16", "no"),
         default="auto",
         help="auto: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else float32",
     )
-    parser.add_argument(
+    machine.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the training step (default: on CUDA)"
     )
-    parser.add_argument(
+    machine.add_argument(
         "--compile-mode",
         choices=("reduce-overhead", "default", "max-autotune", "max-autotune-no-cudagraphs"),
         help="torch.compile's mode (default: reduce-overhead on one process, default under several). "
         "reduce-overhead replays each step as CUDA graphs: one eager process launches kernels too slowly to keep a "
         "GPU busy, and benchmarks/bench_train.py measured 2.6x its images/s on an H200",
     )
-    parser.add_argument(
+    machine.add_argument(
+        "--workers", type=number(int, 1), help="image-decoding threads (default: the cores per process)"
+    )
+    machine.add_argument(
         "--save-every",
         type=number(int, 1),
         help="epochs between resumable checkpoints (default: 1 on the CPU, 10 on CUDA, where an epoch takes less "
         "time than a checkpoint); SIGINT and SIGTERM always checkpoint",
     )
-    parser.add_argument(
-        "--workers", type=number(int, 1), help="image-decoding threads (default: the cores per process)"
-    )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
-    parser.add_argument(
+    machine.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    hub = parser.add_argument_group("Hub")
+    hub.add_argument(
         "--push-to-hub", metavar="REPO_ID", type=hub_repo_id, help="upload full/ (else the first fold) with its card"
     )
-    parser.add_argument(
+    hub.add_argument(
         "--hub-model-id",
         metavar="REPO_ID",
         type=hub_repo_id,

@@ -8,24 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import METRICS
-from .runs import FULL, epoch_records, fold_name, shown_path
+from .runs import FULL, LIST_OPTIONS, SHORTCUT_SETTINGS, epoch_records, fold_name, shown_path
 
 # train.py settings that training_info names when they are on
-SWITCHES = (
-    "geometry_only",
-    "jitter_scale",
-    "mix_styles",
-    "remap_prob",
-    "invert_prob",
-    "gin_prob",
-    "mirror_prob",
-    "paste_prob",
-    "dark_lesion_prob",
-    "heal_prob",
-    "balance_sources",
-    "untyped_tumors",
-    "exclude",
-)
+SWITCHES = (*SHORTCUT_SETTINGS, *LIST_OPTIONS)
 RESULTS_START, RESULTS_END = "<!-- train.py:results:start -->", "<!-- train.py:results:end -->"
 RELEASE_START, RELEASE_END = "<!-- make_release.py:release:start -->", "<!-- make_release.py:release:end -->"
 SUMMARY_START, SUMMARY_END = "<!-- make_release.py:summary:start -->", "<!-- make_release.py:summary:end -->"
@@ -286,7 +272,7 @@ def training_info(args, fold, entry: dict, results: dict) -> dict:
         "batch_size": args.batch_size,
         "lr": args.lr,
         **({"ema_decay": args.ema_decay} if args.ema_decay else {}),
-        # the data and augmentation switches that are on (the rest of the settings: run_args.json)
+        # the data, augmentation and loss switches that are on (the rest of the settings: run_args.json)
         **({"sources": ",".join(args.sources)} if args.sources else {}),
         **{name: getattr(args, name) for name in SWITCHES if getattr(args, name)},
         "seed": args.seed,

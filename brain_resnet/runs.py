@@ -14,20 +14,8 @@ from .folds import read_exclusions
 FULL = "full"  # the fold name of the model trained on all the data
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # one file, or shards and their index
 LIST_OPTIONS = ("untyped_tumors", "exclude")  # settings that name a list of the dataset's files
-# The settings that define what a run computes: --resume continues a run only when they are unchanged.
-RUN_SETTINGS = (
-    "dataset",
-    "protocol",
-    "sources",
-    "model",
-    "init_from",
-    "epochs",
-    "batch_size",
-    "image_size",
-    "lr",
-    "weight_decay",
-    "warmup",
-    "label_smoothing",
+# train.py's ways to stop a slice's source telling its class (its "against the source shortcut" options)
+SHORTCUT_SETTINGS = (
     "geometry_only",
     "jitter_scale",
     "mix_styles",
@@ -42,9 +30,24 @@ RUN_SETTINGS = (
     "balance_sources",
     "match_sources",
     "group_dro",
+)
+# The settings that define what a run computes: --resume continues a run only when they are unchanged.
+RUN_SETTINGS = (
+    "dataset",
+    "protocol",
+    "sources",
+    "model",
+    "init_from",
+    "epochs",
+    "batch_size",
+    "image_size",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "label_smoothing",
+    *SHORTCUT_SETTINGS,
     "ema_decay",
-    "untyped_tumors",
-    "exclude",
+    *LIST_OPTIONS,
     "seed",
     "mixed_precision",
 )

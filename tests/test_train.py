@@ -815,6 +815,8 @@ def test_match_sources_trains_on_the_source_column_and_refuses_a_dataset_of_one_
     assert check_cv_results(out)["args"]["settings"]["match_sources"] == 1.0
     for fold in ("fold-0", "fold-1"):
         check_model_folder(out / fold)
+        # a model's config says how it was trained: the penalty is part of its recipe
+        assert json.loads((out / fold / "config.json").read_text())["training_info"]["match_sources"] == 1.0
 
     one_source = tmp_path / "one-source"
     split = datasets.load_dataset(str(dataset), split="train").remove_columns("source")
@@ -886,6 +888,7 @@ def test_group_dro_run_resumes_with_its_group_weights(common, tmp_path, monkeypa
     # cells are class * 2 + source (br35h 0, figshare 1): glioma, meningioma and pituitary of figshare, Br35H healthy
     assert [weight > 0 for weight in whole[-1]] == [False, True, False, True, True, False, False, True]
     assert read_results(stopped)["args"]["settings"]["group_dro"] == 0.5
+    assert json.loads((stopped / "fold-0" / "config.json").read_text())["training_info"]["group_dro"] == 0.5
 
 
 def test_ema_run_saves_the_weight_average_and_resumes_it(common, tmp_path, monkeypatch):

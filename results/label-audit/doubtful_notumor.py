@@ -5,9 +5,11 @@
 
 For each MODEL folder (a release or a train.py fold folder), the number of listed slices it calls a tumor (any class
 but notumor, the model's own call: a release's calibration and operating point are in its weights) and each
-slice's P(notumor), by section of the list. With --found-at DATASET (data/all-sources-clean), also how many of the
-listed Br35H slices it finds at several shares of grouped fold 0's healthy slices called a tumor, P(notumor) as
-the score: a diagnostic of the operating point, not a way to choose one (the listed slices are a test set).
+slice's P(notumor), by section of the list; for a release (a model with an unfamiliar-image threshold), how many of
+the listed slices it calls notumor its warning flags. With --found-at DATASET (data/all-sources-clean), also how
+many of the listed Br35H slices it finds at several shares of grouped fold 0's healthy slices called a tumor,
+P(notumor) as the score: a diagnostic of the operating point, not a way to choose one (the listed slices are a test
+set).
 """
 
 import argparse
@@ -67,10 +69,14 @@ def main() -> None:
         processor = BrainResNetImageProcessor.from_pretrained(folder)
         notumor = model.config.label2id["notumor"]
         called_tumor, p_notumor, p_br35h = defaultdict(list), defaultdict(list), []
+        missed_flagged = []  # for each listed slice called notumor: does the unfamiliar-image warning fire?
         for name, file in zip(listed, files, strict=True):
             with Image.open(file) as image, torch.no_grad():
-                probs = model(**processor(image, return_tensors="pt")).logits.softmax(-1)[0]
+                outputs = model(**processor(image, return_tensors="pt"))
+            probs = outputs.logits.softmax(-1)[0]
             called_tumor[listed[name]].append(int(probs.argmax()) != notumor)
+            if int(probs.argmax()) == notumor and outputs.unfamiliarity is not None:
+                missed_flagged.append(bool(outputs.unfamiliarity[0] > 1))
             p_notumor[listed[name]].append(float(probs[notumor]))
             if "/br35h-" in name:
                 p_br35h.append(float(probs[notumor]))
@@ -79,6 +85,8 @@ def main() -> None:
         for section, calls in called_tumor.items():
             values = " ".join(f"{p:.2f}" for p in p_notumor[section])
             print(f"  {sum(calls)} of {len(calls)}: {section}\n    P(notumor): {values}")
+        if missed_flagged:
+            print(f"  of the {len(missed_flagged)} called notumor, {sum(missed_flagged)} flagged unfamiliar")
         if args.found_at:
             p_healthy, p_br35h = held_out_p_notumor(model, processor, args.found_at), np.array(p_br35h)
             print(f"  ranked by P(notumor), against the {len(p_healthy)} healthy slices of fold 0 of {args.found_at}:")

@@ -268,8 +268,8 @@ def print_together(results: dict, processes: int) -> None:
     print(f"{'model':<14} {'params':>12} {'per process img/s (min-median-max)':>36} {'together img/s':>15}")
     for variant, result in results.items():
         rates = result["per_process"]
-        spread = f"{min(rates):,.0f}-{statistics.median(rates):,.0f}-{max(rates):,.0f}"
-        print(f"{variant:<14} {result['params']:>12,} {spread:>36} {result['images_per_s']:>15,.0f}")
+        spread = "-".join(images_per_s(rate) for rate in (min(rates), statistics.median(rates), max(rates)))
+        print(f"{variant:<14} {result['params']:>12,} {spread:>36} {images_per_s(result['images_per_s']):>15}")
 
 
 def print_profile(variant: str, profile: dict) -> None:

@@ -122,6 +122,8 @@ CSS = """
 /* the map at the panel's width, not at its own 128 or 224 px */
 #grad-cam .image-frame { width: 100%; }
 #grad-cam img { width: 100%; height: auto; object-fit: contain; }
+/* Gradio reserves 450 px for a gallery of height "auto"; these hold one row of maps and need only its height */
+#stage-maps .grid-wrap, #stem-maps .grid-wrap { min-height: 0; }
 """
 
 # gr.File has no paste of its own: hand a pasted file to its file input as if it had been dropped there (after
@@ -578,12 +580,19 @@ def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
                 cam_image = gr.Image(label="Grad-CAM", format="png", interactive=False, elem_id="grad-cam")
                 cam_class = gr.Radio([PREDICTED, *labels], value=PREDICTED, label="Grad-CAM for class")
         stage_maps = gr.Gallery(
-            label="Attention-weighted activation per stage", format="png", columns=4, rows=1, height="auto"
+            label="Attention-weighted activation per stage",
+            format="png",
+            columns=4,
+            rows=1,
+            height="auto",
+            elem_id="stage-maps",
         )
         with gr.Row():
             # The plot carries its own title: a floating label would hide its first panel.
             se_plot = gr.Image(label="SE channel weights per stage", show_label=False, format="png", interactive=False)
-            stem_maps = gr.Gallery(label="Multi-scale stem branch responses", format="png", columns=3, height="auto")
+            stem_maps = gr.Gallery(
+                label="Multi-scale stem branch responses", format="png", columns=3, height="auto", elem_id="stem-maps"
+            )
         gr.Markdown(HOW_TO_READ)
         grad_cams_state = gr.State()
 

@@ -71,6 +71,18 @@ def expect_four_probabilities(page: Page) -> None:
         expect(page.get_by_test_id(f"{label}-confidence-set")).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
 
 
+def gallery_spare_height(page: Page, gallery: str) -> float:
+    """Pixels of a gallery's map area below its thumbnails' single row."""
+    return page.evaluate(
+        """(gallery) => {
+            const area = document.querySelector(`${gallery} .grid-wrap`).getBoundingClientRect();
+            const row = document.querySelector(`${gallery} .thumbnail-item`).getBoundingClientRect();
+            return area.bottom - row.bottom;
+        }""",
+        gallery,
+    )
+
+
 def test_uploaded_example_shows_label_and_grad_cam(page, tmp_path):
     expect(page.locator("#model-status")).to_contain_text("UNTRAINED MODEL")
     expect(page.get_by_text("not a medical device")).to_be_visible()
@@ -84,6 +96,8 @@ def test_uploaded_example_shows_label_and_grad_cam(page, tmp_path):
     glioma_cam = wait_for_rendered_cam(page, previous_src=predicted_cam)  # another class's map replaces it
     page.screenshot(path=tmp_path / "space.png", full_page=True)
     assert (tmp_path / "space.png").stat().st_size > 50_000
+    for gallery in ("#stage-maps", "#stem-maps"):  # one row of maps, no blank band under it
+        assert gallery_spare_height(page, gallery) < 40, gallery
 
     # A new slice shows its predicted class's map again, and the class control says so.
     page.locator('#slice-upload button[aria-label="Clear"]').click()

@@ -124,6 +124,8 @@ CSS = """
 #grad-cam img { width: 100%; height: auto; object-fit: contain; }
 /* Gradio reserves 450 px for a gallery of height "auto"; these hold one row of maps and need only its height */
 #stage-maps .grid-wrap, #stem-maps .grid-wrap { min-height: 0; }
+/* on a phone, two stage maps a row rather than four cut off at the screen's edge */
+@media (max-width: 640px) { #stage-maps .grid-container { --grid-cols: 2 !important; } }
 """
 
 # gr.File has no paste of its own: hand a pasted file to its file input as if it had been dropped there (after
@@ -589,9 +591,22 @@ def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
         )
         with gr.Row():
             # The plot carries its own title: a floating label would hide its first panel.
-            se_plot = gr.Image(label="SE channel weights per stage", show_label=False, format="png", interactive=False)
+            # Each at least 320 px wide: on a phone the row wraps, the plot above the maps.
+            se_plot = gr.Image(
+                label="SE channel weights per stage",
+                show_label=False,
+                format="png",
+                interactive=False,
+                min_width=320,
+                elem_id="se-weights",
+            )
             stem_maps = gr.Gallery(
-                label="Multi-scale stem branch responses", format="png", columns=3, height="auto", elem_id="stem-maps"
+                label="Multi-scale stem branch responses",
+                format="png",
+                columns=3,
+                height="auto",
+                min_width=320,
+                elem_id="stem-maps",
             )
         gr.Markdown(HOW_TO_READ)
         grad_cams_state = gr.State()

@@ -106,6 +106,34 @@ def test_uploaded_example_shows_label_and_grad_cam(page, tmp_path):
     expect(page.get_by_role("radio", name="predicted class")).to_be_checked()
 
 
+def test_a_phone_sees_every_map(browser, space_url):
+    """On a phone-wide screen no map is cut off at the edge, and the SE plot sits above the stem maps."""
+    phone = browser.new_page(viewport={"width": 420, "height": 900})
+    phone.goto(space_url)
+    phone.wait_for_selector(UPLOAD_INPUT, state="attached")
+    phone.set_input_files(UPLOAD_INPUT, str(EXAMPLES[0]))
+    wait_for_rendered_cam(phone)
+    layout = phone.evaluate(
+        """() => {
+            const box = (element) => element.getBoundingClientRect();
+            const right = (gallery) => box(document.querySelector(`${gallery} .grid-wrap`)).right;
+            const thumbnails = (gallery) =>
+                [...document.querySelectorAll(`${gallery} .thumbnail-item`)].map((item) => box(item).right);
+            return {
+                stage: { edge: right("#stage-maps"), thumbnails: thumbnails("#stage-maps") },
+                stem: { edge: right("#stem-maps"), thumbnails: thumbnails("#stem-maps") },
+                seBottom: box(document.querySelector("#se-weights")).bottom,
+                stemTop: box(document.querySelector("#stem-maps")).top,
+            };
+        }"""
+    )
+    phone.close()
+    for gallery in ("stage", "stem"):
+        assert layout[gallery]["thumbnails"], gallery
+        assert max(layout[gallery]["thumbnails"]) <= layout[gallery]["edge"] + 1, layout[gallery]
+    assert layout["seBottom"] <= layout["stemTop"], layout
+
+
 def test_pasted_image_and_example_click_are_analysed(page):
     image = base64.b64encode(EXAMPLES[1].read_bytes()).decode()
     page.evaluate(

@@ -215,6 +215,7 @@ def common_processor(runs: list[Run]) -> BrainResNetImageProcessor:
         "do_crop_foreground",
         "foreground_threshold",
         "crop_margin",
+        "foreground_min_piece_share",
     )
     processors = [fold.processor for run in runs for fold in run.folds]
     for processor in processors[1:]:

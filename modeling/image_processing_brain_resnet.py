@@ -60,9 +60,48 @@ def _flatten_images(images) -> list:
     raise TypeError(f"unsupported image type {type(images).__name__}: give PIL images, numpy arrays or tensors")
 
 
-def _foreground_box(image: torch.Tensor, threshold: float, margin: float) -> tuple[int, int, int, int]:
-    """Bounding box (top, bottom, left, right) of the rows/columns that hold foreground, with a relative margin."""
+# The brain crop sees the foreground on a grid of at most this many cells a side, where cells two apart still join
+# one piece: burned-in text, scale bars and markers stay pieces of their own, apart from the head.
+_PIECES_GRID = 64
+_PIECES_JOIN = 5  # cells: a 5x5 neighbourhood
+
+
+def _labelled_pieces(mask: torch.Tensor) -> torch.Tensor:
+    """Each True cell of a (h, w) mask labelled by the smallest flat index of its 8-connected piece (inf elsewhere):
+    the labels spread by repeated 3x3 min-pooling until nothing changes."""
+    height, width = mask.shape
+    inside = mask.view(1, 1, height, width)
+    outside = torch.tensor(float("inf"))
+    labels = torch.where(inside, torch.arange(height * width, dtype=torch.float32).view_as(inside), outside)
+    while True:
+        spread = torch.where(inside, -F.max_pool2d(-labels, 3, 1, 1), outside)
+        if torch.equal(spread, labels):
+            return labels[0, 0]
+        labels = spread
+
+
+def _main_pieces(mask: torch.Tensor, min_share: float) -> torch.Tensor:
+    """The (H, W) mask without its pieces smaller than `min_share` of the largest one."""
+    height, width = mask.shape
+    cell = -(-max(height, width) // _PIECES_GRID)
+    cells = F.max_pool2d(mask[None, None].float(), cell, cell, ceil_mode=True)[0, 0] > 0
+    joined = F.max_pool2d(cells[None, None].float(), _PIECES_JOIN, 1, _PIECES_JOIN // 2)[0, 0] > 0
+    labels = torch.where(cells, _labelled_pieces(joined), torch.tensor(float("inf")))
+    pieces, sizes = torch.unique(labels[cells], return_counts=True)
+    if len(pieces) < 2:
+        return mask
+    kept = torch.isin(labels, pieces[sizes >= min_share * sizes.max()])
+    return mask & kept.repeat_interleave(cell, 0).repeat_interleave(cell, 1)[:height, :width]
+
+
+def _foreground_box(
+    image: torch.Tensor, threshold: float, margin: float, min_piece_share: float = 0.0
+) -> tuple[int, int, int, int]:
+    """Bounding box (top, bottom, left, right) of the rows/columns that hold foreground, with a relative margin;
+    with `min_piece_share`, of the foreground's pieces at least that share of the largest one's size."""
     mask = image > threshold
+    if min_piece_share > 0:
+        mask = _main_pieces(mask, min_piece_share)
     height, width = image.shape
     # A row/column counts only if 1% of it is foreground, so burned-in text and stray specks do not widen the box.
     rows = torch.nonzero(mask.sum(dim=1) > 0.01 * width).flatten()
@@ -99,6 +138,11 @@ class BrainResNetImageProcessor(BaseImageProcessor):
     4. **Resize** to `size` x `size` (bilinear, antialiased).
     5. **Normalise** (`do_normalize`): `(x - image_mean) / image_std`, and repeat to `num_channels`.
 
+    Pieces of foreground smaller than `foreground_min_piece_share` of the largest (burned-in text, scale bars,
+    orientation markers: a viewer's screenshot has them in its corners) count neither for the intensity scale nor
+    for the crop, so that they neither darken the slice nor shrink the brain in the frame; 0 counts every piece, as
+    releases before 2026-11-28 did.
+
     Steps 1-4 give values in [0, 1]; the trainer caches those and calls
     [`~BrainResNetImageProcessor.normalize_pixel_values`] itself after augmenting.
     """
@@ -114,6 +158,7 @@ class BrainResNetImageProcessor(BaseImageProcessor):
         do_crop_foreground: bool = True,
         foreground_threshold: float = 0.1,
         crop_margin: float = 0.04,
+        foreground_min_piece_share: float = 0.1,
         do_normalize: bool = True,
         image_mean: float = 0.5,
         image_std: float = 0.5,
@@ -127,6 +172,7 @@ class BrainResNetImageProcessor(BaseImageProcessor):
         self.do_crop_foreground = do_crop_foreground
         self.foreground_threshold = foreground_threshold
         self.crop_margin = crop_margin
+        self.foreground_min_piece_share = foreground_min_piece_share
         self.do_normalize = do_normalize
         self.image_mean = image_mean
         self.image_std = image_std
@@ -146,7 +192,10 @@ class BrainResNetImageProcessor(BaseImageProcessor):
         if peak <= 0:
             return image
         image = image / peak
-        foreground = image[image > self.foreground_threshold]
+        foreground_mask = image > self.foreground_threshold
+        if self.foreground_min_piece_share > 0:  # burned-in text at full white would set the scale
+            foreground_mask = _main_pieces(foreground_mask, self.foreground_min_piece_share)
+        foreground = image[foreground_mask]
         if foreground.numel() == 0:
             return image
         if foreground.numel() > 1_000_000:  # torch.quantile has an input size limit; a subsample is as good
@@ -156,7 +205,9 @@ class BrainResNetImageProcessor(BaseImageProcessor):
 
     def crop_foreground(self, image: torch.Tensor) -> torch.Tensor:
         """Cut (H, W) in [0, 1] to the brain's bounding box and pad it to a square."""
-        top, bottom, left, right = _foreground_box(image, self.foreground_threshold, self.crop_margin)
+        top, bottom, left, right = _foreground_box(
+            image, self.foreground_threshold, self.crop_margin, self.foreground_min_piece_share
+        )
         return _pad_to_square(image[top:bottom, left:right])
 
     def resize_square(self, image: torch.Tensor, size: int) -> torch.Tensor:

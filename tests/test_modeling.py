@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from brain_resnet.modeling import (
     BrainResNetConfig,
@@ -193,6 +193,29 @@ def test_processor_crops_to_the_brain_whatever_the_framing(slice_image):
     canvas.paste(slice_image.resize((200, 200)), (600, 150))
     # The residue is the blur of the 256 -> 200 -> 224 px resampling; without the crop the difference is ~0.4.
     assert (processor(canvas).pixel_values - reference).abs().mean() < 0.1
+
+
+def on_screen(slice_image: Image.Image, burned_in: bool) -> Image.Image:
+    """The slice on a black screen; `burned_in`: with a viewer's text in two corners, a side letter and a scale bar."""
+    screen = Image.new("L", (slice_image.width + 120, slice_image.height + 120))
+    screen.paste(slice_image, (60, 60))
+    if burned_in:
+        draw = ImageDraw.Draw(screen)
+        draw.text((5, 5), "PATIENT 12345  SE:3 IM:17", fill=255)
+        draw.text((5, screen.height - 15), "TR 500 TE 15  W:1200 L:600", fill=255)
+        draw.text((screen.width - 30, 5), "R", fill=255)
+        draw.line([(screen.width - 20, 30), (screen.width - 20, 130)], fill=255, width=2)
+    return screen
+
+
+def test_processor_leaves_out_burned_in_text(slice_image):
+    """A viewer's screenshot is read as the slice alone: its text and markers neither darken the slice nor shrink
+    the brain in the frame. With foreground_min_piece_share 0 (releases before 2026-11-28) they do both."""
+    plain = BrainResNetImageProcessor()(on_screen(slice_image, burned_in=False)).pixel_values
+    screenshot = on_screen(slice_image, burned_in=True)
+    torch.testing.assert_close(BrainResNetImageProcessor()(screenshot).pixel_values, plain, atol=1e-3, rtol=0)
+    every_piece = BrainResNetImageProcessor(foreground_min_piece_share=0.0)(screenshot).pixel_values
+    assert (every_piece - plain).abs().mean() > 0.2
 
 
 def test_processor_values_in_unit_range_without_normalisation(slice_image):

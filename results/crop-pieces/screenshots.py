@@ -35,7 +35,7 @@ for folder in sys.argv[1:]:
     processor = BrainResNetImageProcessor.from_pretrained(folder)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     kept = 0
-    print(f"{folder} (crop_min_piece_share {processor.crop_min_piece_share}):")
+    print(f"{folder} (foreground_min_piece_share {processor.foreground_min_piece_share}):")
     for path in EXAMPLES:
         truth = "notumor" if path.name.startswith("br35h-no") else None
         calls = []

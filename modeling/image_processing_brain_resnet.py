@@ -106,7 +106,7 @@ def _foreground_box(
     if min_piece_share > 0:
         mask = _main_pieces(mask, min_piece_share)
     height, width = image.shape
-    # A row/column counts only if 1% of it is foreground, so burned-in text and stray specks do not widen the box.
+    # A row/column counts only if 1% of it is foreground, so stray specks do not widen the box (text: the pieces).
     rows = torch.nonzero(mask.sum(dim=1) > 0.01 * width).flatten()
     cols = torch.nonzero(mask.sum(dim=0) > 0.01 * height).flatten()
     if len(rows) == 0 or len(cols) == 0:

@@ -44,11 +44,17 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, space_url) -> Iterator[Page]:
-    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+def open_space(browser, space_url: str, width: int, height: int) -> Page:
+    """A new page of the Space at this viewport, its upload control ready."""
+    page = browser.new_page(viewport={"width": width, "height": height})
     page.goto(space_url)
     page.wait_for_selector(UPLOAD_INPUT, state="attached")
+    return page
+
+
+@pytest.fixture
+def page(browser, space_url) -> Iterator[Page]:
+    page = open_space(browser, space_url, 1400, 1100)
     yield page
     page.close()
 
@@ -108,9 +114,7 @@ def test_uploaded_example_shows_label_and_grad_cam(page, tmp_path):
 
 def test_a_phone_sees_every_map(browser, space_url):
     """On a phone-wide screen no map is cut off at the edge, and the SE plot sits above the stem maps."""
-    phone = browser.new_page(viewport={"width": 420, "height": 900})
-    phone.goto(space_url)
-    phone.wait_for_selector(UPLOAD_INPUT, state="attached")
+    phone = open_space(browser, space_url, 420, 900)
     phone.set_input_files(UPLOAD_INPUT, str(EXAMPLES[0]))
     wait_for_rendered_cam(phone)
     layout = phone.evaluate(

@@ -13,16 +13,16 @@ from PIL import Image
 from modeling import BrainResNetImageProcessor
 from modeling.image_processing_brain_resnet import _foreground_box
 
-before, now = BrainResNetImageProcessor(foreground_min_piece_share=0.0), BrainResNetImageProcessor()
+processors = {"before": BrainResNetImageProcessor(foreground_min_piece_share=0.0), "now": BrainResNetImageProcessor()}
 files = sorted(file for folder in sys.argv[1:] for file in Path(folder).glob("*/*.jpg"))
 moved, far, rescaled = Counter(), Counter(), Counter()
 for file in files:
     with Image.open(file) as image:
-        gray = before.to_grayscale(image)
-    scaled = {name: processor.scale_intensity(gray) for name, processor in (("before", before), ("now", now))}
+        gray = processors["now"].to_grayscale(image)
+    scaled = {name: processor.scale_intensity(gray) for name, processor in processors.items()}
     boxes = [
-        _foreground_box(scaled[name], processor.foreground_threshold, processor.crop_margin, share)
-        for name, processor, share in (("before", before, 0.0), ("now", now, now.foreground_min_piece_share))
+        _foreground_box(scaled[name], p.foreground_threshold, p.crop_margin, p.foreground_min_piece_share)
+        for name, p in processors.items()
     ]
     cell = f"{file.parents[1].name}/{file.parent.name}"
     moved[cell] += boxes[0] != boxes[1]

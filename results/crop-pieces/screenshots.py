@@ -37,7 +37,6 @@ for folder in sys.argv[1:]:
     kept = 0
     print(f"{folder} (foreground_min_piece_share {processor.foreground_min_piece_share}):")
     for path in EXAMPLES:
-        truth = "notumor" if path.name.startswith("br35h-no") else None
         calls = []
         for image in (Image.open(path), screenshot(path)):
             with torch.no_grad():

@@ -1,9 +1,14 @@
-"""Image processor of the brain-tumor ResNet: any image -> grayscale, brain crop, intensity scaling, resize."""
+"""Image processor of the brain-tumor ResNet: any image -> grayscale, brain crop, intensity scaling, resize; and the
+image-classification pipeline that hands it images as they are stored."""
+
+import os
 
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import is_pil_image, to_numpy_array
+from transformers.pipelines import ImageClassificationPipeline
 
 # PIL modes that hold more than 8 bits per pixel: read as numbers, never through an 8-bit conversion that clips.
 _HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -15,18 +20,23 @@ def _pil_to_tensor(image) -> torch.Tensor:
     if image.mode in _HIGH_BIT_DEPTH_MODES:
         return torch.from_numpy(to_numpy_array(image).astype("float32"))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent pixels are background: composite over black, as MRI background is black.
         rgba = torch.from_numpy(to_numpy_array(image.convert("RGBA")).astype("float32"))
-        return _to_gray(rgba[..., :3].permute(2, 0, 1)) * (rgba[..., 3] / 255.0)
+        return _to_gray(rgba.permute(2, 0, 1), opaque=255.0)
     return torch.from_numpy(to_numpy_array(image.convert("L")).astype("float32"))
 
 
-def _to_gray(channels_first: torch.Tensor) -> torch.Tensor:
-    """(C, H, W) with C in 1, 3, 4 -> (H, W); alpha is dropped, colour becomes luma (ITU-R 601)."""
-    if channels_first.shape[0] == 1:
-        return channels_first[0]
-    weights = torch.tensor(_LUMA, dtype=channels_first.dtype, device=channels_first.device)
-    return torch.einsum("chw,c->hw", channels_first[:3], weights)
+def _to_gray(channels_first: torch.Tensor, opaque: float = 1.0) -> torch.Tensor:
+    """(C, H, W) with C in 1-4 -> (H, W): colour becomes luma (ITU-R 601), and with an alpha channel (C 2 or 4,
+    `opaque` its fully opaque value) transparent pixels become black, as MRI background is black."""
+    colour, alpha = channels_first, None
+    if channels_first.shape[0] in (2, 4):
+        colour, alpha = channels_first[:-1], channels_first[-1]
+    if colour.shape[0] == 1:
+        gray = colour[0]
+    else:
+        weights = torch.tensor(_LUMA, dtype=colour.dtype, device=colour.device)
+        gray = torch.einsum("chw,c->hw", colour, weights)
+    return gray if alpha is None else gray * (alpha / opaque).clamp(0, 1)
 
 
 def _array_to_tensor(array) -> torch.Tensor:
@@ -35,16 +45,18 @@ def _array_to_tensor(array) -> torch.Tensor:
     tensor = tensor.detach().to("cpu")
     if tensor.dtype == torch.bool:
         tensor = tensor.to(torch.uint8)
+    # an alpha channel's fully opaque value: the integer type's maximum, 1 for floating point
+    opaque = float(torch.iinfo(tensor.dtype).max) if not tensor.dtype.is_floating_point else 1.0
     tensor = tensor.float()
     if tensor.ndim == 2:
         return tensor
     if tensor.ndim != 3:
         raise ValueError(f"expected an image of 2 or 3 dimensions, got shape {tuple(tensor.shape)}")
-    if tensor.shape[-1] in (1, 3, 4) and tensor.shape[0] not in (1, 3, 4):
+    if tensor.shape[-1] in (1, 2, 3, 4) and tensor.shape[0] not in (1, 2, 3, 4):
         tensor = tensor.permute(2, 0, 1)
-    if tensor.shape[0] not in (1, 3, 4):
+    if tensor.shape[0] not in (1, 2, 3, 4):
         raise ValueError(f"cannot tell the channel axis of an image of shape {tuple(tensor.shape)}")
-    return _to_gray(tensor)
+    return _to_gray(tensor, opaque)
 
 
 def _flatten_images(images) -> list:
@@ -124,6 +136,56 @@ def _pad_to_square(image: torch.Tensor) -> torch.Tensor:
     return F.pad(image, (left, side - width - left, top, side - height - top))
 
 
+def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(H, W) -> (height, width), bilinear with antialiasing when shrinking."""
+    return F.interpolate(image[None, None], size=(height, width), mode="bilinear", antialias=True)[0, 0]
+
+
+# A longer side than this is shrunk to it first: the model reads 128-224 px, and the square the crop is padded to
+# would otherwise take side**2 memory (a 40 x 200,000 strip: 160 GB).
+_MAX_SIDE = 2048
+
+
+def _within_max_side(image: torch.Tensor) -> torch.Tensor:
+    """(H, W) shrunk, keeping its aspect ratio, until neither side is longer than _MAX_SIDE."""
+    height, width = image.shape
+    if max(height, width) <= _MAX_SIDE:
+        return image
+    scale = _MAX_SIDE / max(height, width)
+    return _resize(image, max(round(height * scale), 1), max(round(width * scale), 1))
+
+
+def _nonfinite_as_background(image: torch.Tensor) -> torch.Tensor:
+    """NaN and infinite pixels (the outside of a masked map, a corrupt value) as the lowest finite one."""
+    finite = torch.isfinite(image)
+    if finite.all():
+        return image
+    if not finite.any():
+        raise ValueError("image has no finite pixel values")
+    return torch.where(finite, image, image[finite].min())
+
+
+# Fewer pixels than this share within `foreground_threshold` of the maximum: the maximum is a hot pixel or a marker
+# far brighter than the slice (12-bit data in a 16-bit file, annotated at full scale), not the brain.
+_MIN_BRIGHT_SHARE = 0.01
+_OUTLIER_ROUNDS = 4
+
+
+def _peak(image: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The brightest value of non-negative (H, W) that the brain, not a speck, reaches: the maximum, or the maximum
+    left once the few pixels brighter than `threshold` of it are set aside, as often as needed."""
+    peak = image.max()
+    for _ in range(_OUTLIER_ROUNDS):
+        bright = image > threshold * peak
+        if bright.float().mean() >= _MIN_BRIGHT_SHARE or bright.all():
+            break
+        rest = image[~bright].max()
+        if rest <= 0:
+            break
+        peak = rest
+    return peak
+
+
 class BrainResNetImageProcessor(BaseImageProcessor):
     r"""
     Turns MRI slices into `pixel_values` for [`BrainResNetForImageClassification`]. The same steps serve training,
@@ -191,7 +253,7 @@ class BrainResNetImageProcessor(BaseImageProcessor):
     def scale_intensity(self, image: torch.Tensor) -> torch.Tensor:
         """Map black to 0 and the foreground's `intensity_percentile` to 1, clipping above."""
         image = image - image.min()
-        peak = image.max()
+        peak = _peak(image, self.foreground_threshold)
         if peak <= 0:
             return image
         image = image / peak
@@ -215,8 +277,7 @@ class BrainResNetImageProcessor(BaseImageProcessor):
 
     def resize_square(self, image: torch.Tensor, size: int) -> torch.Tensor:
         """(H, W) -> (size, size), bilinear with antialiasing when shrinking."""
-        resized = F.interpolate(image[None, None], size=(size, size), mode="bilinear", antialias=True)
-        return resized[0, 0].clamp_(0, 1)
+        return _resize(image, size, size).clamp_(0, 1)
 
     def normalize_pixel_values(self, pixel_values: torch.Tensor, num_channels: int | None = None) -> torch.Tensor:
         """(B, 1, H, W) in [0, 1], on any device -> normalised model input with `num_channels` channels."""
@@ -229,6 +290,7 @@ class BrainResNetImageProcessor(BaseImageProcessor):
         gray = self.to_grayscale(image)
         if gray.ndim != 2 or min(gray.shape) < 1:
             raise ValueError(f"image has no pixels (shape {tuple(gray.shape)})")
+        gray = _within_max_side(_nonfinite_as_background(gray))
         if self.do_scale_intensity:
             gray = self.scale_intensity(gray)
         else:  # assume the common 8/16-bit ranges
@@ -263,3 +325,20 @@ class BrainResNetImageProcessor(BaseImageProcessor):
         if do_normalize:
             batch = self.normalize_pixel_values(batch)
         return BatchFeature(data={"pixel_values": batch}, tensor_type=return_tensors)
+
+
+class BrainResNetImageClassificationPipeline(ImageClassificationPipeline):
+    """`pipeline("image-classification", ...)` for this model (`config.custom_pipelines` names it): as transformers'
+    own, except that an image file or PIL image reaches the processor in its own mode, turned upright by its EXIF
+    orientation. transformers' `load_image` makes every image 8-bit RGB, which clips 16-bit slices and drops
+    transparency, and the model then answers for a different picture."""
+
+    def preprocess(self, image, timeout=None):
+        if isinstance(image, (str, os.PathLike)) and os.path.isfile(image):
+            with Image.open(image) as stored:
+                image = ImageOps.exif_transpose(stored)
+        elif is_pil_image(image):
+            image = ImageOps.exif_transpose(image)
+        else:  # URLs, base64 strings, arrays and tensors: transformers' way
+            return super().preprocess(image, timeout=timeout)
+        return self.image_processor(images=image, return_tensors="pt").to(self.dtype)

@@ -1,5 +1,7 @@
 """Configuration of the improved ResNet34 for brain-tumor MRI classification (arXiv 2512.03751)."""
 
+import copy
+
 from transformers import PretrainedConfig
 
 STEM_TYPES = ("multiscale", "conv")
@@ -21,6 +23,15 @@ AUTO_MAP = {
     "AutoModel": "modeling_brain_resnet.BrainResNetModel",
     "AutoModelForImageClassification": "modeling_brain_resnet.BrainResNetForImageClassification",
     "AutoImageProcessor": "image_processing_brain_resnet.BrainResNetImageProcessor",
+}
+
+# pipeline("image-classification", model=folder, trust_remote_code=True) builds this pipeline: images as stored.
+CUSTOM_PIPELINES = {
+    "image-classification": {
+        "impl": "image_processing_brain_resnet.BrainResNetImageClassificationPipeline",
+        "pt": ["AutoModelForImageClassification"],
+        "type": "image",
+    }
 }
 
 
@@ -73,6 +84,8 @@ class BrainResNetConfig(PretrainedConfig):
     """
 
     model_type = "brain_resnet"
+    # Trainer's predictions are the logits alone, as for any image classifier (compute_metrics takes their argmax).
+    keys_to_ignore_at_inference = ["unfamiliarity"]
 
     def __init__(
         self,
@@ -95,7 +108,9 @@ class BrainResNetConfig(PretrainedConfig):
     ):
         if "id2label" not in kwargs and "num_labels" not in kwargs:
             kwargs["id2label"] = dict(enumerate(DEFAULT_LABELS))
+            kwargs.setdefault("label2id", {label: i for i, label in enumerate(DEFAULT_LABELS)})
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        kwargs.setdefault("custom_pipelines", copy.deepcopy(CUSTOM_PIPELINES))  # the pipeline resolves "pt" in place
         super().__init__(**kwargs)
         self.num_channels = num_channels
         self.embedding_size = embedding_size

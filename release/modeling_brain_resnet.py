@@ -31,9 +31,11 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_brain_resnet import BrainResNetConfig
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -299,6 +301,10 @@ class BrainResNetPreTrainedModel(PreTrainedModel):
             init.ones_(module.running_var)
             if getattr(module, "num_batches_tracked", None) is not None:
                 init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, BrainResNetForImageClassification) and hasattr(module, "familiarity_means"):
+            # A detector that was not loaded (built from a config, or a new label set) must not be left empty.
+            init.zeros_(module.familiarity_means)
+            init.eye_(module.familiarity_precision)
 
 
 class BrainResNetModel(BrainResNetPreTrainedModel):
@@ -334,8 +340,14 @@ class BrainResNetModel(BrainResNetPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
 
         embedding_output = self.embedder(pixel_values)
-        outputs = self.encoder(embedding_output, bool(output_hidden_states), bool(output_attentions))
-        outputs.pooler_output = self.pooler(outputs.last_hidden_state)
+        encoded = self.encoder(embedding_output, bool(output_hidden_states), bool(output_attentions))
+        # Built in one go: a field set afterwards would come last in to_tuple(), after hidden_states.
+        outputs = BrainResNetModelOutput(
+            last_hidden_state=encoded.last_hidden_state,
+            pooler_output=self.pooler(encoded.last_hidden_state),
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
         return outputs if return_dict else outputs.to_tuple()
 
 
@@ -356,6 +368,22 @@ class BrainResNetForImageClassification(BrainResNetPreTrainedModel):
             self.register_buffer("familiarity_means", torch.zeros(config.num_labels, features))
             self.register_buffer("familiarity_precision", torch.eye(features))
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As [`PreTrainedModel.from_pretrained`]; a familiarity detector whose class means were not loaded (a new
+        label set, with `ignore_mismatched_sizes=True`) is dropped: it would measure distances to no class."""
+        with_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        mismatched = {key[0] if isinstance(key, tuple) else key for key in loading_info["mismatched_keys"]}
+        if hasattr(model, "familiarity_means") and "familiarity_means" in mismatched | set(loading_info["missing_keys"]):
+            logger.warning(
+                "The unfamiliar-image detector does not fit this label set and is dropped (unfamiliarity is None); "
+                "refit it on the new training slices with set_familiarity."
+            )
+            del model.familiarity_means, model.familiarity_precision
+            model.config.familiarity_threshold = None
+        return (model, loading_info) if with_loading_info else model
 
     def set_familiarity(self, means: torch.Tensor, precision: torch.Tensor, threshold: float) -> None:
         """Install the training slices' class means (num_labels, features) and shared precision matrix (features,

@@ -25,7 +25,7 @@ from explain import explain
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 SPACE_DIR = Path(__file__).resolve().parent
@@ -178,9 +178,16 @@ def read_dicom(path: Path) -> np.ndarray:
     """One DICOM slice as float pixel values after the stored rescale and window/level, bright = high signal."""
     try:
         dataset = pydicom.dcmread(path)
-    except InvalidDicomError as error:
-        raise UnusableUpload(f"This file is named like DICOM but is not a readable DICOM file ({error}).") from None
+    except InvalidDicomError:
+        raise UnusableUpload(
+            "This file is named like DICOM but is not a DICOM file (it has no DICOM header): upload the slice's "
+            f"DICOM file, or {SUPPORTED}."
+        ) from None
     if not any(tag in dataset for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        meta = getattr(dataset, "file_meta", {})
+        sop_class = dataset.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
+        if "Rows" in dataset or "Image Storage" in getattr(sop_class, "name", ""):  # an image, cut off
+            raise UnusableUpload("This DICOM file ends before its pixel data: it is truncated. Upload it again.")
         raise UnusableUpload(
             "This DICOM file holds no pixel data (it is a report, a structured document or similar): "
             "upload a DICOM image of one slice."
@@ -199,6 +206,8 @@ def read_dicom(path: Path) -> np.ndarray:
         ) from None
     if pixels.ndim == 3:  # colour (RGB) DICOM: no window to apply
         return pixels
+    if dataset.get("PhotometricInterpretation") == "PALETTE COLOR":  # indices into a colour table, not intensities
+        return apply_color_lut(pixels, dataset)
     pixels = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float32)
     if dataset.get("PhotometricInterpretation") == "MONOCHROME1":  # stored with high values dark
         pixels = pixels.max() + pixels.min() - pixels
@@ -209,7 +218,8 @@ def read_image(path: Path) -> Image.Image:
     try:
         with Image.open(path, formats=PIL_FORMATS) as image:
             check_dimensions(*image.size)
-            frames = getattr(image, "n_frames", 1)
+            # A JPEG with an embedded preview or a second view (MPO) shows its first image, as any viewer does.
+            frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
             if frames > 1:
                 raise UnusableUpload(
                     f"The file holds {frames} frames (an animation or a multi-page image); upload a single still slice."
@@ -448,7 +458,7 @@ class SliceAnalyser:
         image = load_slice(path)
         try:
             view, pixel_values = self.model_input(image)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, RuntimeError) as error:
             raise UnusableUpload(f"The image could not be converted for the model ({error}).") from None
         explanation = explain(self.model, pixel_values)
         view = to_uint8(view.numpy())

@@ -235,6 +235,49 @@ def test_processor_handles_a_black_image():
     assert torch.isfinite(pixel_values).all() and pixel_values.shape == (1, 1, 224, 224)
 
 
+def test_processor_reads_non_finite_pixels_as_background(slice_image):
+    """A float map masked with NaN outside the brain reads as the slice on black; NaN must not reach the model,
+    whose logits would all be NaN (and argmax "glioma")."""
+    processor = BrainResNetImageProcessor()
+    array = np.asarray(slice_image).astype(np.float32)
+    masked = np.where(array < 5, np.nan, array)
+    masked[0, 0] = np.inf
+    expected = processor(np.where(np.isfinite(masked), masked, array[array >= 5].min())).pixel_values
+    assert torch.equal(processor(masked).pixel_values, expected)
+    with pytest.raises(ValueError, match="no finite pixel"):
+        processor(np.full((40, 40), np.nan, dtype=np.float32))
+
+
+def test_processor_is_not_fooled_by_a_speck_at_full_scale(slice_image):
+    """12-bit data in a 16-bit file with a marker at 65535: the brain, not the marker, sets the intensity scale
+    (else the slice turns black and the release calls a glioma "notumor")."""
+    processor = BrainResNetImageProcessor()
+    twelve_bit = np.asarray(slice_image).astype(np.uint16) * 16
+    marked = twelve_bit.copy()
+    marked[:3, :3] = 65535
+    torch.testing.assert_close(processor(marked).pixel_values, processor(twelve_bit).pixel_values, atol=0.02, rtol=0)
+
+
+def test_processor_keeps_transparency_black_for_arrays_as_for_pil(slice_image):
+    """An RGBA or LA array reads like the PIL image it came from: transparent pixels are background."""
+    processor = BrainResNetImageProcessor()
+    gray = np.asarray(slice_image)
+    rgba = np.dstack([gray, gray, gray, np.where(gray < 10, 0, 255)]).astype(np.uint8)
+    rgba[gray < 10, :3] = 255  # a white background, made transparent
+    pil = Image.fromarray(rgba, "RGBA")
+    expected = processor(pil).pixel_values
+    for image in (rgba, torch.from_numpy(rgba).permute(2, 0, 1), np.asarray(pil.convert("LA"))):
+        torch.testing.assert_close(processor(image).pixel_values, expected, atol=1e-5, rtol=0)
+    assert (processor(rgba[..., :3]).pixel_values - expected).abs().max() > 1  # the white background, read
+
+
+def test_processor_takes_a_very_long_strip_in_bounded_memory():
+    """Padding a 40 x 200,000 strip to a square would take 160 GB; it is shrunk to 2,048 px a side first."""
+    strip = np.random.default_rng(0).integers(0, 255, (40, 200_000), dtype=np.uint8)
+    pixel_values = BrainResNetImageProcessor()(strip, size=64).pixel_values
+    assert pixel_values.shape == (1, 1, 64, 64) and torch.isfinite(pixel_values).all()
+
+
 # --- remote code -----------------------------------------------------------------------------------------------
 
 REMOTE_CODE_FILES = sorted((REPO / "modeling").glob("*_brain_resnet.py"))
@@ -252,25 +295,34 @@ def test_remote_code_imports_only_torch_transformers_and_siblings(path):
             if isinstance(node, ast.Name):
                 assert node.id != "open", f"{path.name} does I/O"
             continue
-        assert roots <= {"torch", "transformers", ".", "math", "dataclasses"}, f"{path.name} imports {roots}"
+        # PIL: transformers' own image pipelines need it; the pipeline opens image files with it
+        allowed = {"torch", "transformers", "PIL", ".", "math", "dataclasses", "copy", "os"}
+        assert roots <= allowed, f"{path.name} imports {roots}"
 
 
 OFFLINE_LOAD = """
-import json, sys, torch
+import json, sys, numpy as np, torch
+from PIL import Image
 from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline)
 folder, image = sys.argv[1], sys.argv[2]
+sixteen_bit = folder + "/slice-16-bit.png"  # the slice's 8 bits in the top byte and 4 noise bits below
+gray = np.asarray(Image.open(image).convert("L")).astype(np.uint16)
+Image.fromarray(gray * 256 + np.random.default_rng(0).integers(0, 16, gray.shape, dtype=np.uint16)).save(sixteen_bit)
 config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
 backbone = AutoModel.from_pretrained(folder, trust_remote_code=True)
 model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
 processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
 with torch.no_grad():
     logits = model(**processor(torch.load(folder + "/probe.pt"), return_tensors="pt")).logits
+    sixteen_bit_probabilities = model(**processor(Image.open(sixteen_bit))).logits.softmax(-1)[0]
 classifier = pipeline("image-classification", model=folder, trust_remote_code=True)
 print(json.dumps({
     "classes": [type(config).__name__, type(backbone).__name__, type(model).__name__, type(processor).__name__],
     "dtype": str(next(model.parameters()).dtype),
     "logits": logits.tolist(),
     "pipeline": classifier(image),
+    "pipeline_16_bit": {p["label"]: p["score"] for p in classifier(sixteen_bit)},
+    "model_16_bit": {model.config.id2label[i]: p for i, p in enumerate(sixteen_bit_probabilities.tolist())},
 }))
 """
 
@@ -311,3 +363,54 @@ def test_saved_folder_loads_offline_in_a_fresh_process(tmp_path, brain_mri_data)
     labels = {prediction["label"] for prediction in loaded["pipeline"]}
     assert labels == {"glioma", "meningioma", "notumor", "pituitary"}
     assert sum(prediction["score"] for prediction in loaded["pipeline"]) == pytest.approx(1, abs=1e-4)
+    # transformers' own pipeline would hand the processor an 8-bit RGB copy of the 16-bit file
+    assert loaded["pipeline_16_bit"] == pytest.approx(loaded["model_16_bit"], abs=1e-5)
+
+
+def test_backbone_outputs_keep_their_documented_order():
+    backbone = BrainResNetModel(BrainResNetConfig()).eval()
+    pixel_values = torch.randn(1, 1, 64, 64)
+    outputs = backbone(pixel_values, output_hidden_states=True, output_attentions=True)
+    assert list(outputs.keys()) == ["last_hidden_state", "pooler_output", "hidden_states", "attentions"]
+    as_tuple = backbone(pixel_values, output_hidden_states=True, return_dict=False)
+    assert as_tuple[1].shape == (1, 512, 1, 1) and isinstance(as_tuple[2], tuple)
+
+
+def test_default_config_maps_labels_both_ways():
+    config = BrainResNetConfig()
+    assert all(config.label2id[label] == index for index, label in config.id2label.items())
+
+
+def released(tmp_path) -> Path:
+    """A saved model with an unfamiliar-image detector, as make_release.py writes one."""
+    model = build()
+    model.set_familiarity(torch.randn(4, 512), torch.eye(512), threshold=100.0)
+    model.save_pretrained(tmp_path)
+    BrainResNetImageProcessor(size=64).save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_fine_tuning_on_another_label_set_drops_the_detector(tmp_path):
+    """With new labels the detector's class means cannot load; left in place they would be zeros (or garbage) and
+    every unfamiliarity meaningless."""
+    folder = released(tmp_path)
+    pixel_values = torch.randn(2, 1, 64, 64)
+    same = BrainResNetForImageClassification.from_pretrained(folder).eval()
+    assert same(pixel_values).unfamiliarity.shape == (2,)
+    tuned, info = BrainResNetForImageClassification.from_pretrained(
+        folder, num_labels=2, id2label={0: "a", 1: "b"}, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    assert tuned.eval()(pixel_values).unfamiliarity is None and tuned.config.familiarity_threshold is None
+    assert not hasattr(tuned, "familiarity_means") and "error_msgs" in info
+
+
+def test_trainer_predictions_are_the_logits(tmp_path):
+    """The HF Trainer's compute_metrics gets the logits array, as for any image classifier, not a tuple with the
+    unfamiliarity."""
+    from transformers import Trainer, TrainingArguments
+
+    model = BrainResNetForImageClassification.from_pretrained(released(tmp_path))
+    rows = [{"pixel_values": torch.randn(1, 64, 64), "labels": i % 4} for i in range(3)]
+    arguments = TrainingArguments(output_dir=str(tmp_path / "trainer"), report_to=[], use_cpu=True)
+    predictions = Trainer(model=model, args=arguments).predict(rows).predictions
+    assert isinstance(predictions, np.ndarray) and predictions.shape == (3, 4)

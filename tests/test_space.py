@@ -19,8 +19,9 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from brain_resnet.modeling import BrainResNetConfig, BrainResNetForImageClassification, BrainResNetImageProcessor
 
@@ -236,6 +237,36 @@ def test_monochrome1_dicom_is_inverted(tmp_path):
     assert decoded[0, 0] == decoded.max() and decoded[0, -1] == decoded.min()
 
 
+def test_palette_colour_dicom_is_read_through_its_palette(tmp_path):
+    """PALETTE COLOR pixels are indices into a colour table: read as grey levels, an inverted-grey palette would
+    show the slice in negative."""
+    indices = (brain_like() * 255).astype(np.uint8)
+    inverted = (65535 - np.arange(256) * 257).astype("<u2").tobytes()
+    path = write_dicom(tmp_path / "palette.dcm", indices)
+    dataset = pydicom.dcmread(path)
+    dataset.PhotometricInterpretation = "PALETTE COLOR"
+    for colour in ("Red", "Green", "Blue"):
+        dataset.add_new(f"{colour}PaletteColorLookupTableDescriptor", "US", [256, 0, 16])
+        dataset.add_new(f"{colour}PaletteColorLookupTableData", "OW", inverted)
+    dataset.save_as(path)
+
+    decoded = app.load_slice(path)
+
+    assert decoded.shape == (*indices.shape, 3)
+    assert (decoded[..., 0] == 65535 - indices.astype(np.int64) * 257).all()
+
+
+def test_a_jpeg_with_an_embedded_second_image_is_read_as_its_first(tmp_path):
+    """Cameras and phones store previews or a second view in the JPEG (MPO); viewers show the first image."""
+    path = tmp_path / "photo.jpg"
+    first = Image.fromarray((brain_like() * 255).astype(np.uint8)).convert("RGB")
+    first.save(path, format="MPO", save_all=True, append_images=[first.resize((40, 40))])
+
+    decoded = app.load_slice(path)
+
+    assert decoded.size == first.size
+
+
 def test_model_status_shouts_only_for_untrained_weights():
     untrained = app.model_status(BrainResNetConfig())
     trained = app.model_status(BrainResNetConfig(training_info={"dataset": "brain-tumor-mri-4k", "epochs": 40}))
@@ -417,12 +448,18 @@ def animated_gif(folder: Path) -> Path:
 
 
 def dicom_without_pixels(folder: Path) -> Path:
-    return write_dicom(folder / "report.dcm", None, PatientName="Anonymous")
+    return write_dicom(folder / "report.dcm", None, SOPClassUID=BasicTextSRStorage, Modality="SR")
 
 
 def not_really_dicom(folder: Path) -> Path:
     path = folder / "scan.dcm"
     path.write_bytes(b"\x00" * 64 + b"this is no DICOM file")
+    return path
+
+
+def truncated_dicom(folder: Path) -> Path:
+    path = folder / "cut.dcm"  # cut off in its header, before the image's size and pixels
+    path.write_bytes(write_dicom(folder / "whole.dcm", brain_like() * 1000).read_bytes()[:400])
     return path
 
 
@@ -435,7 +472,8 @@ BAD_UPLOADS: list[tuple[Callable[[Path], Path], str]] = [
     (one_pixel, r"only 1×1 pixels; a slice needs at least 32×32"),
     (animated_gif, r"holds 3 frames \(an animation"),
     (dicom_without_pixels, r"DICOM file holds no pixel data"),
-    (not_really_dicom, r"not a readable DICOM file"),
+    (not_really_dicom, r"named like DICOM but is not a DICOM file \(it has no DICOM header\)"),
+    (truncated_dicom, r"ends before its pixel data: it is truncated"),
 ]
 
 

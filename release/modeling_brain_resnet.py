@@ -375,8 +375,9 @@ class BrainResNetForImageClassification(BrainResNetPreTrainedModel):
         label set, with `ignore_mismatched_sizes=True`) is dropped: it would measure distances to no class."""
         with_loading_info = kwargs.pop("output_loading_info", False)
         model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        mismatched = {key[0] if isinstance(key, tuple) else key for key in loading_info["mismatched_keys"]}
-        if hasattr(model, "familiarity_means") and "familiarity_means" in mismatched | set(loading_info["missing_keys"]):
+        not_loaded = {key[0] if isinstance(key, tuple) else key for key in loading_info["mismatched_keys"]}
+        not_loaded |= set(loading_info["missing_keys"])
+        if hasattr(model, "familiarity_means") and "familiarity_means" in not_loaded:
             logger.warning(
                 "The unfamiliar-image detector does not fit this label set and is dropped (unfamiliarity is None); "
                 "refit it on the new training slices with set_familiarity."

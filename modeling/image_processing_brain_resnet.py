@@ -194,9 +194,12 @@ class BrainResNetImageProcessor(BaseImageProcessor):
 
     1. **Grayscale**: PIL images of any mode (L, RGB, RGBA, I;16, CMYK, P, ...), numpy arrays and torch tensors
        (`(H, W)`, `(H, W, C)` or `(C, H, W)`, single or batched) become one float channel; colour becomes luma,
-       transparency becomes black, 16-bit data keeps its full range.
+       transparency becomes black, 16-bit data keeps its full range, NaN and infinite pixels (the outside of a
+       masked map) become background, and an image over 2,048 px a side is first shrunk to that.
     2. **Intensity scaling** (`do_scale_intensity`): the `intensity_percentile` of the foreground maps to 1 and
-       black to 0, so brightness, contrast and bit depth no longer tell scanners apart.
+       black to 0, so brightness, contrast and bit depth no longer tell scanners apart. The foreground is what is
+       brighter than `foreground_threshold` of the maximum, unless under 1% of the pixels are: then that maximum
+       is a speck (a marker at full scale above 12-bit data), set aside.
     3. **Brain crop** (`do_crop_foreground`): the image is cut to the bounding box of the pixels brighter than
        `foreground_threshold` (plus `crop_margin`), then zero-padded to a square, so framing and aspect ratio are the
        same for every source.

@@ -111,8 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--push-to-hub", metavar="REPO_ID", type=hub_repo_id, help="then upload the release folder to this model repo"
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2, help="image-decoding threads")
+    parser.add_argument("--batch-size", type=number(int, 1), default=64)
+    parser.add_argument("--workers", type=number(int, 1), default=2, help="image-decoding threads")
     args = parser.parse_args(argv)
     if args.hub_model_id and args.push_to_hub and args.hub_model_id != args.push_to_hub:
         parser.error("--hub-model-id and --push-to-hub name different repos")
@@ -210,12 +210,27 @@ def recipe_cross_validation(path: Path, settings: dict, args: argparse.Namespace
     return {key: recipe[key] for key in ("folds", "accuracy", "interval", "device")}
 
 
+def check_output(output: Path, model: Path) -> None:
+    """--output is replaced whole at the end: it must be new, empty or an earlier release, never the training run
+    or a folder of other files."""
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} is a file: give a folder for the release")
+    if not output.exists():
+        return
+    resolved, run = output.resolve(), model.parent.resolve()
+    if resolved == model.resolve() or resolved == run or run.is_relative_to(resolved):
+        raise UsageError(f"--output {output} would replace the training run {model.parent}: give another folder")
+    if any(output.iterdir()) and (read_json(output / "config.json") or {}).get("model_type") != "brain_resnet":
+        raise UsageError(f"--output {output} holds other files, not an earlier release: give a new or empty folder")
+
+
 def make_release(args: argparse.Namespace) -> dict:
     run_dir = args.model.parent
     saved, results = read_json(run_dir / "run_args.json"), read_json(run_dir / "cv_results.json")
     if saved is None or results is None or not args.model.name.startswith("fold-"):
         raise UsageError(f"{args.model} is not a fold folder of a finished train.py run")
     fold = int(args.model.name.split("-")[1])
+    check_output(args.output, args.model)
     if str(fold) not in results.get("folds", {}):
         raise UsageError(f"{run_dir}/cv_results.json has no finished fold {fold}")
     settings = saved["settings"]

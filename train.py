@@ -403,22 +403,6 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
         selected = expand_folds(args.folds, num_folds)
         config = model_config(args.model, table.class_names)
         start_weights = pretrained_weights(args.init_from, config) if args.init_from else None
-        if accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            if saved is None:
-                write_json(
-                    out / "run_args.json",
-                    {"settings": run_settings(args), "num_folds": num_folds, "command": args.command},
-                )
-            results |= {
-                "args": read_json(out / "run_args.json"),
-                "num_folds": num_folds,
-                "class_names": table.class_names,
-                "device": device_name(accelerator),
-                "num_processes": accelerator.num_processes,
-                "params": sum(p.numel() for p in BrainResNetForImageClassification(config).parameters()),
-            }
-        accelerator.wait_for_everyone()
         pending = [fold for fold in selected if not is_finished(out, results, fold)]
 
         processor = BrainResNetImageProcessor(size=args.image_size, num_channels=config.num_channels)
@@ -443,6 +427,28 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
             data.find_lesion_masks(lesion_finder(args.heal_from, accelerator.device), processor, args.image_size)
         if args.match_sources or args.group_dro:
             data.find_source_ids("--match-sources" if args.match_sources else "--group-dro")
+        for fold in pending:
+            if len(data.indices(fold)[0]) < args.batch_size:
+                raise UsageError(
+                    f"{fold_name(fold)} has {len(data.indices(fold)[0])} training images, fewer than --batch-size"
+                )
+        # Only now, every check passed: a command refused above leaves no run behind to block its corrected rerun.
+        if accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            if saved is None:
+                write_json(
+                    out / "run_args.json",
+                    {"settings": run_settings(args), "num_folds": num_folds, "command": args.command},
+                )
+            results |= {
+                "args": read_json(out / "run_args.json"),
+                "num_folds": num_folds,
+                "class_names": table.class_names,
+                "device": device_name(accelerator),
+                "num_processes": accelerator.num_processes,
+                "params": sum(p.numel() for p in BrainResNetForImageClassification(config).parameters()),
+            }
+        accelerator.wait_for_everyone()
         accelerator.print(
             f"{len(table.labels):,} images decoded in {time.perf_counter() - started:.1f} s; training "
             f"{', '.join(fold_name(f) for f in pending)} on {device_name(accelerator)} x {accelerator.num_processes} "
@@ -453,7 +459,8 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
             if not finished or (fold != pending[-1] and stop.requested(accelerator)):
                 name = signal.Signals(stop.signal).name if stop.signal else "a signal"
                 resume = args.command if args.resume else f"{args.command} --resume"
-                accelerator.print(f"Stopped by {name}; continue with: {resume}")
+                launcher = "accelerate launch" if accelerator.num_processes > 1 else "python"
+                accelerator.print(f"Stopped by {name}; continue with: {launcher} {resume}")
                 return 128 + (stop.signal or signal.SIGTERM)
     if args.push_to_hub and accelerator.is_main_process:
         publish(out, results, args.push_to_hub, MODEL_CARD_TEMPLATE.read_text())
@@ -473,8 +480,6 @@ def train_fold(
     fold_dir, table = out / fold_name(fold), data.table
     train_rows, eval_rows = data.indices(fold)
     steps_per_epoch = len(train_rows) // args.batch_size
-    if steps_per_epoch == 0:
-        raise UsageError(f"{fold_name(fold)} has {len(train_rows)} training images, fewer than --batch-size")
 
     torch.manual_seed(derive_seed(args.seed, fold, "init"))
     model = BrainResNetForImageClassification(config)

@@ -28,7 +28,8 @@ def release(run, tmp_path_factory) -> tuple:  # noqa: F811
         (external / target / image.name).write_bytes(image.read_bytes())
     (external / "tumor" / "broken.jpg").write_bytes(b"not a jpeg")
     out, report = work / "release", work / "release.json"
-    out.mkdir()
+    out.mkdir()  # a previous release, to be replaced whole
+    (out / "config.json").write_text('{"model_type": "brain_resnet"}')
     (out / "stale.txt").write_text("the previous release")
     argv = [str(run / "fold-0"), "--output", str(out), "--external", str(external), "--report", str(report)]
     assert make_release.main(argv) == 0
@@ -151,6 +152,34 @@ def test_what_is_not_a_fold_of_a_finished_run_is_refused_and_nothing_is_written(
         make_release.main([str(run / "fold-0"), "--output", str(out), "--healthy-false-alarms", "0.7"])
     assert "out of range" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_output_that_is_not_a_release_is_refused_before_the_work(run, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """--output is replaced whole: a folder of someone's files, a file or the training run itself must survive."""
+
+    def load_too_early(*args, **kwargs):
+        raise AssertionError("the check comes before the dataset is read")
+
+    monkeypatch.setattr(make_release, "load_table", load_too_early)
+    images = tmp_path / "my-images"
+    images.mkdir()
+    (images / "scan.jpg").write_bytes(b"mine")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for output, message in [
+        (images, "holds other files, not an earlier release"),
+        (notes, "is a file"),
+        (run, "would replace the training run"),
+        (run / "fold-0", "would replace the training run"),
+    ]:
+        assert make_release.main([str(run / "fold-0"), "--output", str(output)]) == 2
+        assert message in capsys.readouterr().err
+    assert (images / "scan.jpg").read_bytes() == b"mine" and notes.read_text() == "mine"
+    assert (run / "fold-0" / "config.json").exists()
+    for option in ("--workers", "--batch-size"):
+        with pytest.raises(SystemExit):
+            make_release.main([str(run / "fold-0"), option, "0"])
+        assert "out of range" in capsys.readouterr().err
 
 
 def test_the_recipe_cross_validation_is_checked_and_shipped_beside_the_release_figure(run, tmp_path, capsys):  # noqa: F811

@@ -303,7 +303,7 @@ def test_stopped_run_resumes_and_finishes_with_the_same_folds(workdir, common, e
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert f"Stopped by SIGTERM; continue with: train.py {' '.join(common)}" in stdout
+    assert f"Stopped by SIGTERM; continue with: python train.py {' '.join(common)}" in stdout
     assert "1" not in runs.read_json(out / "cv_results.json", {}).get("folds", {})
     stopped_in_fold_0 = not (out / "fold-0" / "model.safetensors").exists()
     if stopped_in_fold_0:  # the usual case; on a very slow machine the signal may land in fold 0's last epoch
@@ -445,6 +445,16 @@ def test_fold_the_dataset_lacks_fails_cleanly_from_the_command_line(dataset, wor
     assert "train.py: error: --folds 5: the dataset has folds 0 to 1" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (workdir / "bad" / "run_args.json").exists()  # a failed start leaves nothing to --resume
+
+
+def test_a_batch_larger_than_a_fold_fails_before_the_run_is_recorded(dataset, workdir, capsys):
+    """Found only once the slices are decoded, but still before run_args.json: the corrected command then starts
+    afresh instead of being told to --resume the settings it corrects."""
+    out = workdir / "big-batch"
+    args = ["--dataset", str(dataset), "--output-dir", str(out), "--epochs", "1", "--image-size", "32"]
+    assert train.main([*args, "--batch-size", "100000"]) == 2
+    assert "training images, fewer than --batch-size" in capsys.readouterr().err
+    assert not (out / "run_args.json").exists()
 
 
 def write_parquet_dataset(source: Path, dest: Path, drop: list[str]) -> Path:

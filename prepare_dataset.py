@@ -127,6 +127,7 @@ class Entry:
     label: str
     file: str  # path relative to SRC, with forward slashes
     path: Path
+    src_name: str  # the SRC folder's name: the source of files with no known name prefix
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def find_images(src: Path) -> tuple[list[Entry], list[str]]:
             files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not _hidden(p, class_dir))
             if not files:
                 raise SystemExit(f"error: class folder {class_dir} holds no files")
-            entries += [Entry(split, class_dir.name, _relative(p, src), p) for p in files]
+            entries += [Entry(split, class_dir.name, _relative(p, src), p, src.resolve().name) for p in files]
     if len({tuple(names) for names in classes_of.values()}) > 1:
         listing = "; ".join(f"{split}: {', '.join(names)}" for split, names in classes_of.items())
         raise SystemExit(f"error: the splits have different class folders ({listing})")
@@ -254,11 +255,10 @@ def decode_all(entries: list[Entry], workers: int | None = None) -> list[Slice]:
 
 
 # ---------------------------------------------------------------- columns
-def source_of(file: str) -> str:
-    """Where a file comes from: its known file-name prefix (figshare-0001.jpg: figshare), else its top folder."""
-    path = PurePosixPath(file)
-    name = path.name.lower()
-    return next((prefix for prefix in KNOWN_SOURCES if name.startswith(prefix + "-")), path.parts[0])
+def source_of(entry: Entry) -> str:
+    """Where a file comes from: its known file-name prefix (figshare-0001.jpg: figshare), else its SRC folder."""
+    name = PurePosixPath(entry.file).name.lower()
+    return next((prefix for prefix in KNOWN_SOURCES if name.startswith(prefix + "-")), entry.src_name)
 
 
 def patient_number(entry: Entry, source: str) -> tuple[tuple[str, str], int] | None:
@@ -308,7 +308,7 @@ def build_table(slices: list[Slice], n_folds: int, seed: int) -> Table:
     split = np.array([s.entry.split for s in slices])
     label = np.array([classes.index(s.entry.label) for s in slices])
     # Grouped over all splits, so the card can tell which test images have a near-duplicate in train.
-    source = [source_of(s.entry.file) for s in slices]
+    source = [source_of(s.entry) for s in slices]
     thumbnails = [s.thumbnail for s in slices]
     look_alikes = correlated_pairs(thumbnails)
     numbers = [patient_number(s.entry, src) for s, src in zip(slices, source, strict=True)]
@@ -341,14 +341,18 @@ def exclusions(path: Path, entries: list[Entry], srcs: Sequence[Path]) -> dict[s
     except (OSError, UnicodeDecodeError) as exc:
         raise SystemExit(f"error: cannot read --exclude {path}: {exc}") from None
     names = [src.resolve().name for src in srcs]
-    prefix = "" if len(srcs) > 1 else f"{names[0]}/"  # one SRC: `file` omits the folder's name
-    found = {prefix + e.file: e.file for e in entries}
+    found = {e.file: e.file for e in entries}  # as the `file` column names them (train.py --exclude's form)
+    if len(srcs) == 1:  # one SRC: `file` omits the folder's name, which a list covering several sources has
+        found |= {f"{names[0]}/{e.file}": e.file for e in entries}
     missing = [name for name in listed if name.split("/")[0] in names and name not in found]
     if missing:
         raise SystemExit(
             f"error: --exclude names {len(missing)} file(s) that are not in SRC; nothing was written:\n  "
             + "\n  ".join(missing)
         )
+    elsewhere = [name for name in listed if name not in found]
+    if elsewhere:
+        print(f"--exclude: {len(elsewhere)} listed file(s) are under none of the SRC folders here, e.g. {elsewhere[0]}")
     return {found[name]: reason for name, reason in listed.items() if name in found}
 
 

@@ -148,9 +148,10 @@ def test_folds_are_stratified_and_keep_near_duplicates_together(prepared):
         assert (counts > 0).all(), (protocol, counts)  # every class in every fold
     # Plain stratified folds: each class splits as evenly as it can.
     assert (np.ptp(counts, axis=1) <= 1).all(), counts
-    # Source from the file-name prefix, else the top folder.
+    # Source from the file-name prefix, else the SRC folder's name (not the class folder: a source per class
+    # would tell --match-sources and the per-source scores that every source holds one class).
     assert {r["source"] for f, r in rows.items() if f != PLANTED} == {"figshare", "br35h"}
-    assert rows[PLANTED]["source"] == "glioma"
+    assert rows[PLANTED]["source"] == "src"
 
 
 def test_card_has_hub_metadata_and_the_caveats(prepared):
@@ -344,7 +345,7 @@ def test_a_slice_under_two_labels_is_named_in_the_summary_and_the_card(tmp_path,
 def test_exclude_leaves_the_listed_files_out_and_every_other_file_keeps_its_fold(tmp_path, brain_mri_data, capsys):
     src = tmp_path / "brain-tumor-mri-4k"
     copy_slices(brain_mri_data, src, per_class=6, step=37)
-    left_out = sorted(os.listdir(src / "notumor"))[:2] + sorted(os.listdir(src / "glioma"))[:1]
+    left_out = sorted(os.listdir(src / "notumor"))[:2] + sorted(os.listdir(src / "glioma"))[:2]
     listing = tmp_path / "doubtful.txt"
     listing.write_text(
         "# a header line\n\n"
@@ -352,15 +353,18 @@ def test_exclude_leaves_the_listed_files_out_and_every_other_file_keeps_its_fold
         f"brain-tumor-mri-4k/notumor/{left_out[0]}\n"
         f"brain-tumor-mri-4k/notumor/{left_out[1]}  # enhancing nodules\n"
         f"brain-tumor-mri-4k/glioma/{left_out[2]}  # not a glioma\n"
+        f"glioma/{left_out[3]}  # as the dataset's `file` column names it\n"
         "brain-tumor-mri-sartaj/notumor/sartaj-Te-no-0021.jpg  # another source: not prepared here\n"
     )
     prep.main([str(src), str(tmp_path / "full"), "--folds", "3"])
     prep.main([str(src), str(tmp_path / "clean"), "--folds", "3", "--exclude", str(listing)])
-    assert "Left out (--exclude): 3 files" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Left out (--exclude): 4 files" in printed
+    assert "1 listed file(s) are under none of the SRC folders here, e.g. brain-tumor-mri-sartaj/" in printed
 
     full = {r["file"]: r for r in read_columns(tmp_path / "full")}
     clean = {r["file"]: r for r in read_columns(tmp_path / "clean")}
-    excluded = {"notumor/" + left_out[0], "notumor/" + left_out[1], "glioma/" + left_out[2]}
+    excluded = {"notumor/" + left_out[0], "notumor/" + left_out[1], "glioma/" + left_out[2], "glioma/" + left_out[3]}
     assert set(clean) == set(full) - excluded
     assert all(clean[f] == full[f] for f in clean)  # the same label, group and both folds: runs compare fold by fold
     card = (tmp_path / "clean" / "README.md").read_text()

@@ -634,8 +634,8 @@ def card_text(table: Table, stats: GroupStats, name: str, load_as: str) -> str:
         f"- `label`: class, ClassLabel with names sorted ({', '.join(table.classes)}).",
         "- `file`: path of the file relative to the source folder (after the source folder's name, when "
         "several were combined).",
-        "- `source`: origin, from the file-name prefix (`figshare-`, `br35h-`, `sartaj-`), else the top folder "
-        "of `file`.",
+        "- `source`: origin, from the file-name prefix (`figshare-`, `br35h-`, `sartaj-`), else the name of the "
+        "source folder the file came from.",
         "- `group`: near-duplicate cluster id (images in no cluster have a group of their own).",
         f"- `fold`, `fold_random`: cross-validation fold 0..{table.n_folds - 1} of train images; "
         f"{NO_FOLD} in the test split.",

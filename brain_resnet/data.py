@@ -56,7 +56,12 @@ def read_splits(dataset: str) -> tuple[dict[str, dict[str, list]], list[str] | N
         if Path(dataset).is_dir():
             return read_parquet_folder(Path(dataset))
         raise UsageError(f"loading the Hub dataset {dataset!r} needs the datasets package") from None
-    if dataset.startswith((".", "/", "~")) and not Path(dataset).expanduser().exists():
+    path = Path(dataset).expanduser()
+    # A path, not a Hub id ("owner/name"): one that starts like a path, has more parts than an id, or whose first
+    # part is a folder here (data/brain-tumor-mri-4K); else datasets would retry the Hub and fall back to any
+    # cached dataset of that name.
+    looks_local = dataset.startswith((".", "/", "~")) or len(path.parts) > 2 or Path(*path.parts[:1]).is_dir()
+    if looks_local and not path.exists():
         raise UsageError(f"--dataset {dataset}: no such folder")
     try:
         splits = datasets.load_dataset(dataset)

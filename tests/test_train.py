@@ -434,9 +434,14 @@ def test_bad_flags_fail_with_a_usage_message(flags, message, capsys, tmp_path):
     assert message in capsys.readouterr().err
 
 
-def test_missing_dataset_fails_cleanly(tmp_path, capsys):
+def test_missing_dataset_fails_cleanly(tmp_path, capsys, monkeypatch):
     assert train.main(["--dataset", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "run")]) == 2
     assert f"train.py: error: --dataset {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
+    # a mistyped relative path is no Hub id to retry (and fall back to a cached dataset of that name)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert train.main(["--dataset", "data/brain-tumor-mri-4K", "--output-dir", str(tmp_path / "run")]) == 2
+    assert "--dataset data/brain-tumor-mri-4K: no such folder" in capsys.readouterr().err
 
 
 def test_fold_the_dataset_lacks_fails_cleanly_from_the_command_line(dataset, workdir, env):

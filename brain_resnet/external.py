@@ -31,7 +31,7 @@ def external_files(folder: Path, class_names: list[str]) -> list[tuple[Path, str
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such folder")
     allowed = [*class_names, TUMOR]
-    folders = sorted(p for p in folder.iterdir() if p.is_dir())
+    folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))  # as prepare_dataset.py
     classes = {d: FOLDER_ALIASES.get(d.name.lower(), d.name.lower()) for d in folders}
     unknown = [d.name for d, name in classes.items() if name not in allowed]
     if unknown:
@@ -39,7 +39,12 @@ def external_files(folder: Path, class_names: list[str]) -> list[tuple[Path, str
             f"{folder}: folder {unknown[0]!r} is not a class; name folders {', '.join(allowed)} "
             f"(or {', '.join(FOLDER_ALIASES)})"
         )
-    files = [(f, classes[d]) for d in folders for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+    files = [
+        (f, classes[d])
+        for d in folders
+        for f in sorted(d.rglob("*"))
+        if f.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in f.relative_to(d).parts)
+    ]
     if not files:
         raise UsageError(f"{folder}: no images in class folders ({', '.join(allowed)})")
     return files

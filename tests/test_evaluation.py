@@ -227,11 +227,15 @@ def test_external_understands_the_folder_names_of_public_sets(run, tmp_path, bra
     ):
         (folder / name).mkdir(parents=True)
         shutil.copy(sorted((brain_mri_data / source).iterdir())[0], folder / name / "slice.jpg")
+    for hidden in (folder / ".ipynb_checkpoints", folder / "no" / ".ipynb_checkpoints"):  # a notebook's, skipped
+        hidden.mkdir()
+        shutil.copy(folder / "no" / "slice.jpg", hidden / "slice-checkpoint.jpg")
     output = tmp_path / "external.json"
     assert evaluation.main(["external", str(folder), "--model", str(run / "fold-0"), "--output", str(output)]) == 0
     predictions = json.loads(output.read_text())["models"][str(run / "fold-0")]["predictions"]
     truth = {p["file"].split("/")[0]: p["truth"] for p in predictions}
     assert truth == {"yes": "tumor", "no": "notumor", "Pituitary_Tumor": "pituitary", "no_tumor": "notumor"}
+    assert len(predictions) == 4
 
 
 def test_external_reads_what_the_space_accepts(run, tmp_path):

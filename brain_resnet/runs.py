@@ -139,6 +139,8 @@ def changed_settings(saved: dict, current: dict) -> list[str]:
 
 def check_resume(args: argparse.Namespace) -> dict | None:
     """The saved settings of the run in --output-dir, once sure that this command may continue it."""
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise UsageError(f"--output-dir {args.output_dir} is a file: give a folder for the run")
     path = args.output_dir / "run_args.json"
     if not path.exists():
         return None

@@ -434,9 +434,12 @@ def test_bad_flags_fail_with_a_usage_message(flags, message, capsys, tmp_path):
     assert message in capsys.readouterr().err
 
 
-def test_missing_dataset_fails_cleanly(tmp_path, capsys, monkeypatch):
+def test_missing_dataset_or_a_file_as_output_dir_fails_cleanly(tmp_path, capsys, monkeypatch):
     assert train.main(["--dataset", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "run")]) == 2
     assert f"train.py: error: --dataset {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("mine")
+    assert train.main(["--dataset", str(tmp_path), "--output-dir", str(tmp_path / "notes.txt")]) == 2
+    assert "--output-dir" in capsys.readouterr().err and (tmp_path / "notes.txt").read_text() == "mine"
     # a mistyped relative path is no Hub id to retry (and fall back to a cached dataset of that name)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()

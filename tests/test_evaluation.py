@@ -167,6 +167,21 @@ def test_robustness_reports_each_strength_and_the_shortcut_tests(run, robustness
     assert output.with_suffix(".png").stat().st_size > 10_000
 
 
+def test_robustness_of_a_one_fold_run_decodes_only_that_fold(run, robustness_result, tmp_path, capsys):
+    """Each condition decodes the held-out slices alone (a fifth of the dataset for one of five folds), with the
+    same scores as when every fold is evaluated."""
+    one_fold = tmp_path / "run"
+    shutil.copytree(run, one_fold, ignore=shutil.ignore_patterns("fold-1"))
+    output = tmp_path / "robustness.json"
+    assert evaluation.main(["robustness", str(one_fold), "--only", "jpeg", "--output", str(output)]) == 0
+    held_out = json.loads((run / "cv_results.json").read_text())["folds"]["0"]["num_eval"]
+    assert f"clean: {held_out:,} slices" in capsys.readouterr().out
+    both_folds, _ = robustness_result
+    alone = json.loads(output.read_text())["runs"][str(one_fold)]["corruptions"]["jpeg"]
+    beside = both_folds["runs"][str(run)]["corruptions"]["jpeg"]
+    assert [entry["accuracy"]["folds"][0] for entry in alone] == [entry["accuracy"]["folds"][0] for entry in beside]
+
+
 def test_robustness_rejects_what_is_not_a_run(tmp_path, capsys):
     assert evaluation.main(["robustness", str(tmp_path)]) == 2
     assert "not a train.py run" in capsys.readouterr().err

@@ -408,6 +408,7 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
         processor = BrainResNetImageProcessor(size=args.image_size, num_channels=config.num_channels)
         workers = args.workers or max(1, len(os.sched_getaffinity(0)) // accelerator.num_processes)
         cache_size = round(args.image_size * CACHE_MARGIN)
+        accelerator.print(f"Decoding {len(table.images):,} slices at {cache_size} and {args.image_size} px ...")
         train_images, eval_images = decode_images(table.images, processor, [cache_size, args.image_size], workers)
         data = DeviceData(
             train_images.to(accelerator.device),

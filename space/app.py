@@ -87,7 +87,8 @@ model's input size: 224×224 by default, 128×128 for the bundled release).
 - **Grad-CAM** (Selvaraju et al., 2017): where the last stage's features raised the score of the chosen class
   (gradient-weighted sum of its feature maps, 1/32 of the input side, upsampled: coarse for a small input). Each
   class's map is scaled to its own maximum, so a bright map for an unlikely class is still weak evidence; pick the
-  class with the control under the image.
+  class with the control under the image. An empty map (no colour) means that no region raised that class's
+  score.
 - **SE channel weights**: the Squeeze-and-Excitation gate (0 to 1) that each residual block applied to each of its
   channels for this slice; one row per block, one panel per stage.
 - **Attention-weighted activation**: each stage's output feature map averaged over channels with the weights of
@@ -96,7 +97,9 @@ model's input size: 224×224 by default, 128×128 for the bundled release).
 - **Stem branch responses**: mean absolute response of the multi-scale stem's parallel 3×3, 5×5 and 7×7
   convolutions, showing the structures each receptive field picks up.
 
-Maps show what the network used, not where a tumor is: a model can rely on cues that have nothing to do with one.
+Colours run from dark blue (low) through green and yellow to dark red (high), each map scaled to its own maximum;
+the SE plot has its own scale. Maps show what the network used, not where a tumor is: a model can rely on cues that
+have nothing to do with one.
 
 ### How far to trust the answer
 
@@ -127,6 +130,15 @@ CSS = """
 /* on a phone, two stage maps a row rather than four cut off at the screen's edge */
 @media (max-width: 640px) { #stage-maps .grid-container { --grid-cols: 2 !important; } }
 """
+
+# Each analysis starts by closing the messages the previous one popped up (a failed upload's error stays until then).
+CLOSE_MESSAGES = """(file) => {
+    document.querySelectorAll('[data-testid="toast-close"]').forEach((button) => button.click());
+    return file;
+}"""
+NOT_ANALYSED = (
+    "**This file could not be analysed**: the message at the top right of the page says why. Upload another slice."
+)
 
 # gr.File has no paste of its own: hand a pasted file to its file input as if it had been dropped there (after
 # clearing the previous file, whose preview replaces the input). In <head>, so it listens before the app renders.
@@ -357,18 +369,19 @@ def se_weights_plot(se_weights: list[np.ndarray | None]) -> np.ndarray | None:
     stages = [(number, weights) for number, weights in enumerate(se_weights, start=1) if weights is not None]
     if not stages:
         return None
-    font = ImageFont.load_default(size=12)
-    margin, line, row_height, width = 8, 16, 10, 640
+    font = ImageFont.load_default(size=16)
+    margin, line, row_height, width = 8, 22, 10, 480
     strip_width = width - 2 * margin
-    height = margin + 2 * line + sum(line + len(weights) * row_height + margin for _, weights in stages) + 10 + margin
+    blocks_height = sum(line + len(weights) * row_height + margin for _, weights in stages)
+    height = margin + 2 * line + 8 + blocks_height + 10 + line + margin  # titles, stages, colour scale, its labels
     plot = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(plot)
-    title = "SE channel weights per stage: a row per block, a column per channel"
-    draw.text((margin, margin), title, fill="black", font=ImageFont.load_default(size=14))
-    top = margin + line + 4
+    draw.text((margin, margin), "SE channel weights per stage", fill="black", font=ImageFont.load_default(size=18))
+    draw.text((margin, margin + line), "a row per block, a column per channel", fill="black", font=font)
+    top = margin + 2 * line + 8  # under the title, and clear of the buttons Gradio puts in the image's corner
     for number, weights in stages:
         blocks, channels = weights.shape
-        draw.text((margin, top), f"stage {number}: {channels} channels x {blocks} SE blocks", fill="black", font=font)
+        draw.text((margin, top), f"stage {number}: {channels} channels x {blocks} blocks", fill="black", font=font)
         top += line
         strip = Image.fromarray(SE_COLOURS[to_uint8(weights)]).resize(
             (strip_width, blocks * row_height), Image.Resampling.NEAREST
@@ -464,7 +477,7 @@ class SliceAnalyser:
         view = to_uint8(view.numpy())
         config = self.model.config
         stage_captions = [
-            f"stage {number}: {channels} channels" + (" (no SE: channel mean)" if weights is None else "")
+            f"stage {number} · {channels} ch" + (" · no SE: mean" if weights is None else "")
             for number, channels, weights in zip(
                 range(1, len(config.hidden_sizes) + 1), config.hidden_sizes, explanation.se_weights, strict=True
             )
@@ -473,7 +486,7 @@ class SliceAnalyser:
         if explanation.unfamiliarity is not None and explanation.unfamiliarity > 1:
             notes.append(UNFAMILIAR_NOTE)
         stem_captions = [
-            f"{size}×{size} branch: {channels} channels"
+            f"{size}×{size} · {channels} ch"
             for size, channels in zip(config.stem_kernel_sizes, config.stem_branch_channels, strict=True)
         ]
         return Analysis(
@@ -524,6 +537,13 @@ def verdict(trust: dict | None) -> str:
     return "\n\n".join(lines)
 
 
+def grad_cam_label(grad_cams: GradCams, labels: list[str], choice: str = PREDICTED) -> str:
+    """The Grad-CAM image's label: the class it shows, and that its map is empty when it is."""
+    index = grad_cams.predicted if choice == PREDICTED else labels.index(choice)
+    label = f"Grad-CAM: {labels[index]}" + (" (predicted)" if index == grad_cams.predicted else "")
+    return label + (", empty map" if not grad_cams.maps[index].any() else "")
+
+
 def predict_outputs(analysis: Analysis, pngs: PngStore) -> tuple:
     """The predict endpoint's answer: probabilities, how far to trust them, the maps as PNG files, and the
     Grad-CAMs for the session."""
@@ -549,7 +569,8 @@ def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
         try:
             analysis = analyser.analyse(path)
         except UnusableUpload as error:
-            raise gr.Error(str(error), title="Cannot analyse this file", print_exception=False) from None
+            # It stays until closed or the next analysis starts: the page has no other place that says why.
+            raise gr.Error(str(error), title="Cannot analyse this file", print_exception=False, duration=None) from None
         for note in analysis.notes:
             gr.Warning(note, title=NOTE_TITLES[note])
         pngs.prune()
@@ -558,7 +579,8 @@ def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
     def show_cam(choice: str, grad_cams: GradCams | None):
         if grad_cams is None:
             return None
-        return pngs.save(grad_cams.overlay(None if choice == PREDICTED else labels.index(choice)))
+        overlay = grad_cams.overlay(None if choice == PREDICTED else labels.index(choice))
+        return gr.update(value=pngs.save(overlay), label=grad_cam_label(grad_cams, labels, choice))
 
     # Uploads are medical images: Gradio's copies of them (and of the maps) are deleted after an hour.
     with gr.Blocks(title="Brain tumor MRI classifier", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
@@ -591,8 +613,11 @@ def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
             with gr.Column(scale=1):
                 cam_image = gr.Image(label="Grad-CAM", format="png", interactive=False, elem_id="grad-cam")
                 cam_class = gr.Radio([PREDICTED, *labels], value=PREDICTED, label="Grad-CAM for class")
+        # Headings above the galleries: their floating labels covered the top of the maps.
+        gr.Markdown("**Attention-weighted activation per stage**")
         stage_maps = gr.Gallery(
             label="Attention-weighted activation per stage",
+            show_label=False,
             format="png",
             columns=4,
             rows=1,
@@ -610,27 +635,38 @@ def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
                 min_width=320,
                 elem_id="se-weights",
             )
-            stem_maps = gr.Gallery(
-                label="Multi-scale stem branch responses",
-                format="png",
-                columns=3,
-                height="auto",
-                min_width=320,
-                elem_id="stem-maps",
-            )
+            with gr.Column(min_width=320):
+                gr.Markdown("**Multi-scale stem branch responses**")
+                stem_maps = gr.Gallery(
+                    label="Multi-scale stem branch responses",
+                    show_label=False,
+                    format="png",
+                    columns=3,
+                    height="auto",
+                    elem_id="stem-maps",
+                )
         gr.Markdown(HOW_TO_READ)
         grad_cams_state = gr.State()
 
         results = [probabilities, trust, cam_image, se_plot, stage_maps, stem_maps, grad_cams_state]
         # Both routes to an analysis share one concurrency group, so that the model never runs twice at once.
-        run = {"fn": predict, "inputs": upload, "outputs": results, "concurrency_id": "model"}
+        run = {"fn": predict, "inputs": upload, "outputs": results, "concurrency_id": "model", "js": CLOSE_MESSAGES}
         predicted = gr.on([upload.upload, analyse_button.click], **run, api_name="predict")
         from_example = examples.load_input_event.then(**run, api_visibility="private")
         cleared = [*results, trust_words]
         for event in (predicted, from_example):
             event.success(None, None, cam_class, js=f"() => {json.dumps(PREDICTED)}")
             event.success(verdict, trust, trust_words, api_visibility="private")
-            event.failure(lambda: [None] * len(cleared), None, cleared, api_visibility="private")
+            # the label apart from the API's answer, which stays the overlay's file
+            event.success(
+                lambda cams: gr.update(label=grad_cam_label(cams, labels)),
+                grad_cams_state,
+                cam_image,
+                api_visibility="private",
+            )
+            event.failure(lambda: [None] * len(results) + [NOT_ANALYSED], None, cleared, api_visibility="private").then(
+                None, None, cam_class, js=f"() => {json.dumps(PREDICTED)}"
+            )
         upload.clear(lambda: [None] * len(cleared), None, cleared, api_visibility="private")
         cam_class.input(show_cam, [cam_class, grad_cams_state], cam_image, api_visibility="private")
     return demo

@@ -134,9 +134,9 @@ def assert_full_answer(answer) -> None:
     with Image.open(se_plot) as plot:
         assert plot.width >= 400
     assert [item["caption"] for item in stage_maps] == [
-        f"stage {n}: {c} channels" for n, c in zip(range(1, 5), (64, 128, 256, 512), strict=True)
+        f"stage {n} · {c} ch" for n, c in zip(range(1, 5), (64, 128, 256, 512), strict=True)
     ]
-    assert [item["caption"].split(" branch")[0] for item in stem_maps] == ["3×3", "5×5", "7×7"]
+    assert [item["caption"].split(" ·")[0] for item in stem_maps] == ["3×3", "5×5", "7×7"]
     for item in [*stage_maps, *stem_maps]:
         assert Path(item["image"]).stat().st_size > 0
 
@@ -343,6 +343,17 @@ def test_colour_pictures_get_a_note_and_grayscale_slices_in_any_format_do_not(tm
     assert example_analysis.notes == [] and 0 < example_analysis.unfamiliarity < 1
 
 
+def test_the_grad_cam_is_labelled_with_its_class_and_an_empty_one_says_so():
+    """Another class's map is often all zeros; unlabelled, it looked like a control that did nothing."""
+    view = np.full((8, 8), 100, dtype=np.uint8)
+    maps = np.zeros((4, 8, 8), dtype=np.uint8)
+    maps[0, 2:5, 2:5] = 255
+    cams, labels = app.GradCams(view, maps, predicted=0), ["glioma", "meningioma", "notumor", "pituitary"]
+    assert app.grad_cam_label(cams, labels) == "Grad-CAM: glioma (predicted)"
+    assert app.grad_cam_label(cams, labels, "glioma") == "Grad-CAM: glioma (predicted)"
+    assert app.grad_cam_label(cams, labels, "pituitary") == "Grad-CAM: pituitary, empty map"
+
+
 def test_the_assessment_is_put_in_words_for_visitors():
     """Beside the probabilities the page says whether to trust the answer, every warning in full, the familiar case
     with its caveat; a model without a detector says so rather than nothing."""
@@ -386,7 +397,7 @@ def test_a_model_without_multiscale_stem_or_se_still_gets_its_maps(tmp_path):
 
     assert analysis.se_plot is None and analysis.stem_maps == []
     assert analysis.unfamiliarity is None and analysis.notes == []  # no detector: no warning, no error
-    assert [caption for _, caption in analysis.stage_maps][0] == "stage 1: 64 channels (no SE: channel mean)"
+    assert [caption for _, caption in analysis.stage_maps][0] == "stage 1 · 64 ch · no SE: mean"
     assert analysis.grad_cams.maps.shape == (4, 224, 224)
 
 

@@ -185,6 +185,24 @@ def test_bad_upload_shows_its_message_on_the_page(page, tmp_path, write_file, me
     expect(page.locator(CAM_IMAGE)).to_have_count(0)
 
 
+def test_a_failed_upload_says_so_until_the_next_slice_is_analysed(page, tmp_path):
+    """The error stays (a visitor who looked away still finds why), the page says the file was not analysed, and
+    the next slice's analysis closes it."""
+    bad = tmp_path / "scan.jpg"
+    write_non_image(bad)
+    page.set_input_files(UPLOAD_INPUT, str(bad))
+    error = page.get_by_test_id("toast-body").filter(has_text="This file is not an image the Space can read")
+    expect(error).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
+    expect(page.locator("#verdict")).to_contain_text("This file could not be analysed")
+
+    page.locator('#slice-upload button[aria-label="Clear"]').click()
+    page.set_input_files(UPLOAD_INPUT, str(EXAMPLES[0]))
+    wait_for_rendered_cam(page)
+    expect(error).to_have_count(0)
+    expect(page.locator("#verdict")).not_to_contain_text("could not be analysed")
+    expect(page.locator("#grad-cam")).to_contain_text("Grad-CAM: ")
+
+
 def test_colour_photo_is_answered_with_visible_colour_and_unfamiliar_warnings(page, tmp_path):
     page.set_input_files(UPLOAD_INPUT, str(colour_photo(tmp_path / "holiday.png")))
 

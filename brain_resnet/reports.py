@@ -347,7 +347,8 @@ def release_markdown(report: dict) -> str:
         "",
         "| | accuracy | log-loss | calibration error (ECE) | called unfamiliar |",
         "|---|---|---|---|---|",
-        f"| as trained | {before.get('accuracy', scores['accuracy']):.4f} | {before['log_loss']:.4f} "
+        f"| as trained{', mirror-averaged' if report.get('mirror_average') else ''} "
+        f"| {before.get('accuracy', scores['accuracy']):.4f} | {before['log_loss']:.4f} "
         f"| {before['calibration_error']:.4f} | – |",
         f"| released ({released}) | {with_interval(scores['accuracy'], scores.get('intervals', {}).get('accuracy'))} | "
         f"{scores['log_loss']:.4f} | {scores['calibration_error']:.4f} | {scores['unfamiliar']:.1%} |",

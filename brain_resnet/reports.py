@@ -2,6 +2,7 @@
 config's training_info and the line printed per fold; and the release card's section that make_release.py fills."""
 
 import datetime
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,6 +16,9 @@ SWITCHES = (*SHORTCUT_SETTINGS, *LIST_OPTIONS)
 RESULTS_START, RESULTS_END = "<!-- train.py:results:start -->", "<!-- train.py:results:end -->"
 RELEASE_START, RELEASE_END = "<!-- make_release.py:release:start -->", "<!-- make_release.py:release:end -->"
 SUMMARY_START, SUMMARY_END = "<!-- make_release.py:summary:start -->", "<!-- make_release.py:summary:end -->"
+
+
+RELEASE_ONLY = re.compile(r"<!-- release-only -->(.*?)<!-- /release-only -->", re.DOTALL)
 
 
 def marked_region(text: str, start_marker: str, end_marker: str) -> tuple[int, int]:
@@ -242,8 +246,11 @@ def render_model_card(template: str, results: dict, fold, model_id: str, release
     from huggingface_hub import ModelCard
 
     card = ModelCard(template)
-    region = marked_region(card.text, RESULTS_START, RESULTS_END)
     released = release_report is not None
+    # The template's facts about the released weights themselves: kept (without their markers) in a release's card,
+    # left out of a cross-validation fold's, which they would misdescribe.
+    card.text = RELEASE_ONLY.sub(r"\1" if released else "", card.text)
+    region = marked_region(card.text, RESULTS_START, RESULTS_END)
     card.text = replace_region(card.text, region, results_markdown(results, fold, model_id, released))
     if released:
         card.text = render_release_section(card.text, release_report)

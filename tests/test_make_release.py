@@ -243,6 +243,7 @@ def test_release_card_says_what_the_weights_are_and_leads_its_model_index_with_t
 
     assert "with the operating point and calibration that make_release.py fitted on fold 0" in card.text
     assert "not the release model's" not in card.text  # train.py's wording for a fold beside a full/ model
+    assert "Its held-out scores are one fold's" in card.text and "release-only" not in card.text
     first = card.data.eval_results[0]
     assert (first.metric_type, first.metric_value) == ("accuracy", round(crossed, 4))
     assert "as released" in first.metric_name

@@ -1119,6 +1119,9 @@ def test_model_card_carries_the_runs_metrics(python_run):
     accuracy = summary["accuracy"]
     assert f"| **mean ± std** |  | {accuracy['mean']:.4f} ± {accuracy['std']:.4f} |" in card.text
     assert "fold 0's model" in card.text and "No trained release exists yet" not in card.text
+    # the template's facts about the released weights (their held-out fold, the audit's slices) are not this run's
+    assert "Its held-out scores are one fold's" not in card.text and "These weights never saw them" not in card.text
+    assert "release-only" not in card.text
     metrics = {(r.metric_type, r.dataset_split): r.metric_value for r in card.data.eval_results}
     assert metrics[("accuracy", "train")] == round(accuracy["mean"], 4)
     assert metrics[("f1", "train")] == round(summary["macro_f1"]["mean"], 4)

@@ -85,7 +85,8 @@ All maps lie over the **model's view**: the slice as the network saw it (graysca
 model's input size: 224×224 by default, 128×128 for the bundled release).
 
 - **Grad-CAM** (Selvaraju et al., 2017): where the last stage's features raised the score of the chosen class
-  (gradient-weighted sum of its feature maps, 1/32 of the input side, upsampled: coarse for a small input). Each
+  (gradient-weighted sum of its feature maps, 1/32 of the input side, upsampled: coarse for a small input; for a
+  model that also reads the slice's mirror image, as the bundled release does, that view's share flipped back). Each
   class's map is scaled to its own maximum, so a bright map for an unlikely class is still weak evidence; pick the
   class with the control under the image. An empty map (no colour) means that no region raised that class's
   score.

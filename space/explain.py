@@ -48,9 +48,14 @@ def se_blocks_per_stage(model: nn.Module) -> list[int]:
     ]
 
 
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, h, w) -> (N, *size), bilinear."""
+    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
 def scale_maps(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """(N, h, w) -> (N, *size): bilinear upsampling, then each map min-max scaled to [0, 1] (a flat map gives 0)."""
-    maps = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    maps = upsample(maps, size)
     maps = maps - maps.amin(dim=(1, 2), keepdim=True)
     peak = maps.amax(dim=(1, 2), keepdim=True)
     maps = torch.where(peak > 1e-12, maps / peak.clamp_min(1e-12), torch.zeros_like(maps))
@@ -97,19 +102,28 @@ def _logits(output) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output
 
 
-def cams_from(logits: torch.Tensor, feature_map: torch.Tensor, class_indices: list[int]) -> torch.Tensor:
+def cams_from(
+    logits: torch.Tensor, feature_maps: list[torch.Tensor], class_indices: list[int], size: tuple[int, int]
+) -> torch.Tensor:
     """
-    Grad-CAM at the feature map's resolution, (B, len(class_indices), h, w): for each class, the channel weights
-    are the spatial mean of d(score)/d(feature map), and the map is the ReLU of the weighted channel sum.
+    Grad-CAM, (B, len(class_indices), *size) before scaling: for each class, the channel weights are the spatial mean
+    of d(score)/d(feature map), and the map is the ReLU of the weighted channel sum, upsampled. A mirror-averaging
+    model records a second feature map, its mirror image's, which carries the other half of the score: its weighted
+    sum is upsampled, flipped back onto the slice and added before the ReLU, so that the map accounts for the whole
+    score (and a class's map is empty only if no region of either view raised it).
     """
     cams = []
     for position, class_index in enumerate(class_indices):
         # Samples are independent in eval mode, so the gradient of the batch sum is every sample's own gradient.
-        (gradients,) = torch.autograd.grad(
-            logits[:, class_index].sum(), feature_map, retain_graph=position < len(class_indices) - 1
+        gradients = torch.autograd.grad(
+            logits[:, class_index].sum(), feature_maps, retain_graph=position < len(class_indices) - 1
         )
-        weights = gradients.mean(dim=(2, 3), keepdim=True)
-        cams.append(F.relu((weights * feature_map).sum(dim=1)))
+        sums = [(g.mean(dim=(2, 3), keepdim=True) * f).sum(dim=1) for g, f in zip(gradients, feature_maps, strict=True)]
+        if len(sums) == 1:
+            cams.append(upsample(F.relu(sums[0]), size))
+        else:
+            own, mirror = (upsample(view, size) for view in sums)
+            cams.append(F.relu(own + mirror.flip(-1)))
     return torch.stack(cams, dim=1).detach()
 
 
@@ -141,10 +155,10 @@ def grad_cam(
     with gradients_stop_at(target_layer) as feature_maps, torch.enable_grad():
         logits = _logits(model(pixel_values))
     classes = list(range(logits.shape[1])) if class_index is None else [class_index]
-    cams = cams_from(logits, feature_maps[0], classes)  # the slice's own (a mirror-averaging model maps twice)
-    batch, num_classes, height, width = cams.shape
-    maps = scale_maps(cams.reshape(batch * num_classes, height, width), tuple(pixel_values.shape[-2:]))
-    maps = maps.reshape(batch, num_classes, *maps.shape[-2:])
+    size = tuple(pixel_values.shape[-2:])
+    cams = cams_from(logits, feature_maps, classes, size)
+    batch, num_classes = cams.shape[:2]
+    maps = scale_maps(cams.reshape(batch * num_classes, *size), size).reshape(batch, num_classes, *size)
     return maps if class_index is None else maps[:, 0]
 
 
@@ -188,8 +202,8 @@ def explain(model: nn.Module, pixel_values: torch.Tensor) -> Explanation:
     ):
         outputs = model(pixel_values, output_attentions=True, output_hidden_states=True)
     logits = outputs.logits
-    # The slice's own feature map and stem outputs come first; a mirror-averaging model records its mirror image's after
-    cams = cams_from(logits, feature_maps[0], list(range(logits.shape[1])))[0]
+    cams = cams_from(logits, feature_maps, list(range(logits.shape[1])), size)[0]
+    # the slice's own stem outputs come first; a mirror-averaging model records its mirror image's after them
     branch_outputs = branch_outputs[: len(stem_branches(model))]
     stage_weights = group_by_stage(outputs.attentions or (), se_blocks_per_stage(model))
     stage_maps = attention_weighted_maps(tuple(h.detach() for h in outputs.hidden_states[1:]), stage_weights)

@@ -138,17 +138,21 @@ def test_explain_gives_every_map_from_one_pass(improved_model, slice_input):
         assert heat.shape == (224, 224) and heat.min() == 0 and heat.max() == pytest.approx(1.0)
 
 
-def test_a_mirror_averaging_models_maps_are_of_the_slice_itself(improved_model, slice_input):
+def test_a_mirror_averaging_models_grad_cam_accounts_for_both_views(improved_model, slice_input):
+    """Half of a mirror-averaging model's score comes from the mirror image: its Grad-CAM adds that view's evidence,
+    flipped back onto the slice, so the map of a mirrored slice is the mirror image of the slice's map (the slice's
+    own view alone would not be). Its stem maps stay the slice's own."""
     averaging = BrainResNetForImageClassification(BrainResNetConfig(mirror_average=True)).eval()
     averaging.load_state_dict(improved_model.state_dict())
     with torch.no_grad():
         answer = averaging(slice_input).logits.softmax(-1)[0].numpy()
 
     result, own = explain.explain(averaging, slice_input), explain.explain(improved_model, slice_input)
+    mirrored = explain.explain(averaging, slice_input.flip(-1))
 
     np.testing.assert_allclose(result.probabilities, answer, atol=1e-6)
-    # a linear head on pooled features: the averaged score's Grad-CAM on the slice's own feature map is its CAM
-    np.testing.assert_allclose(result.grad_cams, own.grad_cams, atol=1e-4)
+    np.testing.assert_allclose(result.grad_cams, mirrored.grad_cams[..., ::-1], atol=1e-4)
+    assert np.abs(result.grad_cams - own.grad_cams).max() > 0.05
     assert len(result.stem_maps) == 3
     np.testing.assert_allclose(np.stack(result.stem_maps), np.stack(own.stem_maps), atol=1e-6)
 

@@ -559,6 +559,14 @@ def predict_outputs(analysis: Analysis, pngs: PngStore) -> tuple:
     )
 
 
+def map_gallery(title: str, columns: int, elem_id: str) -> gr.Gallery:
+    """A heading, then one row of maps (a gallery's own floating label would cover the top of its maps)."""
+    gr.Markdown(f"**{title}**")
+    return gr.Gallery(
+        label=title, show_label=False, format="png", columns=columns, rows=1, height="auto", elem_id=elem_id
+    )
+
+
 def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
     labels = analyser.labels
     trained = bool(getattr(analyser.model.config, "training_info", None))
@@ -614,17 +622,7 @@ def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
             with gr.Column(scale=1):
                 cam_image = gr.Image(label="Grad-CAM", format="png", interactive=False, elem_id="grad-cam")
                 cam_class = gr.Radio([PREDICTED, *labels], value=PREDICTED, label="Grad-CAM for class")
-        # Headings above the galleries: their floating labels covered the top of the maps.
-        gr.Markdown("**Attention-weighted activation per stage**")
-        stage_maps = gr.Gallery(
-            label="Attention-weighted activation per stage",
-            show_label=False,
-            format="png",
-            columns=4,
-            rows=1,
-            height="auto",
-            elem_id="stage-maps",
-        )
+        stage_maps = map_gallery("Attention-weighted activation per stage", 4, "stage-maps")
         with gr.Row():
             # The plot carries its own title: a floating label would hide its first panel.
             # Each at least 320 px wide: on a phone the row wraps, the plot above the maps.
@@ -637,15 +635,7 @@ def build_demo(analyser: SliceAnalyser) -> gr.Blocks:
                 elem_id="se-weights",
             )
             with gr.Column(min_width=320):
-                gr.Markdown("**Multi-scale stem branch responses**")
-                stem_maps = gr.Gallery(
-                    label="Multi-scale stem branch responses",
-                    show_label=False,
-                    format="png",
-                    columns=3,
-                    height="auto",
-                    elem_id="stem-maps",
-                )
+                stem_maps = map_gallery("Multi-scale stem branch responses", 3, "stem-maps")
         gr.Markdown(HOW_TO_READ)
         grad_cams_state = gr.State()
 

@@ -45,9 +45,7 @@ def _array_to_tensor(array) -> torch.Tensor:
     tensor = tensor.detach().to("cpu")
     if tensor.dtype == torch.bool:
         tensor = tensor.to(torch.uint8)
-    # an alpha channel's fully opaque value: the integer type's maximum, 1 for floating point
-    opaque = float(torch.iinfo(tensor.dtype).max) if not tensor.dtype.is_floating_point else 1.0
-    tensor = tensor.float()
+    dtype, tensor = tensor.dtype, tensor.float()
     if tensor.ndim == 2:
         return tensor
     if tensor.ndim != 3:
@@ -56,7 +54,18 @@ def _array_to_tensor(array) -> torch.Tensor:
         tensor = tensor.permute(2, 0, 1)
     if tensor.shape[0] not in (1, 2, 3, 4):
         raise ValueError(f"cannot tell the channel axis of an image of shape {tuple(tensor.shape)}")
-    return _to_gray(tensor, opaque)
+    return _to_gray(tensor, _opaque_value(dtype, tensor[-1]) if tensor.shape[0] in (2, 4) else 1.0)
+
+
+def _opaque_value(dtype: torch.dtype, alpha: torch.Tensor) -> float:
+    """An alpha channel's fully opaque value: 255 for 8 bits, 65535 for 16; for other types (an 8-bit image's
+    array made float or int64), the first of 1, 255 and 65535 that its largest value does not exceed."""
+    if dtype == torch.uint8:
+        return 255.0
+    if dtype == torch.uint16:
+        return 65535.0
+    top = float(alpha.max())
+    return next((value for value in (1.0, 255.0, 65535.0) if top <= value), top)
 
 
 def _flatten_images(images) -> list:

@@ -266,7 +266,8 @@ def test_processor_keeps_transparency_black_for_arrays_as_for_pil(slice_image):
     rgba[gray < 10, :3] = 255  # a white background, made transparent
     pil = Image.fromarray(rgba, "RGBA")
     expected = processor(pil).pixel_values
-    for image in (rgba, torch.from_numpy(rgba).permute(2, 0, 1), np.asarray(pil.convert("LA"))):
+    as_other_types = (rgba.astype(np.int64), rgba.astype(np.float32), rgba.astype(np.float32) / 255)
+    for image in (rgba, torch.from_numpy(rgba).permute(2, 0, 1), np.asarray(pil.convert("LA")), *as_other_types):
         torch.testing.assert_close(processor(image).pixel_values, expected, atol=1e-5, rtol=0)
     assert (processor(rgba[..., :3]).pixel_values - expected).abs().max() > 1  # the white background, read
 

@@ -429,10 +429,8 @@ def train_folds(args: argparse.Namespace, accelerator: Accelerator, saved: dict 
         if args.match_sources or args.group_dro:
             data.find_source_ids("--match-sources" if args.match_sources else "--group-dro")
         for fold in pending:
-            if len(data.indices(fold)[0]) < args.batch_size:
-                raise UsageError(
-                    f"{fold_name(fold)} has {len(data.indices(fold)[0])} training images, fewer than --batch-size"
-                )
+            if (train_count := len(data.indices(fold)[0])) < args.batch_size:
+                raise UsageError(f"{fold_name(fold)} has {train_count} training images, fewer than --batch-size")
         # Only now, every check passed: a command refused above leaves no run behind to block its corrected rerun.
         if accelerator.is_main_process:
             out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,8 @@ TORCH ?= torch==2.13.0
 SOURCE_4K ?= ../shared/data/brain-tumor-mri-4k
 EXTERNAL ?= ../shared/data/brain-tumor-mri-sartaj
 CPU_RUN ?= runs/cpu-release-clean
+# the model repo the release's card names (its model-index and loading snippet), as the Space's README does
+HUB_MODEL_ID ?= brain-resnet/improved-resnet34-brain-mri
 
 .PHONY: space test setup chromium cpu-release gpu-matrix
 
@@ -49,7 +51,7 @@ cpu-release: setup data/all-sources-clean
 		--epochs 60 --image-size 128 --batch-size 128 --lr 2e-3 --paste-prob 0.3 --workers 1 --resume
 	$(PY) make_release.py $(CPU_RUN)/fold-0 --output release --healthy-false-alarms 0.05 --mirror-average \
 		--summary results/summary.json --recipe-cross-validation results/gpu-6/recipe-cross-validation.json \
-		--report results/release.json --workers 2
+		--report results/release.json --workers 2 --hub-model-id $(HUB_MODEL_ID)
 
 data/all-sources: | setup
 	$(PY) prepare_dataset.py $(SOURCE_4K) $(EXTERNAL) $@ --folds 5 --seed 0

@@ -141,7 +141,7 @@ def run_jobs(jobs: list[Job], processes: int, time_limit: float, grace: float = 
             job.started, job.status = time.perf_counter(), "running"
             running.append(job)
             say(f"{job.name}: started ({len(running)} running, {len(waiting)} waiting)")
-        if waiting and not running and not stopping:  # nothing left that fits in the time
+        if waiting and not running:  # nothing runs, and nothing left fits in the time (or the limit was reached)
             break
         if not stopping and elapsed() > time_limit and running:
             stopping = True

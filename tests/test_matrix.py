@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -201,6 +202,20 @@ def test_time_limit_stops_jobs_resumably_and_still_reports(two_sources, tmp_path
     assert [job["status"] for job in trained["jobs"]] == ["stopped"]
     assert trained["cuda_mps"] is False and "CUDA MPS: " in done.stdout  # no GPU here: trained without it
     assert list((tmp_path / "runs/stratified-improved/fold-0/checkpoints").glob("epoch-*/progress.json"))
+
+
+def test_jobs_still_waiting_at_the_time_limit_are_left_and_the_scheduler_returns(tmp_path, monkeypatch):
+    """Once the running jobs stop at the limit, the waiting ones are marked not started (the loop waited for ever)."""
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(matrix.subprocess, "Popen", lambda command, **kwargs: real_popen(["sleep", "100"], **kwargs))
+    jobs = [matrix.Job(f"job {i}", tmp_path / f"run-{i}", 0, []) for i in range(2)]
+
+    scheduler = threading.Thread(target=matrix.run_jobs, args=(jobs, 1, 0.5, 2, 0.05), daemon=True)
+    scheduler.start()
+    scheduler.join(timeout=30)
+
+    assert not scheduler.is_alive(), "run_jobs did not return after the time limit"
+    assert [job.status for job in jobs] == ["stopped", "not started"]
 
 
 @pytest.mark.parametrize(

@@ -414,19 +414,23 @@ class PngStore:
         Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)  # 3x faster than the default, ~1% larger
         data = buffer.getvalue()
         path = self.folder / f"{hashlib.sha256(data).hexdigest()}.png"
-        if path.exists():
-            os.utime(path)  # keep it from the next prune while Gradio copies it
-        else:
+        try:
+            os.utime(path)  # there already: keep it from the next prune while Gradio copies it
+        except FileNotFoundError:  # new, or pruned a moment ago
             staging = path.with_suffix(f".{os.getpid()}-{time.monotonic_ns()}.part")
             staging.write_bytes(data)
             staging.replace(path)
         return str(path)
 
     def prune(self) -> None:
+        """Delete the maps not saved for max_age_s; a save may run meanwhile (the Grad-CAM class control's)."""
         cutoff = time.time() - self.max_age_s
-        for path in self.folder.iterdir():
-            if path.stat().st_mtime < cutoff:
-                path.unlink(missing_ok=True)
+        for path in self.folder.glob("*.png"):  # not another save's staging file, about to become a map
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+            except FileNotFoundError:  # pruned by another request meanwhile
+                continue
 
 
 @dataclass

@@ -343,6 +343,37 @@ def test_colour_pictures_get_a_note_and_grayscale_slices_in_any_format_do_not(tm
     assert example_analysis.notes == [] and 0 < example_analysis.unfamiliarity < 1
 
 
+def test_a_map_pruned_while_it_is_saved_again_is_written_anew(monkeypatch):
+    """The Grad-CAM class control saves maps while an analysis prunes old ones: a map deleted between the check
+    that it is there and the touch that keeps it is written again, not an error."""
+    pngs, image = app.PngStore(), np.full((8, 8, 3), 7, np.uint8)
+    path = Path(pngs.save(image))
+    real_utime = os.utime
+
+    def pruned_first(target, *args, **kwargs):
+        Path(target).unlink()
+        return real_utime(target, *args, **kwargs)
+
+    monkeypatch.setattr(app.os, "utime", pruned_first)
+    assert pngs.save(image) == str(path)
+    with Image.open(path) as saved:
+        assert np.asarray(saved).tolist() == image.tolist()
+
+
+def test_prune_skips_what_vanishes_between_its_listing_and_its_check(monkeypatch):
+    """Another request's prune, or a save renaming its staging file, may remove a listed file first."""
+    pngs = app.PngStore(max_age_s=0)
+    old = Path(pngs.save(np.zeros((8, 8, 3), np.uint8)))
+    ghost = pngs.folder / "gone.png"
+    listing = [ghost, old]
+    monkeypatch.setattr(type(pngs.folder), "glob", lambda folder, pattern: iter(listing))
+    monkeypatch.setattr(type(pngs.folder), "iterdir", lambda folder: iter(listing))
+
+    pngs.prune()
+
+    assert not old.exists()
+
+
 def test_the_grad_cam_is_labelled_with_its_class_and_an_empty_one_says_so():
     """Another class's map is often all zeros; unlabelled, it looked like a control that did nothing."""
     view = np.full((8, 8), 100, dtype=np.uint8)

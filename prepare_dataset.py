@@ -342,9 +342,11 @@ def exclusions(path: Path, entries: list[Entry], srcs: Sequence[Path]) -> dict[s
         raise SystemExit(f"error: cannot read --exclude {path}: {exc}") from None
     names = [src.resolve().name for src in srcs]
     found = {e.file: e.file for e in entries}  # as the `file` column names them (train.py --exclude's form)
+    ours = set(names)  # the first folder of a name that must be here
     if len(srcs) == 1:  # one SRC: `file` omits the folder's name, which a list covering several sources has
         found |= {f"{names[0]}/{e.file}": e.file for e in entries}
-    missing = [name for name in listed if name.split("/")[0] in names and name not in found]
+        ours |= {e.file.split("/")[0] for e in entries}  # its class (or split) folders: the `file` form
+    missing = [name for name in listed if name.split("/")[0] in ours and name not in found]
     if missing:
         raise SystemExit(
             f"error: --exclude names {len(missing)} file(s) that are not in SRC; nothing was written:\n  "

@@ -379,6 +379,10 @@ def test_exclude_refuses_a_listed_file_that_is_not_there(tmp_path, brain_mri_dat
     listing.write_text("brain-tumor-mri-4k/notumor/br35h-no-9999.jpg  # misspelt\n")
     message = error_of([str(src), str(out), "--folds", "3", "--exclude", str(listing)], capsys)
     assert "not in SRC" in message and "brain-tumor-mri-4k/notumor/br35h-no-9999.jpg" in message
+    listing.write_text("notumor/br35h-no-9999.jpg  # misspelt, as the dataset's file column names files\n")
+    assert "notumor/br35h-no-9999.jpg" in error_of(
+        [str(src), str(out), "--folds", "3", "--exclude", str(listing)], capsys
+    )
     assert "cannot read --exclude" in error_of([str(src), str(out), "--exclude", str(tmp_path / "none.txt")], capsys)
     assert not out.exists()
 

@@ -493,9 +493,13 @@ def cross_source_scores(runs: list[tuple[Path, dict]], scores: dict[str, tuple[s
         for fold in results["folds"]:
             if (found := scores.get(str((path / f"fold-{fold}").resolve()))) is not None:
                 by_data.setdefault(found[0], []).append(found[1])
+
+    def mean(values: list) -> float | None:  # None where no model had the slices for it (a folder of tumors only)
+        values = [value for value in values if value is not None]
+        return float(np.mean(values)) if values else None
+
     return {
-        data: {"models": len(metrics)}
-        | {name: float(np.mean([m[name] for m in metrics if m[name] is not None])) for name in CROSS_SOURCE_METRICS}
+        data: {"models": len(metrics)} | {name: mean([m[name] for m in metrics]) for name in CROSS_SOURCE_METRICS}
         for data, metrics in by_data.items()
     }
 

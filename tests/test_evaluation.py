@@ -344,6 +344,15 @@ def test_summary_reports_cross_source_scores_of_the_fold_models(run, external_fo
     assert evaluation.main(["summary", str(run), "--external", str(output)]) == 2  # a summary is no external output
 
 
+def test_a_cross_source_score_no_model_had_slices_for_is_left_empty(tmp_path):
+    """A folder of tumor slices of unknown type has no 4-class accuracy and no healthy slices: None, not NaN
+    (which is no JSON)."""
+    fold = str((tmp_path / "run" / "fold-0").resolve())
+    scored = {"accuracy": None, "tumor_found": 0.9, "notumor_specificity": None}
+    means = evaluation.cross_source_scores([(tmp_path / "run", {"folds": {"0": {}}})], {fold: ("tumors", scored)})
+    assert means == {"tumors": {"models": 1, **scored}}
+
+
 def test_summary_names_every_machine_that_trained_a_continued_runs_folds(run, tmp_path):
     """A run continued on a second machine records that machine at its top; its first folds came from the first."""
     copy = shutil.copytree(run, tmp_path / "continued")

@@ -83,4 +83,4 @@ gpu-matrix: data/all-sources data/brain-tumor-mri-sartaj
 	$(PY) run_matrix.py --dataset data/all-sources --sources figshare,br35h --external data/brain-tumor-mri-sartaj \
 		--runs $(MATRIX_RUNS) --processes $(MATRIX_PROCESSES) $(MATRIX_MPS) --time-limit $(MATRIX_SECONDS) \
 		--output-dir $(MATRIX_OUTPUT) --results $(MATRIX_RESULTS) --release $(MATRIX_RELEASE) $(if $(PACK),--pack $(PACK)) \
-		$(MATRIX_FLAGS) -- $(MATRIX_TRAIN)
+		--hub-model-id $(HUB_MODEL_ID) $(MATRIX_FLAGS) -- $(MATRIX_TRAIN)

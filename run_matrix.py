@@ -40,11 +40,13 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from brain_resnet.cli import HelpFormatter, number
+from brain_resnet.cli import HelpFormatter, hub_repo_id, number
 from brain_resnet.matrix import (
     RELEASE_RUN,
     Job,
     cuda_mps,
+    images_trained,
+    log_lengths,
     parse_run_specs,
     plan_jobs,
     recorded_folds,
@@ -52,7 +54,7 @@ from brain_resnet.matrix import (
     run_jobs,
     tail,
 )
-from brain_resnet.runs import epoch_records, has_weights, write_json
+from brain_resnet.runs import has_weights, write_json
 
 ROOT = Path(__file__).resolve().parent
 # The files of a run folder worth keeping in RESULTS/runs/ (kept_files also leaves out checkpoints and TensorBoard).
@@ -94,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="make_release.py's operating point for the release: this share of held-out healthy slices called a tumor",
     )
     parser.add_argument("--release", type=Path, default=Path("release"), help="the folder make_release.py writes")
+    parser.add_argument(
+        "--hub-model-id", type=hub_repo_id, help="the Hub repo the release's card names (make_release.py's)"
+    )
     parser.add_argument("--external", type=Path, help="a folder of other-source slices, one folder per class")
     parser.add_argument("--results", type=Path, default=Path("results/matrix"), help="the evaluations' JSON files")
     parser.add_argument("--processes", type=number(int, 1), default=4, help="train.py processes at a time")
@@ -155,7 +160,7 @@ def seed_from_earlier(args: argparse.Namespace) -> None:
     print(f"continuing from {args.continue_from}: {copied} files of earlier runs copied into {args.output_dir}")
 
 
-def evaluate(args: argparse.Namespace, jobs: list[Job]) -> None:
+def evaluate(args: argparse.Namespace) -> None:
     """Robustness and external side by side, the summary of the runs, then make_release.py with that summary in
     the release's card; each step logged."""
     python, results = sys.executable, args.results
@@ -201,6 +206,7 @@ def evaluate(args: argparse.Namespace, jobs: list[Job]) -> None:
         command += ["--report", str(results / "release.json"), "--workers", "8"]
         command += ["--healthy-false-alarms", str(args.healthy_false_alarms), "--mirror-average"]  # as make cpu-release
         command += ["--summary", str(summary)] if summary.exists() else []
+        command += ["--hub-model-id", args.hub_model_id] if args.hub_model_id else []
         run_steps(args, {"release": command})
 
 
@@ -218,12 +224,11 @@ def run_steps(args: argparse.Namespace, steps: dict[str, list[str]]) -> None:
         print(tail(args.output_dir / f"{name}.log", 12), flush=True)
 
 
-def training_report(args: argparse.Namespace, jobs: list[Job], seconds: float) -> dict:
+def training_report(args: argparse.Namespace, jobs: list[Job], seconds: float, lengths_before: dict) -> dict:
     """What the training step did: every job's outcome and the aggregate throughput of all the processes (every
-    image of every epoch of this step's jobs over the step's wall time, start-up and per-epoch evaluation
+    image of every epoch this step's jobs trained, over the step's wall time, start-up and per-epoch evaluation
     included)."""
-    logs = {run_dir: epoch_records(run_dir / "log.jsonl") for run_dir in {job.run_dir for job in jobs}}
-    images = sum(record["train_images"] for job in jobs for record in logs[job.run_dir].get(job.fold, {}).values())
+    images = images_trained(jobs, lengths_before)
     return {
         "command": args.command,
         "device": torch_device_name(),
@@ -286,9 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         release_arguments=shlex.split(args.release_training),
     )
     print(f"{len(jobs)} training jobs, {args.processes} at a time, {args.time_limit:.0f} s at most", flush=True)
+    lengths_before = log_lengths(jobs)
     with cuda_mps() if args.mps else nullcontext(False) as mps:
         run_jobs(jobs, args.processes, args.time_limit)
-    report = training_report(args, jobs, time.perf_counter() - started) | {"cuda_mps": mps}
+    report = training_report(args, jobs, time.perf_counter() - started, lengths_before) | {"cuda_mps": mps}
     args.results.mkdir(parents=True, exist_ok=True)
     write_json(args.results / "matrix.json", report)
     print(
@@ -296,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['aggregate_train_images_per_s']:,.0f} images/s in aggregate on {report['device']}",
         flush=True,
     )
-    evaluate(args, jobs)
+    evaluate(args)
     keep_run_files(args)
     if args.pack is not None:
         pack(args)

@@ -6,12 +6,14 @@ of each run, fill it. Each writes its fold into the run's folder (train.py merge
 """
 
 import argparse
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -155,6 +157,29 @@ def run_jobs(jobs: list[Job], processes: int, time_limit: float, grace: float = 
     for job in waiting:
         job.status = "not started"
     say(", ".join(f"{sum(j.status == s for j in jobs)} {s}" for s in sorted({j.status for j in jobs})))
+
+
+def log_lengths(jobs: list[Job]) -> dict[Path, int]:
+    """How many lines each job's run log (log.jsonl) holds now: what a step finds there is not its own work."""
+    lengths = {}
+    for run_dir in {job.run_dir for job in jobs}:
+        log = run_dir / "log.jsonl"
+        lengths[run_dir] = len(log.read_text().splitlines()) if log.exists() else 0
+    return lengths
+
+
+def images_trained(jobs: list[Job], lengths_before: dict[Path, int]) -> int:
+    """Training images of every epoch that the jobs' folds logged after `lengths_before` (log_lengths at the
+    step's start): a resumed fold's earlier epochs, and a continued matrix's copied logs, are not this step's."""
+    folds = defaultdict(set)
+    for job in jobs:
+        folds[job.run_dir].add(job.fold)
+    total = 0
+    for run_dir, skip in lengths_before.items():
+        log = run_dir / "log.jsonl"
+        records = map(json.loads, log.read_text().splitlines()[skip:] if log.exists() else [])
+        total += sum(record["train_images"] for record in records if record["fold"] in folds[run_dir])
+    return total
 
 
 @contextmanager

@@ -65,7 +65,7 @@ def matrix_run(two_sources, tmp_path_factory) -> tuple[Path, subprocess.Complete
         "--dataset", str(dataset), "--sources", "figshare,br35h", "--external", str(sartaj),
         "--runs", "random:improved", "--folds", "0,1", "--processes", "3",
         "--output-dir", str(work / "runs"), "--results", str(work / "results"), "--release", str(work / "release"),
-        "--pack", str(work / "pack"), *TRAIN_ARGUMENTS,
+        "--pack", str(work / "pack"), "--hub-model-id", "someone/brain-mri", *TRAIN_ARGUMENTS,
     ]  # fmt: skip
     return work, run_matrix(arguments, REPO_ROOT)
 
@@ -110,6 +110,7 @@ def test_matrix_evaluates_the_fold_models_and_makes_the_release(matrix_run):
             assert 0 <= low <= scores[share] <= high <= 1
     card = (work / "release/README.md").read_text()
     assert "| stratified | improved | 2 |" in card  # the summary's cross-validation table
+    assert 'from_pretrained("someone/brain-mri"' in card  # --hub-model-id: the repo the card names
     sartaj = by_source["sartaj"]
     low, high = sartaj["intervals"]["accuracy"]
     assert (
@@ -202,6 +203,28 @@ def test_time_limit_stops_jobs_resumably_and_still_reports(two_sources, tmp_path
     assert [job["status"] for job in trained["jobs"]] == ["stopped"]
     assert trained["cuda_mps"] is False and "CUDA MPS: " in done.stdout  # no GPU here: trained without it
     assert list((tmp_path / "runs/stratified-improved/fold-0/checkpoints").glob("epoch-*/progress.json"))
+
+
+def test_the_aggregate_throughput_counts_only_what_this_step_trained(tmp_path):
+    """A resumed fold's log holds its earlier session's epochs (and a continued matrix copies other folds' logs):
+    only the lines logged during the step count."""
+    run = tmp_path / "run"
+    run.mkdir()
+    log = run / "log.jsonl"
+
+    def logged(fold: int, epoch: int, images: int) -> None:
+        with log.open("a") as file:
+            file.write(json.dumps({"fold": fold, "epoch": epoch, "train_images": images}) + "\n")
+
+    jobs = [matrix.Job("fold 0", run, 0, [])]
+    logged(0, 1, 1000)  # before the step
+    logged(1, 1, 1000)
+    before = matrix.log_lengths(jobs)
+    logged(0, 2, 100)  # during it
+    logged(0, 3, 100)
+    logged(1, 2, 1000)  # a fold that is no job of this step
+
+    assert before == {run: 2} and matrix.images_trained(jobs, before) == 200
 
 
 def test_jobs_still_waiting_at_the_time_limit_are_left_and_the_scheduler_returns(tmp_path, monkeypatch):

@@ -7,7 +7,8 @@
 
 DATASET is a Hub dataset id or a folder made by prepare_dataset.py: split `train` (and `test`), columns `image`,
 `label` (ClassLabel), `fold` (folds that keep near-duplicates together, --protocol grouped) and `fold_random`
-(plain stratified, --protocol random). A dataset without fold columns gets them from prepare_dataset.py's code.
+(plain stratified, --protocol random). A dataset without fold columns gets folds by class over near-duplicate
+groups of its image hashes (prepare_dataset.py also joins look-alikes and adjacent slices of one patient).
 
 Each fold trains a model from scratch on the other folds and evaluates it on itself; `--folds full` trains on
 every fold and evaluates on the `test` split when there is one (with no held-out slices, make_release.py cannot fit
@@ -234,8 +235,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     shortcut.add_argument(
         "--jitter-scale",
         type=number(float, 0, 4, low_inclusive=False),
-        help="widen (> 1) or narrow the intensity, blur, resolution and noise jitter: its ranges and probabilities "
-        "times this (default: 1, the recipe's; 2 was tried against the source shortcut and rejected: "
+        help="widen (> 1) or narrow the intensity, blur, resolution and noise jitter: the intensity and noise "
+        "ranges and every step's probability times this (default: 1, the recipe's; 2 was tried against the source "
+        "shortcut and rejected: "
         "results/cpu-jitter-ab)",
     )
     add_share(

@@ -20,11 +20,13 @@ def augment(
     `remap_prob`, a random non-monotonic intensity curve (remap_intensity), and with probability `invert_prob`, the
     head's intensities inverted (invert_head_contrast), and with probability `gin_prob`, the head through a random
     shallow network mixed with itself (random_network_contrast); then gamma, contrast and brightness
-    jitter, blur, a lower acquisition resolution and noise, each drawn per image. Intensity, sharpness and
+    jitter, blur, a lower acquisition resolution and noise, each drawn per image (the resolution's factor once per
+    batch). Intensity, sharpness and
     resolution differ between the sources of the data, so randomising them leaves anatomy as the cue.
     `geometry_only` stops after the resampling: slices keep their source's look, which helps within one source
     (the paper's protocol) and is what the jitter is there to prevent across sources. `jitter_scale` widens (> 1)
-    or narrows the jitter: its ranges and its probabilities (capped at 1) times the scale, from the same random
+    or narrows the jitter: the gamma, contrast, brightness and noise ranges and every step's probability (capped
+    at 1) times the scale (the blur's sigma and the resolution's factor keep their ranges), from the same random
     draws, so that a scale of 1 replays the default exactly.
     """
     batch, device = images.shape[0], images.device

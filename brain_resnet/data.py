@@ -118,7 +118,10 @@ def label_indices(labels: list, class_names: list[str] | None) -> tuple[np.ndarr
 
 
 def make_folds(columns: dict[str, list], labels: np.ndarray, protocol: str) -> np.ndarray:
-    """Folds for a dataset without fold columns, as prepare_dataset.py makes them (same code, same defaults)."""
+    """Folds for a dataset without fold columns: prepare_dataset.py's fold assignment (same code, same defaults),
+    stratified by class, over its `group` column or else near-duplicate groups of the image hashes alone.
+    prepare_dataset.py groups more (look-alike thumbnails, adjacent figshare slices) and stratifies by class and
+    source: prepare a dataset with it for the leak-free folds the README describes."""
     if protocol == "random":  # plain stratified folds ignore groups
         groups = list(range(len(labels)))
     elif "group" in columns:

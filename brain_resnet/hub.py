@@ -29,7 +29,8 @@ def save_model_folder(model, processor, folder: Path, half_storage: bool) -> Non
 
 
 def push_to_hub(folder: Path, repo_id: str) -> None:
-    """The scripts' only network call: create the model repo if needed and upload the folder."""
+    """Create the model repo if needed and upload the folder (the one write to the Hub; reading a Hub dataset or
+    model id is the other use of the network)."""
     from huggingface_hub import HfApi
 
     api = HfApi()

@@ -17,9 +17,9 @@ ResNet34 with three changes, each switchable in [`BrainResNetConfig`]:
    with reduction 16. Its channel weights are returned with `output_attentions=True`.
 
 A trained release adds two honest outputs, fitted on held-out slices (see `BrainResNetConfig`): logits divided by a
-calibration temperature, and an `unfamiliarity` score, the Mahalanobis distance of the pooled features to the
-nearest class mean of the training slices (Lee et al., 2018) over a threshold; above 1, the slice is unlike the
-training data and the prediction means little.
+calibration temperature, and an `unfamiliarity` score, the squared Mahalanobis distance of the pooled features to
+the nearest class mean of the training slices (Lee et al., 2018) over a threshold that 5% of held-out slices exceed;
+above 1, the slice is further from the training data than that, and the prediction deserves less trust.
 """
 
 import math

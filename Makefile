@@ -5,7 +5,7 @@
 # model on grouped folds 1-4 of data/all-sources-clean (about an hour on 2 cores), resuming an interrupted run, and
 # writes release/ with its operating point and results/release.json;
 # make gpu-matrix (README, "Training on a GPU") benchmarks the training step, then trains the release candidate and
-# the cross-validation matrix side by side on one GPU for MATRIX_SECONDS, evaluates them and writes results/gpu/
+# the cross-validation matrix side by side on one GPU for MATRIX_SECONDS, evaluates them and writes results/matrix/
 # (and, with PACK=DIR, what a lent machine sends back). Where torch is installed already: make gpu-matrix PY=python3
 # TORCH is what gets installed when the venv has no torch yet: the CPU wheel by default; GPU users can
 # pass their own (make test TORCH='torch') or create .venv with their torch beforehand.
@@ -24,12 +24,17 @@ HUB_MODEL_ID ?= brain-resnet/improved-resnet34-brain-mri
 
 setup: $(VENV)/.installed
 
+# With PY=... (a Python that has everything, such as a lent GPU machine's) no .venv is made or marked as set up.
 $(VENV)/.installed: pyproject.toml
+ifeq ($(PY),$(VENV)/bin/python)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
+else
+	@echo "PY=$(PY): using that Python as it is"
+endif
 
 # Debian's chromium for the Space's browser test (Playwright drives it; no browser download).
 chromium:
@@ -72,7 +77,7 @@ MATRIX_MPS ?= --mps
 MATRIX_TRAIN ?= --epochs 60 --image-size 128 --batch-size 128 --lr 2e-3 --save-every 60 --no-compile
 BENCH_TRAIN ?= --batch-size 128 --image-size 128 --steps 40 --warmup 10 --no-compile
 MATRIX_OUTPUT ?= runs/gpu
-MATRIX_RESULTS ?= results/gpu
+MATRIX_RESULTS ?= results/matrix
 MATRIX_RELEASE ?= release
 MATRIX_FLAGS ?=
 PACK ?=

@@ -102,7 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--external", type=Path, help="a folder of other-source slices, one folder per class")
     parser.add_argument("--results", type=Path, default=Path("results/matrix"), help="the evaluations' JSON files")
     parser.add_argument("--processes", type=number(int, 1), default=4, help="train.py processes at a time")
-    parser.add_argument("--time-limit", type=number(float, 0), default=float("inf"), help="seconds of training")
+    parser.add_argument(
+        "--time-limit", type=number(float, 0, low_inclusive=False), default=float("inf"), help="seconds of training"
+    )
     parser.add_argument(
         "--continue-from",
         type=Path,
@@ -119,6 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.folds = [int(fold) for fold in args.folds.split(",")]
     except ValueError:
         parser.error(f"--folds {args.folds!r}: give fold numbers such as 0,1,2,3,4")
+    if len(set(args.folds)) < len(args.folds):  # two train.py processes would share one fold's folder
+        parser.error(f"--folds {','.join(map(str, args.folds))}: each fold once")
+    if len(set(args.runs)) < len(args.runs):
+        parser.error("--runs: each PROTOCOL:MODEL once")
+    if (args.results / "matrix.json").exists():  # its files would mix with this run's, and --pack would send both
+        parser.error(f"--results {args.results} holds an earlier matrix's results: give this run a new folder")
     if args.external is not None and not args.external.is_dir():
         parser.error(f"--external {args.external}: no such folder")
     if args.continue_from is not None and not (args.continue_from / "runs").is_dir():

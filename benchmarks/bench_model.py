@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
+from brain_resnet.cli import number  # noqa: E402
 from brain_resnet.metrics import forward_flops  # noqa: E402
 from brain_resnet.modeling import VARIANTS, BrainResNetConfig, BrainResNetForImageClassification  # noqa: E402
 
@@ -52,11 +53,11 @@ def images_per_second(model, device, batch_size, image_size, num_channels, steps
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--num-channels", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch-size", type=number(int, 1), default=128)
+    parser.add_argument("--image-size", type=number(int, 1), default=224)
+    parser.add_argument("--num-channels", type=number(int, 1), default=1)
+    parser.add_argument("--steps", type=number(int, 1), default=30)
+    parser.add_argument("--warmup", type=number(int, 0), default=5)
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

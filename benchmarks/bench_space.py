@@ -25,6 +25,8 @@ SPACE_DIR = Path(__file__).resolve().parents[1] / "space"
 sys.path.insert(0, str(SPACE_DIR))
 import app  # noqa: E402
 
+from brain_resnet.cli import number  # noqa: E402
+
 EXAMPLES = [SPACE_DIR / "examples" / name for _, name in app.EXAMPLES]
 
 
@@ -70,11 +72,14 @@ def launch_and_wait(model_id: str) -> tuple[subprocess.Popen, str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-id", default=os.environ.get("MODEL_ID", app.DEFAULT_MODEL_ID))
-    parser.add_argument("--repeats", type=int, default=40, help="timed calls per measurement")
+    parser.add_argument("--repeats", type=number(int, 2), default=40, help="timed calls per measurement")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    model, processor = app.load_model(args.model_id)
+    try:
+        model, processor = app.load_model(args.model_id)
+    except OSError as error:
+        sys.exit(f"Cannot load --model-id {args.model_id!r} (a Hub repo id or a local model folder): {error}")
     print(f"model + processor load: {time.perf_counter() - start:.2f} s ({args.model_id})")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     # Other work on the machine inflates every figure: the load average says how quiet the run was.

@@ -90,6 +90,8 @@ def measure(name: str, args, accelerator: Accelerator, bf16: bool, layout: torch
     labels = torch.randint(0, len(CLASSES), (len(images),), device=device)
 
     def run(steps: int) -> float:
+        if steps == 0:  # no warm-up
+            return 0.0
         started = time.perf_counter()
         for _ in range(steps):
             rows = torch.randint(0, len(images), (args.batch_size,), device=device)
@@ -184,10 +186,10 @@ def profile_steps(run, steps: int, device: torch.device) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="improved,resnet34", help=f"comma list of {', '.join(VARIANTS)}")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch-size", type=number(int, 1), default=256)
+    parser.add_argument("--image-size", type=number(int, 1), default=128)
+    parser.add_argument("--steps", type=number(int, 1), default=50)
+    parser.add_argument("--warmup", type=number(int, 0), default=10)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="default: on CUDA")
     parser.add_argument(
         "--compile-mode",
@@ -215,6 +217,11 @@ def main():
     )
     parser.add_argument("--mps", action="store_true", help="with --processes: run them under CUDA MPS")
     args = parser.parse_args()
+    unknown = [name for name in args.models.split(",") if name not in VARIANTS and not Path(name).is_file()]
+    if unknown:
+        parser.error(
+            f"--models: {', '.join(map(repr, unknown))} is neither a variant ({', '.join(VARIANTS)}) nor a file"
+        )
     if args.mps and args.processes == 1:
         parser.error("--mps shares the GPU between processes: give --processes too")
     if args.processes > 1 and (args.profile or args.compare_float32):

@@ -49,6 +49,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The module docstring as written, and the default of each option that has one."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:  # 0 is shown
             return action.help
         return f"{action.help} (default: {action.default})"

@@ -18,3 +18,17 @@ def test_bench_train_times_both_models_with_train_step():
         row = re.search(rf"^{model}\s+[\d,]+\s+[\d.]+\s+([\d,.]+)\s+([\d.]+)$", done.stdout, re.MULTILINE)
         assert row, done.stdout
         assert float(row.group(1).replace(",", "")) > 0
+
+
+def test_benchmarks_refuse_what_they_cannot_measure_in_one_line():
+    """A lease's minutes go to measuring: a wrong model name or count gets a usage line, before any work."""
+    for script, arguments, message in [
+        ("bench_train.py", ["--models", "improved,"], "is neither a variant"),
+        ("bench_train.py", ["--models", "resnet50"], "is neither a variant"),
+        ("bench_train.py", ["--steps", "0"], "--steps: 0 is out of range"),
+        ("bench_model.py", ["--steps", "0"], "--steps: 0 is out of range"),
+        ("bench_space.py", ["--repeats", "1"], "--repeats: 1 is out of range"),
+    ]:
+        command = [sys.executable, f"benchmarks/{script}", *arguments]
+        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -248,11 +248,22 @@ def test_jobs_still_waiting_at_the_time_limit_are_left_and_the_scheduler_returns
         (["--runs", "paper:improved"], "PROTOCOL:MODEL"),
         (["--folds", "0,x"], "--folds"),
         (["--external", "no/such/folder"], "no such folder"),
+        (["--time-limit", "0"], "must be above 0"),  # would train nothing, and say so only in its summary
+        (["--folds", "0,0"], "each fold once"),  # two processes would train one fold's folder at once
+        (["--runs", "random:improved,random:improved"], "each PROTOCOL:MODEL once"),
     ],
 )
 def test_bad_flags_fail_with_a_usage_message(arguments, message, tmp_path):
     done = run_matrix(["--dataset", "unused", *arguments], tmp_path)
     assert done.returncode == 2 and message in done.stderr
+
+
+def test_results_of_an_earlier_matrix_are_not_mixed_with_a_new_ones(tmp_path):
+    """Its files would sit beside the new run's, and --pack would send both."""
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/matrix.json").write_text("{}")
+    done = run_matrix(["--dataset", "unused", "--results", str(tmp_path / "results")], tmp_path)
+    assert done.returncode == 2 and "holds an earlier matrix's results" in done.stderr
 
 
 def fake_mps_control(folder: Path, rc: int) -> Path:

@@ -54,7 +54,7 @@ from brain_resnet.matrix import (
     run_jobs,
     tail,
 )
-from brain_resnet.runs import has_weights, write_json
+from brain_resnet.runs import has_weights, read_json, write_json
 
 ROOT = Path(__file__).resolve().parent
 # The files of a run folder worth keeping in RESULTS/runs/ (kept_files also leaves out checkpoints and TensorBoard).
@@ -125,8 +125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--folds {','.join(map(str, args.folds))}: each fold once")
     if len(set(args.runs)) < len(args.runs):
         parser.error("--runs: each PROTOCOL:MODEL once")
-    if (args.results / "matrix.json").exists():  # its files would mix with this run's, and --pack would send both
-        parser.error(f"--results {args.results} holds an earlier matrix's results: give this run a new folder")
     if args.external is not None and not args.external.is_dir():
         parser.error(f"--external {args.external}: no such folder")
     if args.continue_from is not None and not (args.continue_from / "runs").is_dir():
@@ -135,6 +133,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--continue-from and --results name one folder: give this machine's results a new one")
     args.train_arguments = train_arguments
     args.command = shlex.join(["python", "run_matrix.py", *argv])
+    # Another matrix's files would mix with this one's, and --pack would send both; the same command resumes its own.
+    earlier = read_json(args.results / "matrix.json")
+    if earlier is not None and earlier.get("command") != args.command:
+        parser.error(
+            f"--results {args.results} holds another matrix's results ({earlier.get('command')}): give this run a new "
+            "folder, or rerun that very command to resume it"
+        )
     return args
 
 

@@ -4,6 +4,7 @@ train.py's --sources."""
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -258,12 +259,17 @@ def test_bad_flags_fail_with_a_usage_message(arguments, message, tmp_path):
     assert done.returncode == 2 and message in done.stderr
 
 
-def test_results_of_an_earlier_matrix_are_not_mixed_with_a_new_ones(tmp_path):
-    """Its files would sit beside the new run's, and --pack would send both."""
+def test_results_of_another_matrix_are_not_mixed_with_a_new_ones(tmp_path):
+    """Its files would sit beside the new run's, and --pack would send both; the same command resumes its own."""
+    arguments = ["--dataset", "unused", "--results", str(tmp_path / "results")]
     (tmp_path / "results").mkdir()
-    (tmp_path / "results/matrix.json").write_text("{}")
-    done = run_matrix(["--dataset", "unused", "--results", str(tmp_path / "results")], tmp_path)
-    assert done.returncode == 2 and "holds an earlier matrix's results" in done.stderr
+    (tmp_path / "results/matrix.json").write_text(json.dumps({"command": "python run_matrix.py --dataset other"}))
+    done = run_matrix(arguments, tmp_path)
+    assert done.returncode == 2 and "holds another matrix's results" in done.stderr
+    (tmp_path / "results/matrix.json").write_text(
+        json.dumps({"command": shlex.join(["python", "run_matrix.py", *arguments])})
+    )
+    assert "holds another matrix's results" not in run_matrix(arguments, tmp_path).stderr
 
 
 def fake_mps_control(folder: Path, rc: int) -> Path:

@@ -213,10 +213,10 @@ def recipe_cross_validation(path: Path, settings: dict, args: argparse.Namespace
 def check_output(output: Path, model: Path) -> None:
     """--output is replaced whole at the end: it must be new, empty or an earlier release, never the training run
     or a folder of other files."""
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} is a file: give a folder for the release")
     if not output.exists():
         return
+    if not output.is_dir():
+        raise UsageError(f"--output {output} is a file: give a folder for the release")
     resolved, run = output.resolve(), model.parent.resolve()
     if resolved == model.resolve() or resolved == run or run.is_relative_to(resolved):
         raise UsageError(f"--output {output} would replace the training run {model.parent}: give another folder")

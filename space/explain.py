@@ -55,7 +55,11 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def scale_maps(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """(N, h, w) -> (N, *size): bilinear upsampling, then each map min-max scaled to [0, 1] (a flat map gives 0)."""
-    maps = upsample(maps, size)
+    return normalise(upsample(maps, size))
+
+
+def normalise(maps: torch.Tensor) -> np.ndarray:
+    """(N, H, W): each map min-max scaled to [0, 1] (a flat map gives 0), as float32 numpy."""
     maps = maps - maps.amin(dim=(1, 2), keepdim=True)
     peak = maps.amax(dim=(1, 2), keepdim=True)
     maps = torch.where(peak > 1e-12, maps / peak.clamp_min(1e-12), torch.zeros_like(maps))
@@ -158,7 +162,7 @@ def grad_cam(
     size = tuple(pixel_values.shape[-2:])
     cams = cams_from(logits, feature_maps, classes, size)
     batch, num_classes = cams.shape[:2]
-    maps = scale_maps(cams.reshape(batch * num_classes, *size), size).reshape(batch, num_classes, *size)
+    maps = normalise(cams.reshape(batch * num_classes, *size)).reshape(batch, num_classes, *size)
     return maps if class_index is None else maps[:, 0]
 
 
@@ -212,7 +216,7 @@ def explain(model: nn.Module, pixel_values: torch.Tensor) -> Explanation:
         probabilities=logits.detach().softmax(dim=-1)[0].cpu().numpy().astype(np.float32),
         # getattr: model folders saved before the detector existed carry remote code without this output
         unfamiliarity=None if (score := getattr(outputs, "unfamiliarity", None)) is None else float(score[0].detach()),
-        grad_cams=scale_maps(cams, size),
+        grad_cams=normalise(cams),  # already at the input's size
         se_weights=[None if weights is None else weights[0].detach().cpu().numpy() for weights in stage_weights],
         stage_maps=[scale_maps(stage_map, size)[0] for stage_map in stage_maps],
         stem_maps=list(scale_maps(torch.stack(branch_maps), size)) if branch_maps else [],

@@ -2,14 +2,13 @@
 
     python prepare_dataset.py SRC [SRC ...] OUT [--folds 5] [--seed 0] [--exclude LIST] [--push-to-hub REPO_ID]
 
-SRC holds one folder per class, or Kaggle-style ``Training/<class>/`` and ``Testing/<class>/``
-subtrees, which become the splits ``train`` and ``test`` (folds are made inside ``train``). Files
-directly under SRC (or beside the class folders) and hidden files are ignored; every other file must
-be an image. Several SRC folders, each with the same class folders, make one dataset: each file is
-then named ``<SRC folder name>/<path in SRC>``, and the groups and folds span all of them. OUT
-becomes a Hub dataset repository folder: ``data/<split>-0000i-of-0000n.parquet`` holding the
-original image bytes, and a README.md dataset card. Every file is decoded before
-anything is written; if one is bad, nothing is.
+SRC holds one folder per class, or Kaggle-style ``Training/<class>/`` and ``Testing/<class>/`` subtrees, which
+become the splits ``train`` and ``test`` (folds are made inside ``train``). Files directly under SRC (or beside the
+class folders), hidden files and folders, and the __MACOSX folder that unzipping a macOS archive leaves are
+ignored; every other file must be an image. Several SRC folders, each with the same class folders, make one
+dataset: each file is then named ``<SRC folder name>/<path in SRC>``, and the groups and folds span all of them.
+OUT becomes a Hub dataset repository folder: ``data/<split>-0000i-of-0000n.parquet`` holding the original image
+bytes, and a README.md dataset card. Every file is decoded before anything is written; if one is bad, nothing is.
 
 ``--exclude LIST`` leaves out the files LIST names (one ``<SRC folder name>/<path in SRC>`` per line, ``#``
 comments give the reason; for instance slices whose label a look contradicts). They are left out after the
@@ -42,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm import tqdm
 
+from brain_resnet.folders import is_hidden, visible_dirs
 from brain_resnet.folds import (
     FOLD_COLUMNS,
     HASH_SIZE,
@@ -152,7 +152,7 @@ def find_images(src: Path) -> tuple[list[Entry], list[str]]:
     """
     if not src.is_dir():
         raise SystemExit(f"error: SRC {src} does not exist or is not a folder")
-    top = _visible_dirs(src)
+    top = visible_dirs(src)
     split_dirs = [d for d in top if d.name.lower() in SPLIT_FOLDERS]
     if split_dirs and len(split_dirs) != len(top):
         others = ", ".join(d.name for d in top if d not in split_dirs)
@@ -167,12 +167,12 @@ def find_images(src: Path) -> tuple[list[Entry], list[str]]:
     entries, classes_of = [], {}
     for split in sorted(roots, key=list(SPLIT_FOLDERS.values()).index):
         root = roots[split]
-        class_dirs = _visible_dirs(root)
+        class_dirs = visible_dirs(root)
         if not class_dirs:
             raise SystemExit(f"error: {root} has no class folders")
         classes_of[split] = [d.name for d in class_dirs]
         for class_dir in class_dirs:
-            files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not _hidden(p, class_dir))
+            files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not is_hidden(p, class_dir))
             if not files:
                 raise SystemExit(f"error: class folder {class_dir} holds no files")
             entries += [Entry(split, class_dir.name, _relative(p, src), p, src.resolve().name) for p in files]
@@ -203,14 +203,6 @@ def find_all_images(srcs: Sequence[Path]) -> tuple[list[Entry], list[str]]:
         listing = "; ".join(f"{name}: {', '.join(classes)}" for name, classes in classes_of.items())
         raise SystemExit(f"error: the SRC folders have different class folders ({listing})")
     return entries, ignored
-
-
-def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _hidden(path: Path, below: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(below).parts)
 
 
 def _relative(path: Path, src: Path) -> str:

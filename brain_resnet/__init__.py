@@ -16,6 +16,7 @@ prepare_dataset.py, make_release.py, run_matrix.py) and the benchmarks import th
     brain_resnet.runs       a train.py output folder: its JSON files, log, fold folders and resume check
     brain_resnet.cli        command-line helpers: UsageError and argparse types
     brain_resnet.calibration  the release's calibration temperature and unfamiliar-image detector, fitted
+    brain_resnet.folders    class folders on disk: which folders and files hold data
     brain_resnet.external   slices of other sources, one folder per class: reading and scoring them
     brain_resnet.matrix     the job list of an experiment matrix and the scheduler of its train.py processes
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from .cli import UsageError
 from .data import NOTUMOR, open_image
+from .folders import is_hidden, visible_dirs
 from .metrics import share_interval
 
 TUMOR = "tumor"  # an external folder of tumor slices of unknown type
@@ -31,7 +32,7 @@ def external_files(folder: Path, class_names: list[str]) -> list[tuple[Path, str
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such folder")
     allowed = [*class_names, TUMOR]
-    folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))  # as prepare_dataset.py
+    folders = visible_dirs(folder)
     classes = {d: FOLDER_ALIASES.get(d.name.lower(), d.name.lower()) for d in folders}
     unknown = [d.name for d, name in classes.items() if name not in allowed]
     if unknown:
@@ -43,7 +44,7 @@ def external_files(folder: Path, class_names: list[str]) -> list[tuple[Path, str
         (f, classes[d])
         for d in folders
         for f in sorted(d.rglob("*"))
-        if f.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in f.relative_to(d).parts)
+        if f.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(f, d)
     ]
     if not files:
         raise UsageError(f"{folder}: no images in class folders ({', '.join(allowed)})")

@@ -242,7 +242,8 @@ def test_external_understands_the_folder_names_of_public_sets(run, tmp_path, bra
     ):
         (folder / name).mkdir(parents=True)
         shutil.copy(sorted((brain_mri_data / source).iterdir())[0], folder / name / "slice.jpg")
-    for hidden in (folder / ".ipynb_checkpoints", folder / "no" / ".ipynb_checkpoints"):  # a notebook's, skipped
+    hidden_folders = (folder / ".ipynb_checkpoints", folder / "no" / ".ipynb_checkpoints", folder / "__MACOSX")
+    for hidden in hidden_folders:  # a notebook's and an unzipped macOS archive's, skipped
         hidden.mkdir()
         shutil.copy(folder / "no" / "slice.jpg", hidden / "slice-checkpoint.jpg")
     output = tmp_path / "external.json"

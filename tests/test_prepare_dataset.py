@@ -303,6 +303,10 @@ def test_kaggle_style_tree_gives_train_and_test_splits(tmp_path, brain_mri_data,
     shutil.copy(twin, src / "Testing" / "glioma" / "copy-of-train.jpg")
     (src / "README.txt").write_text("loose files beside the trees are ignored\n")
     (src / "Training" / "notumor" / ".DS_Store").write_bytes(b"\0")  # hidden files too
+    # and what unzipping a macOS archive leaves: a __MACOSX tree of "._" resource forks, not a class or a split
+    for fork in (src / "__MACOSX" / "Training" / "glioma" / "._a.jpg", src / "Training" / "__MACOSX" / "x.jpg"):
+        fork.parent.mkdir(parents=True, exist_ok=True)
+        fork.write_bytes(b"\0\5\26\7")
     prep.main([str(src), str(out), "--folds", "2", "--seed", "1"])
     printed = capsys.readouterr().out
     assert "Test images with a near-duplicate in train: 1." in printed

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForImageClassification
 
 from brain_resnet.calibration import (
@@ -19,6 +20,7 @@ from brain_resnet.calibration import (
     storable_precision,
     unfamiliar_threshold,
 )
+from brain_resnet.metrics import share_interval
 from modeling import BrainResNetConfig, BrainResNetForImageClassification
 
 
@@ -41,7 +43,7 @@ def test_notumor_offset_sets_the_share_of_healthy_slices_called_a_tumor():
         return int((shifted[labels == notumor].argmax(dim=1) != notumor).sum())
 
     assert false_alarms(0.0) > 50  # of 100 healthy slices
-    for share in (0.01, 0.05, 0.2):
+    for share in (0.01, 0.015, 0.05, 0.2):  # 1.5 of 100: at most 1, never rounded up to 2
         offset = notumor_offset(logits, labels, notumor, share)
         assert offset > 0 and false_alarms(offset) <= share * 100
         assert false_alarms(offset - 0.002) > share * 100  # the smallest such offset: no sensitivity given away
@@ -78,6 +80,40 @@ def test_cross_fitted_scores_score_each_half_with_what_the_other_half_fitted():
         cross_fitted_scores(logits, distances, labels, groups, notumor, false_alarms=0.03)
     with pytest.raises(ValueError, match="no healthy slices"):
         notumor_offset(logits[labels != notumor], labels[labels != notumor], notumor, 0.03)
+
+
+def test_cross_fitted_scores_fit_nothing_on_the_slices_they_score():
+    """40 patients of 10 near-duplicate slices each: a temperature fitted on a half's own slices would score them
+    better than one temperature fitted on every slice can; fitted on the other half, it scores them worse. The
+    accuracy's interval counts each patient once: 40 cases say far less than 400 independent slices would."""
+    generator = torch.Generator().manual_seed(0)
+    cases, per_case = 40, 10
+    labels, groups = np.repeat(np.arange(cases) % 4, per_case), np.repeat(np.arange(cases), per_case)
+    case_logits = torch.randn(cases, 4, generator=generator) * 3
+    case_logits[np.arange(cases), np.arange(cases) % 4] += 2.0
+    logits = case_logits.repeat_interleave(per_case, dim=0)  # a patient's slices look alike to the model
+    distances = np.random.default_rng(0).exponential(size=len(labels))
+
+    crossed = cross_fitted_scores(logits, distances, labels, groups)
+
+    in_sample = F.cross_entropy(logits / fit_temperature(logits, torch.from_numpy(labels)), torch.from_numpy(labels))
+    assert crossed["log_loss"]["mean"] > float(in_sample)
+    hits = logits.argmax(dim=1).numpy() == labels  # no operating point: refitting never moves the top class
+    assert crossed["accuracy"]["interval"] == share_interval(hits, groups)
+    low, high = crossed["accuracy"]["interval"]
+    as_if_independent = share_interval(hits, np.arange(len(labels)))
+    assert high - low > 2 * (as_if_independent[1] - as_if_independent[0])
+
+
+def test_cross_fitted_unfamiliar_share_uses_the_other_halfs_threshold():
+    """Four slices, one of each class in each half: only the fold's largest distance lies above the other half's
+    95th percentile, however they are halved (a half's own threshold would flag its own largest: two of four)."""
+    labels, groups = np.array([0, 0, 1, 1]), np.arange(4)
+    logits = torch.tensor([[2.0, 0.0], [0.5, 0.0], [0.0, 1.5], [1.0, 0.0]])
+
+    crossed = cross_fitted_scores(logits, np.array([1.0, 2.0, 3.0, 4.0]), labels, groups)
+
+    assert crossed["unfamiliar"]["mean"] == pytest.approx(0.25)
 
 
 def test_a_precision_beyond_float16_is_scaled_so_that_the_release_stores_it_and_unfamiliarity_is_unchanged():

@@ -157,6 +157,30 @@ def test_a_mirror_averaging_models_grad_cam_accounts_for_both_views(improved_mod
     np.testing.assert_allclose(np.stack(result.stem_maps), np.stack(own.stem_maps), atol=1e-6)
 
 
+def test_a_mirror_averaging_models_grad_cam_sums_both_views_before_the_relu(improved_model, slice_input):
+    """The averaged features' CAM: each view's class-weighted sum, the mirror view's flipped back, added, and only
+    then clipped at zero, so that evidence against a class in one view cancels evidence for it in the other. Clipping
+    each view first would show regions that, over both views, lowered the score."""
+    averaging = BrainResNetForImageClassification(BrainResNetConfig(mirror_average=True)).eval()
+    averaging.load_state_dict(improved_model.state_dict())
+    weights = improved_model.classifier[-1].weight.detach()
+
+    def class_sums(pixel_values):
+        with torch.no_grad():
+            features = improved_model(pixel_values, output_hidden_states=True).hidden_states[-1]
+        sums = torch.einsum("kc,bchw->bkhw", weights, features)[0]
+        return F.interpolate(sums[:, None], size=(224, 224), mode="bilinear", align_corners=False)[:, 0]
+
+    expected = F.relu(class_sums(slice_input) + class_sums(slice_input.flip(-1)).flip(-1))
+    expected = expected - expected.amin(dim=(1, 2), keepdim=True)
+    expected = torch.nan_to_num(expected / expected.amax(dim=(1, 2), keepdim=True))
+
+    cams = explain.grad_cam(averaging, slice_input)
+
+    assert (expected.amax(dim=(1, 2)) == 1).sum() >= 2, "too few classes with any evidence to compare"
+    np.testing.assert_allclose(cams[0], expected.numpy(), atol=1e-4)
+
+
 def test_stem_maps_are_each_branch_mean_absolute_response(improved_model, slice_input):
     result = explain.explain(improved_model, slice_input)
     branches = improved_model.brain_resnet.embedder.stem.branches

@@ -3,6 +3,7 @@ calibrated, carries its unfamiliar-image detector, stores float16 shards, loads 
 report hold the numbers measured on it."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,23 @@ from transformers import AutoModelForImageClassification
 
 import make_release
 from brain_resnet import data, reports
+from brain_resnet.calibration import fit_temperature
 from brain_resnet.metrics import share_interval
+from brain_resnet.modeling import BrainResNetImageProcessor
+
+LABELS = ["glioma", "meningioma", "notumor", "pituitary"]
+
+
+def held_out_logits(model, run) -> tuple:  # noqa: F811
+    """What `model` gives fold 0's held-out slices of a known class, as make_release.py fits and scores on them:
+    its logits before any temperature, their labels and their near-duplicate groups."""
+    settings = json.loads((run / "run_args.json").read_text())["settings"]
+    table = data.load_table(settings["dataset"], settings["protocol"], False)
+    held_out = (table.folds == 0) & (table.labels != data.ANY_TUMOUR)
+    processor = BrainResNetImageProcessor.from_pretrained(run / "fold-0")
+    (images,) = data.decode_images([table.images[i] for i in np.flatnonzero(held_out)], processor, [processor.size], 1)
+    logits, _ = make_release.logits_and_features(model.eval(), images, processor, 64)
+    return logits, table.labels[held_out], table.groups[held_out]
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +102,43 @@ def test_report_measures_the_released_model(release, run):  # noqa: F811
     for share in ("tumor_found", "notumor_specificity"):
         assert held_out["intervals"][share][0] <= held_out[share] <= held_out["intervals"][share][1]
     assert f"| {held_out['accuracy']:.4f} ({low:.3f}–{high:.3f}) |" in card and "95% intervals" in card
+    # the accuracies of the slices the release calls familiar and of those it calls unfamiliar, each under its name
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True).eval()
+    processor = BrainResNetImageProcessor.from_pretrained(out)
+    slices, kept, _ = make_release.read_external(make_release.external_files(out.parent / "other-source", LABELS))
+    (images,) = data.decode_images(slices, processor, [processor.size], 1)
+    probs, unfamiliarity = make_release.released_outputs(model, images, processor, 64)
+    truths = np.array([truth for _, truth in kept])
+    right = np.array(LABELS)[probs.argmax(axis=1)] == truths
+    for key, flagged in (("accuracy_familiar", unfamiliarity <= 1), ("accuracy_unfamiliar", unfamiliarity > 1)):
+        scored = flagged & (truths != "tumor")
+        assert other[key] == (float(right[scored].mean()) if scored.any() else None)
+    split_keys = ("accuracy_familiar", "accuracy_unfamiliar")
+    shown = " / ".join("–" if other[key] is None else f"{other[key]:.4f}" for key in split_keys)
+    assert f"| {other['unfamiliar']:.1%} | {shown} |" in card
+
+
+def test_release_intervals_resample_the_held_out_folds_near_duplicate_groups(run, tmp_path, monkeypatch):  # noqa: F811
+    """Two held-out slices of one patient are about one case: the card's intervals resample those pairs whole."""
+    real_load_table = make_release.load_table
+
+    def in_pairs(*args, **kwargs):
+        table = real_load_table(*args, **kwargs)
+        held_out = np.flatnonzero(table.folds == 0)
+        table.groups = table.groups.copy()
+        table.groups[held_out] = table.groups.max() + 1 + np.arange(len(held_out)) // 2
+        return table
+
+    monkeypatch.setattr(make_release, "load_table", in_pairs)
+    out, report = tmp_path / "release", tmp_path / "release.json"
+    assert make_release.main([str(run / "fold-0"), "--output", str(out), "--report", str(report)]) == 0
+    scores = json.loads(report.read_text())["held_out_scores"]
+    model = AutoModelForImageClassification.from_pretrained(out, trust_remote_code=True)
+    logits, labels, _ = held_out_logits(model, run)
+    hits, pairs = logits.argmax(dim=1).numpy() == labels, np.arange(len(labels)) // 2
+
+    assert scores["groups"] == 10
+    assert scores["intervals"]["accuracy"] == pytest.approx(share_interval(hits, pairs))
 
 
 def test_intervals_count_a_group_of_near_duplicates_as_one_case():
@@ -140,6 +194,29 @@ def test_operating_point_is_set_on_held_out_healthy_slices_and_shipped_in_the_we
         "mean"
     ] <= high
     assert f"{crossed['accuracy']['mean']:.4f} ± {crossed['accuracy']['std']:.4f} ({low:.3f}–{high:.3f})" in card
+    first = ModelCard(card).data.eval_results[0]  # the model index leads with the out-of-sample figure
+    assert "as released" in first.metric_name and first.metric_value == round(crossed["accuracy"]["mean"], 4)
+    # fitted on the logits as shipped, at the operating point: the temperature minimises their log-loss
+    logits, labels, _ = held_out_logits(model, run)
+    temperature = fit_temperature(logits, torch.from_numpy(labels))
+    assert model.config.calibration_temperature == pytest.approx(temperature, rel=1e-4)
+    assert at_point == float(np.mean(logits.argmax(dim=1).numpy() == labels))
+
+
+def test_the_operating_point_is_rounded_up_for_float16_storage():
+    """The release stores the notumor bias in float16: rounded up, never to the nearest value below what was
+    asked, which would call the healthy slice whose alarm the offset was to clear a tumor again."""
+    head = torch.nn.Linear(2, 3).requires_grad_(False)
+    head.bias.copy_(torch.tensor([0.0, 10.0, 0.0]))  # float16 holds 10, 10.0078125, 10.015625 around it
+    notumor, margin = 1, 0.0088
+    logits = torch.tensor([[margin, 0.0, 0.0], [0.0, 5.0, 0.0]])  # healthy slices: one a tumor by 0.0088, one not
+    labels = np.array([notumor, notumor])
+
+    offset = make_release.shift_notumor_logit(SimpleNamespace(classifier=[head]), logits, labels, notumor, 0.4)
+
+    stored = float(head.bias[notumor])
+    assert stored == float(np.float16(stored)) and offset == stored - 10.0
+    assert offset > margin and (logits.argmax(dim=1) == notumor).all()  # no healthy slice is called a tumor
 
 
 def test_what_is_not_a_fold_of_a_finished_run_is_refused_and_nothing_is_written(run, tmp_path, capsys):  # noqa: F811

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from brain_resnet.reports import render_release_section
+from brain_resnet.reports import release_markdown, render_release_section
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASE = REPO / "release"
@@ -32,6 +32,12 @@ def test_release_card_holds_the_numbers_of_its_report():
     card = (RELEASE / "README.md").read_text()
     report = json.loads((REPO / "results/release.json").read_text())  # what make_release.py measured
     assert render_release_section(card, report) == card, "release/README.md disagrees with results/release.json"
+
+
+def test_release_card_tells_the_operating_point_asked_for_from_the_share_measured():
+    report = json.loads((REPO / "results/release.json").read_text())
+    report["operating_point"] |= {"healthy_false_alarms": 0.05, "held_out_healthy_called_tumor": 0.031}
+    assert "so that at most 5% of them are called a tumor (3.1% are)" in release_markdown(report)
 
 
 def python_blocks_of_section(markdown: str, heading: str) -> list[str]:

@@ -267,6 +267,22 @@ def test_a_jpeg_with_an_embedded_second_image_is_read_as_its_first(tmp_path):
     assert decoded.size == first.size
 
 
+def test_an_image_is_read_upright_as_its_exif_orientation_says(tmp_path):
+    """Phones and some exports store a slice's pixels sideways with an EXIF orientation tag, which every viewer
+    obeys: the model must see (and the maps lie over) the slice upright, not turned a quarter."""
+    upright = np.zeros((160, 96), np.uint8)
+    upright[:40] = 255  # bright at the top
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif, quality=95)
+
+    decoded = np.asarray(app.load_slice(path))
+
+    assert decoded.shape == upright.shape
+    assert decoded[:40].mean() > 200 and decoded[50:].mean() < 50
+
+
 def test_model_status_shouts_only_for_untrained_weights():
     untrained = app.model_status(BrainResNetConfig())
     trained = app.model_status(BrainResNetConfig(training_info={"dataset": "brain-tumor-mri-4k", "epochs": 40}))
@@ -385,6 +401,18 @@ def test_the_grad_cam_is_labelled_with_its_class_and_an_empty_one_says_so():
     assert app.grad_cam_label(cams, labels, "pituitary") == "Grad-CAM: pituitary, empty map"
 
 
+def test_the_grad_cam_control_shows_the_chosen_classs_map():
+    """Each class picked shows its own map, the first class's included; the default is the predicted class's."""
+    view = np.full((8, 8), 100, dtype=np.uint8)
+    maps = np.zeros((4, 8, 8), dtype=np.uint8)
+    maps[0, :4], maps[2, 4:] = 255, 255
+    cams = app.GradCams(view, maps, predicted=2)
+
+    for index in range(4):
+        np.testing.assert_array_equal(cams.overlay(index), app.heat_overlay(view, maps[index]))
+    np.testing.assert_array_equal(cams.overlay(), app.heat_overlay(view, maps[2]))
+
+
 def test_the_assessment_is_put_in_words_for_visitors():
     """Beside the probabilities the page says whether to trust the answer, every warning in full, the familiar case
     with its caveat; a model without a detector says so rather than nothing."""
@@ -407,6 +435,10 @@ def test_probabilities_are_the_models_calibrated_ones(tmp_path):
         logits = model.classifier(model.brain_resnet(processor(Image.open(EXAMPLES[0]))["pixel_values"]).pooler_output)
     expected = torch.softmax(logits / 1.5, dim=1)[0].tolist()
     assert list(analysis.probabilities.values()) == pytest.approx(expected, abs=1e-5)
+    # each probability under its own class's name, and the Grad-CAM first shown is the most probable class's
+    names = [model.config.id2label[index] for index in range(len(expected))]
+    assert analysis.probabilities == pytest.approx(dict(zip(names, expected, strict=True)), abs=1e-5)
+    assert analysis.grad_cams.predicted == int(np.argmax(expected))
     honest = BrainResNetConfig(training_info={"epochs": 50}, calibration_temperature=0.62, familiarity_threshold=9.0)
     status = app.model_status(honest)
     assert "calibrated on held-out slices (temperature 0.62)" in status and "flagged as unfamiliar" in status

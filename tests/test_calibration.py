@@ -116,6 +116,34 @@ def test_cross_fitted_unfamiliar_share_uses_the_other_halfs_threshold():
     assert crossed["unfamiliar"]["mean"] == pytest.approx(0.25)
 
 
+def test_cross_fitted_log_loss_and_calibration_error_are_those_of_the_fitted_temperature():
+    """Labels drawn at temperature 2.5: each half's fitted temperature makes the other half's probabilities honest,
+    so the cross-fitted log-loss is that of the true temperature and the calibration error is small."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4000, 4, generator=generator) * 4
+    labels = torch.multinomial(torch.softmax(logits / 2.5, dim=1), 1, generator=generator)[:, 0].numpy()
+    scores = cross_fitted_scores(logits, np.zeros(4000), labels, np.arange(4000) // 2, repeats=2)
+
+    true_log_loss = float(F.cross_entropy(logits / 2.5, torch.from_numpy(labels)))
+    assert scores["log_loss"]["mean"] == pytest.approx(true_log_loss, abs=0.02)
+    assert scores["calibration_error"]["mean"] < 0.03
+
+
+def test_cross_fitted_shares_of_wrong_calls_count_healthy_and_tumor_slices_apart():
+    """Without an operating point the calls are the logits' top classes (no temperature moves them): the shares of
+    healthy slices called a tumor and of tumor slices called notumor are theirs."""
+    generator = torch.Generator().manual_seed(1)
+    labels, notumor = np.arange(400) % 4, 2
+    logits = torch.randn(400, 4, generator=generator)
+    logits[np.arange(400), labels] += 1.0
+    calls = logits.argmax(dim=1).numpy()
+    scores = cross_fitted_scores(logits, np.zeros(400), labels, np.arange(400), notumor, repeats=2)
+
+    healthy = labels == notumor
+    assert scores["healthy_called_tumor"]["mean"] == pytest.approx(np.mean(calls[healthy] != notumor))
+    assert scores["tumors_called_notumor"]["mean"] == pytest.approx(np.mean(calls[~healthy] == notumor))
+
+
 def test_a_precision_beyond_float16_is_scaled_so_that_the_release_stores_it_and_unfamiliarity_is_unchanged():
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(200, 8, generator=generator) * 1e-3  # a barely trained model: features that vary little
@@ -133,6 +161,14 @@ def test_a_precision_beyond_float16_is_scaled_so_that_the_release_stores_it_and_
     assert torch.allclose(unfamiliarity(stored.half().float()), unfamiliarity(precision), rtol=1e-2)
     small = torch.eye(8) * 3
     assert storable_precision(small) is small  # what float16 holds is left as it is
+
+
+@pytest.mark.parametrize("largest", [2.0**15 + 1, 65_000.0, 262_140.0, 1e12])
+def test_a_precision_of_any_size_is_scaled_into_float16s_range(largest):
+    precision = torch.diag(torch.tensor([largest, 1.0, 0.5]))
+    stored = storable_precision(precision)
+    assert stored.abs().max() <= torch.finfo(torch.float16).max and torch.isfinite(stored.half()).all()
+    assert math.log2(float(precision[0, 0] / stored[0, 0])).is_integer()  # a power of two: no digit lost
 
 
 def test_calibration_error_of_known_cases():
@@ -204,5 +240,17 @@ def test_a_model_without_detector_returns_no_unfamiliarity_and_bad_settings_are_
     assert outputs.unfamiliarity is None and not hasattr(model, "familiarity_means")
     with pytest.raises(ValueError, match="calibration_temperature must be positive"):
         BrainResNetConfig(calibration_temperature=0)
-    with pytest.raises(ValueError, match="familiarity_threshold must be positive"):
-        BrainResNetConfig(familiarity_threshold=-1.0)
+    for threshold in (-1.0, 0.0):  # unfamiliarity divides by it: 0 would make every slice infinitely unfamiliar
+        with pytest.raises(ValueError, match="familiarity_threshold must be positive"):
+            BrainResNetConfig(familiarity_threshold=threshold)
+
+
+def test_the_loss_is_the_log_loss_of_the_calibrated_logits(calibrated):
+    """With labels (Trainer.evaluate), the logits are the calibrated ones and the loss is their cross-entropy."""
+    model, _ = calibrated
+    pixel_values, labels = torch.randn(3, 1, 64, 64), torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        plain, labelled = model(pixel_values), model(pixel_values, labels=labels)
+
+    torch.testing.assert_close(labelled.logits, plain.logits)
+    torch.testing.assert_close(labelled.loss, F.cross_entropy(plain.logits, labels))

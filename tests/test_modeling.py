@@ -18,6 +18,7 @@ from brain_resnet.modeling import (
     BrainResNetImageProcessor,
     BrainResNetModel,
 )
+from brain_resnet.modeling.image_processing_brain_resnet import BrainResNetImageClassificationPipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SLICE = Path("glioma") / "figshare-0209.jpg"
@@ -277,6 +278,91 @@ def test_processor_takes_a_very_long_strip_in_bounded_memory():
     strip = np.random.default_rng(0).integers(0, 255, (40, 200_000), dtype=np.uint8)
     pixel_values = BrainResNetImageProcessor()(strip, size=64).pixel_values
     assert pixel_values.shape == (1, 1, 64, 64) and torch.isfinite(pixel_values).all()
+
+
+def test_processor_maps_the_foregrounds_percentile_to_one():
+    """A few pixels far brighter than the brain (vessels, fat, a hot spot) do not darken the slice: the foreground's
+    99.5th percentile, not its maximum, becomes white."""
+    image = torch.zeros(100, 100)
+    image[20:80, 20:80] = 100.0
+    image[50, 30:40] = 200.0  # 10 of the 3,600 foreground pixels
+    scaled = BrainResNetImageProcessor().scale_intensity(image)
+    assert scaled[0, 0] == 0 and scaled[25, 25] == pytest.approx(1.0) and scaled.max() == 1
+
+
+def test_processor_without_intensity_scaling_reads_8_and_16_bit_ranges():
+    """do_scale_intensity=False divides by the image's bit depth: a full-white 8-bit pixel is white, as is the same
+    picture in 16 bits."""
+    processor = BrainResNetImageProcessor(do_scale_intensity=False, do_crop_foreground=False, size=64)
+    gradient = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
+    gradient[:, -1] = 255
+    eight_bit = processor(gradient, do_normalize=False).pixel_values
+    assert eight_bit.max() == pytest.approx(1.0) and eight_bit[0, 0, 0, 32] == pytest.approx(128 / 255)
+    sixteen_bit = processor(gradient.astype(np.uint16) * 257, do_normalize=False).pixel_values
+    torch.testing.assert_close(sixteen_bit, eight_bit)
+
+
+def test_processor_reads_a_colour_array_as_pil_reads_the_colour_image(slice_image):
+    """Colour becomes ITU-R 601 luma for arrays as for PIL images: red weighs 0.299, blue 0.114."""
+    gray = np.asarray(slice_image)
+    half = gray.shape[1] // 2
+    colour = np.zeros((*gray.shape, 3), dtype=np.uint8)
+    colour[:, :half, 0] = gray[:, :half]  # the left half red, the right half blue
+    colour[:, half:, 2] = gray[:, half:]
+    processor = BrainResNetImageProcessor()
+    expected = processor(Image.fromarray(colour, "RGB")).pixel_values
+    for image in (colour, torch.from_numpy(colour).permute(2, 0, 1)):
+        torch.testing.assert_close(processor(image).pixel_values, expected, atol=0.02, rtol=0)
+
+
+def test_crop_frames_the_brain_centred_with_its_margin():
+    """A wide brain is cut to its extent plus a 4% margin and sits in the middle of its square frame."""
+    image = torch.zeros(100, 100)
+    image[40:60, 20:80] = 1.0
+    cropped = BrainResNetImageProcessor().crop_foreground(image)
+    expected = torch.zeros(64, 64)  # 60 px wide plus 2 px a side; 24 px tall, padded 20 px above and below
+    expected[22:42, 2:62] = 1.0
+    assert torch.equal(cropped, expected)
+
+
+def pipeline_of(model: BrainResNetForImageClassification) -> BrainResNetImageClassificationPipeline:
+    return BrainResNetImageClassificationPipeline(model=model, image_processor=BrainResNetImageProcessor(size=64))
+
+
+def test_pipeline_turns_images_upright_by_their_exif_orientation(slice_image, tmp_path):
+    """A slice stored sideways with an EXIF orientation tag (a phone photo, some exports) is classified as it is
+    displayed, whether given as a file or as a PIL image."""
+    classifier = pipeline_of(build(calibration_temperature=0.02))  # sharp scores: a turned slice scores otherwise
+    upright = {p["label"]: p["score"] for p in classifier(slice_image)}
+    stored = slice_image.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees clockwise to display
+    stored.save(tmp_path / "sideways.png", exif=exif)
+    as_stored = {p["label"]: p["score"] for p in classifier(stored)}
+    assert as_stored != pytest.approx(upright, abs=1e-3)  # the network alone tells them apart
+    for image in (str(tmp_path / "sideways.png"), Image.open(tmp_path / "sideways.png")):
+        assert {p["label"]: p["score"] for p in classifier(image)} == pytest.approx(upright, abs=1e-5)
+
+
+def test_pipeline_serves_a_model_loaded_in_half_precision(slice_image, tmp_path):
+    """pipeline(..., dtype=torch.bfloat16) or a model cast to half precision gets inputs of its own dtype."""
+    classifier = pipeline_of(build().to(torch.bfloat16))
+    slice_image.save(tmp_path / "slice.png")
+    for image in (slice_image, str(tmp_path / "slice.png")):
+        scores = classifier(image)
+        assert sorted(p["label"] for p in scores) == ["glioma", "meningioma", "notumor", "pituitary"]
+        assert sum(p["score"] for p in scores) == pytest.approx(1, abs=1e-2)
+
+
+def test_refitting_a_models_detector_replaces_its_means_and_precision():
+    """set_familiarity on a model that already carries a detector (a release refitted) installs the new one whole."""
+    model = build(familiarity_threshold=1.0)
+    means = torch.randn(4, 512) * 10
+    model.set_familiarity(means, torch.eye(512) * 2, threshold=5.0)
+    torch.testing.assert_close(model.familiarity_means, means)
+    distance = model.familiarity_distance(means[2:3] + 1)  # 1 from class 2's mean in every feature
+    torch.testing.assert_close(distance, torch.tensor([2.0 * 512]))
+    assert model.config.familiarity_threshold == 5.0
 
 
 # --- remote code -----------------------------------------------------------------------------------------------

@@ -460,6 +460,16 @@ def test_several_sources_make_one_dataset_with_stratified_grouped_folds(combined
         assert f"| {source} | " in combined["card"], source
 
 
+def test_each_sources_classes_are_stratified_over_the_folds(combined):
+    """Folds are stratified by class within each source, so that one source's rows alone (train.py --sources) still
+    make stratified folds: every (source, class) cell of the 6 or 7 slices is spread over all 3 folds."""
+    cells = defaultdict(lambda: np.zeros(3, int))
+    for r in combined["rows"].values():
+        cells[r["source"], CLASSES[r["label"]]][r["fold"]] += 1
+    assert len(cells) == 4 + 3 + 1 + 1  # sartaj's 4 classes, figshare's 3 tumours, br35h's notumor, the disguised copy
+    assert all((counts > 0).all() for cell, counts in cells.items() if counts.sum() >= 6), dict(cells)
+
+
 def test_a_mirrored_rewindowed_copy_in_another_source_joins_its_original(combined, brain_mri_data):
     rows = combined["rows"]
     copy, original = rows[f"{SARTAJ}/{DISGUISED_COPY}"], rows[f"brain-tumor-mri-4k/{COPIED_ORIGINAL}"]

@@ -491,12 +491,66 @@ def test_dataset_without_folds_gets_prepare_datasets_folds(dataset, tmp_path, dr
     assert random.folds.tolist() == fold_random
 
 
+def test_a_dataset_without_folds_keeps_each_of_its_groups_in_one_fold(dataset, tmp_path):
+    """Folds made for a dataset without fold columns (make_folds) keep the rows of a `group` together: the fixture's
+    own groups are all single slices, so here consecutive slices of a class are paired into one group."""
+    import datasets
+
+    split = datasets.load_dataset(str(dataset), split="train").remove_columns(["fold", "fold_random"])
+    split = split.map(lambda row, i: {"group": i // 2}, with_indices=True)  # rows are in class order: pairs of a class
+    (tmp_path / "paired" / "data").mkdir(parents=True)
+    split.to_parquet(tmp_path / "paired" / "data" / "train-00000-of-00001.parquet")
+    table = data.load_table(str(tmp_path / "paired"), "grouped", with_test=False)
+    assert len(set(table.folds.tolist())) == 5  # make_folds: prepare_dataset.py's default --folds
+    assert all(len(set(table.folds[table.groups == g].tolist())) == 1 for g in np.unique(table.groups))
+
+
 def test_parquet_reader_matches_datasets(dataset):
     """The pyarrow fallback (the GPU machine may lack `datasets`) reads what load_dataset reads."""
     with_datasets, names = data.read_splits(str(dataset))
     with_pyarrow, pyarrow_names = data.read_parquet_folder(dataset)
     assert names == pyarrow_names == CLASSES
     assert with_datasets["train"] == with_pyarrow["train"]
+
+
+def test_each_protocol_trains_on_its_own_fold_column(dataset):
+    """--protocol grouped reads `fold` (near-duplicates kept together), random reads `fold_random`: the leak-free
+    protocol silently trained on the plain folds would report the leaky scores under the honest name."""
+    columns = data.read_parquet_folder(dataset)[0]["train"]
+    assert columns["fold"] != columns["fold_random"]  # else this test could not tell them apart
+    for protocol, column in (("grouped", "fold"), ("random", "fold_random")):
+        assert data.load_table(str(dataset), protocol, with_test=False).folds.tolist() == columns[column], protocol
+
+
+def test_test_split_rows_are_held_out_by_the_full_model_only_and_exclude_reaches_them(dataset, tmp_path):
+    """A dataset with a test split (prepare_dataset.py's Training/Testing layout), loaded for --folds all,full: the
+    test rows are in no fold, neither trained on nor scored by a fold model, and are exactly the full model's held-out
+    rows; an --exclude list leaves out a listed test row as it does a train row."""
+    import datasets
+
+    rows = datasets.load_dataset(str(dataset), split="train")
+    test_ids = list(range(0, len(rows), 5))  # 8 rows, every class
+    train_ids = [i for i in range(len(rows)) if i not in test_ids]
+    folder = tmp_path / "with-test"
+    (folder / "data").mkdir(parents=True)
+    rows.select(train_ids).to_parquet(folder / "data" / "train-00000-of-00001.parquet")
+    rows.select(test_ids).to_parquet(folder / "data" / "test-00000-of-00001.parquet")
+
+    table = data.load_table(str(folder), "grouped", with_test=True)
+    test_rows = set(range(len(train_ids), len(rows)))
+    assert len(table.labels) == len(rows) and (table.folds[sorted(test_rows)] == folds.NO_FOLD).all()
+    device_data = data.DeviceData(None, None, torch.from_numpy(table.labels), table)
+    for fold in (0, 1):
+        trained, held_out = (set(r.tolist()) for r in device_data.indices(fold))
+        assert trained and held_out and not (trained | held_out) & test_rows, fold
+    trained, held_out = (set(r.tolist()) for r in device_data.indices(runs.FULL))
+    assert held_out == test_rows and trained == set(range(len(rows))) - test_rows
+
+    listing = tmp_path / "exclude.txt"
+    listing.write_text(f"{rows[train_ids[0]]['file']}\n{rows[test_ids[0]]['file']}\n")  # one train row, one test row
+    smaller = data.load_table(str(folder), "grouped", with_test=True, exclude=str(listing))
+    assert len(smaller.labels) == len(rows) - 2
+    assert (smaller.folds == folds.NO_FOLD).sum() == len(test_ids) - 1
 
 
 def augmented(images: torch.Tensor, seed: int, **options) -> torch.Tensor:
@@ -515,6 +569,15 @@ def test_augment_gives_random_views_in_range():
     assert not torch.equal(first, augment(images, 64))
     still = torch.rand(3, 1, 16, 16)
     assert torch.allclose(gaussian_blur(still, torch.zeros(3)), still, atol=1e-6)
+
+
+def test_augment_flips_about_half_the_views_left_right():
+    """A lesion in the image's left half ends up in the right half of about half the views (the random flip), so
+    that a tumour's side tells nothing about its class."""
+    views = augmented(brain_slice(1).expand(200, 1, 64, 64), seed=0, geometry_only=True)
+    bright = views > 0.9  # the lesion (250 of 255); the brain is 100
+    right = bright[..., 32:].sum(dim=(1, 2, 3)) > bright[..., :32].sum(dim=(1, 2, 3))
+    assert 60 < int(right.sum()) < 140
 
 
 def test_geometry_only_views_keep_the_slices_intensities():
@@ -942,6 +1005,68 @@ def test_ema_run_saves_the_weight_average_and_resumes_it(common, tmp_path, monke
     resumed = load_file(stopped / "fold-0" / "model.safetensors")
     assert all(torch.equal(resumed[name], averaged[name]) for name in averaged)
     assert log(stopped)[-1]["eval_accuracy"] == log(whole)[-1]["eval_accuracy"]
+
+
+def test_the_lr_follows_one_warmup_and_cosine_over_every_step_of_a_fold(python_run):
+    """The schedule steps once per optimisation step over the fold's epochs x steps: warm-up over --warmup of the
+    steps to --lr, then a cosine down to 0 at the last step (the log records the lr after each epoch)."""
+    results = read_results(python_run)
+    log = [json.loads(line) for line in (python_run / "log.jsonl").read_text().splitlines()]
+    peak, epochs, batch = 2e-3, 3, 8  # the recipe's --lr and --warmup 0.05; `common`'s epochs and batch
+    for fold in ("0", "1"):
+        steps_per_epoch = results["folds"][fold]["num_train"] // batch
+        total = epochs * steps_per_epoch
+        warmup = round(0.05 * total)
+        for record in (r for r in log if str(r["fold"]) == fold):
+            step = record["epoch"] * steps_per_epoch
+            progress = (step - warmup) / (total - warmup)
+            expected = peak * step / warmup if step < warmup else peak * 0.5 * (1 + np.cos(np.pi * progress))
+            assert record["lr"] == pytest.approx(expected, abs=1e-9), (fold, record["epoch"])
+        assert record["lr"] == pytest.approx(0, abs=1e-12)
+
+
+def test_the_seed_sets_the_weights_and_the_same_seed_repeats_them(common, tmp_path):
+    """--seed is the run's: one seed trains the same model twice, another seed another model (the summary pairs folds
+    by seed, so runs with different seeds must differ)."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for name, seed in (("first", 1), ("again", 1), ("other", 2)):
+        out = tmp_path / name
+        argv = [*common, "--folds", "0", "--epochs", "1", "--seed", str(seed), "--output-dir", str(out)]
+        assert train.main(argv) == 0
+        weights[name] = load_file(out / "fold-0" / "model.safetensors")
+    assert all(torch.equal(weights["first"][k], weights["again"][k]) for k in weights["first"])
+    assert not all(torch.equal(weights["first"][k], weights["other"][k]) for k in weights["first"])
+
+
+def test_an_ema_of_almost_no_memory_saves_the_last_weights(python_run, common, tmp_path):
+    """The average follows the weights at every step: with a decay near 0 it is the last step's weights (and
+    BatchNorm statistics), those of the same fold trained without --ema-decay, not the weights it started from."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ema"
+    assert train.main([*common, "--folds", "0", "--ema-decay", "1e-9", "--output-dir", str(out)]) == 0
+    averaged = load_file(out / "fold-0" / "model.safetensors")
+    last = load_file(python_run / "fold-0" / "model.safetensors")  # the same fold, seed and steps, no average
+    assert averaged.keys() == last.keys()
+    for name, tensor in averaged.items():
+        torch.testing.assert_close(tensor, last[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_run_stopped_between_its_periodic_checkpoints_still_saves_one(common, tmp_path, monkeypatch, capsys):
+    """--save-every N (10 on a GPU) checkpoints every N epochs and also whenever a signal stops the run: stopped after
+    epoch 1 of 3 with --save-every 5, the run resumes after epoch 1 rather than from the start."""
+    args = [*common, "--folds", "0", "--save-every", "5", "--output-dir", str(tmp_path / "run")]
+    requests = iter([True])
+    monkeypatch.setattr(engine.GracefulStop, "requested", lambda self, accelerator: next(requests, False))
+    assert train.main(args) == 128 + signal.SIGTERM
+    (progress,) = (tmp_path / "run" / "fold-0" / "checkpoints").glob("epoch-*/progress.json")
+    assert json.loads(progress.read_text())["epoch"] == 1
+    assert train.main([*args, "--resume"]) == 0
+    assert "fold-0: resuming after epoch 1" in capsys.readouterr().out
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [1, 2, 3]
 
 
 def test_an_untyped_tumours_loss_asks_for_any_tumour_class_and_a_typed_slices_is_unchanged():

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy import stats
 from test_train import CLASSES, TINY_CONFIG
 
 import evaluation
+from brain_resnet import data
+from brain_resnet.external import external_files
 from brain_resnet.reports import summary_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -372,3 +375,176 @@ def test_summary_names_every_machine_that_trained_a_continued_runs_folds(run, tm
 def test_summary_rejects_an_unfinished_run(tmp_path, capsys):
     assert evaluation.main(["summary", str(tmp_path)]) == 2
     assert "not a finished train.py cross-validation run" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- what the reported numbers are over (mutation review)
+def test_each_listed_strength_alters_the_slices_by_that_strength(slice_image):
+    """The robustness conditions apply each corruption at the strength they report (not one strength for all)."""
+    listed = evaluation.conditions([(300, 168)], set(evaluation.CORRUPTIONS), seed=0)
+    assert listed[0][:2] == ("clean", None) and listed[0][2] is None
+    original = pixels(slice_image)
+    for name, strengths in evaluation.CORRUPTIONS.items():
+        points = [(strength, alter) for listed_name, strength, alter, _ in listed if listed_name == name]
+        assert [strength for strength, _ in points] == list(strengths)
+        altered = [alter(7, slice_image) for _, alter in points]
+        if name == "downscale":
+            assert [image.size for image in altered] == [
+                tuple(round(side * strength) for side in slice_image.size) for strength in strengths
+            ]
+            continue
+        errors = [np.abs(pixels(image) - original).mean() for image in altered]
+        assert len(set(errors)) == len(errors), f"{name}: two strengths alter the slice alike: {errors}"
+        if name != "contrast":
+            assert errors == sorted(errors), f"{name}: {errors}"
+
+
+def test_gaussian_noise_strength_is_a_fraction_of_full_scale():
+    grey = Image.new("L", (128, 128), 128)
+    for strength in evaluation.CORRUPTIONS["gaussian_noise"]:
+        noisy = evaluation.corrupt(grey, "gaussian_noise", strength, np.random.default_rng(0))
+        assert pixels(noisy).std() == pytest.approx(strength * 255, rel=0.05)
+
+
+def fake_predictions(monkeypatch, notumor: int) -> None:
+    """Every fold model calls a real slice glioma, and a uniform one (what the re-renderings below make) notumor."""
+
+    def predict(model, images, processor, device, batch_size):
+        probs = torch.zeros(len(images), len(CLASSES))
+        probs[:, CLASSES.index("glioma")] = 1
+        probs[images.float().flatten(1).std(dim=1) < 1] = torch.eye(len(CLASSES))[notumor]
+        return probs
+
+    monkeypatch.setattr(evaluation, "predict", predict)
+    monkeypatch.setattr(evaluation, "as_br35h", lambda image, size, rng: Image.new("L", (64, 64), 200))
+    monkeypatch.setattr(evaluation, "as_figshare", lambda image, rng: Image.new("L", (64, 64), 200))
+
+
+def test_shortcut_flip_rate_is_of_tumor_slices_called_notumor_only_once_re_rendered(run, tmp_path, monkeypatch):
+    """Tumor slices no model called notumor, all called notumor once rendered as Br35H: a flip rate of 1, for a run
+    of both folds and for one of fold 0 alone evaluated beside it (its rate over its own held-out slices only)."""
+    fake_predictions(monkeypatch, CLASSES.index("notumor"))
+    one_fold = shutil.copytree(run, tmp_path / "one-fold", ignore=shutil.ignore_patterns("fold-1"))
+    output = tmp_path / "robustness.json"
+    arguments = ["robustness", str(run), str(one_fold), "--only", "tumor_as_br35h,notumor_as_figshare"]
+    assert evaluation.main([*arguments, "--output", str(output)]) == 0
+    result = json.loads(output.read_text())["runs"]
+    tumor = {"called_notumor_clean": 0.0, "called_notumor_altered": 1.0, "flip_rate": 1.0}
+    assert result[str(run)]["shortcut"]["tumor_as_br35h"] == {"slices": 30, **tumor}
+    assert result[str(run)]["shortcut_flip_rate"] == 1.0
+    # healthy slices all called a tumor as they are: none could flip to a tumor call
+    healthy = {"slices": 10, "called_tumor_clean": 1.0, "called_tumor_altered": 0.0, "flip_rate": None}
+    assert result[str(run)]["shortcut"]["notumor_as_figshare"] == healthy
+    settings = json.loads((run / "run_args.json").read_text())["settings"]
+    table = data.load_table(settings["dataset"], settings["protocol"], False)
+    in_fold_0 = int(((table.folds == 0) & (table.labels != CLASSES.index("notumor"))).sum())
+    assert result[str(one_fold)]["shortcut"]["tumor_as_br35h"] == {"slices": in_fold_0, **tumor}
+
+
+def test_robustness_leaves_untyped_tumours_out_of_the_four_class_accuracy(run, tmp_path, monkeypatch):
+    """A run trained with --untyped-tumors: those slices have no class to be right about, so the held-out accuracy
+    (and each corruption's) is over the typed slices alone, as train.py scores them."""
+    fake_predictions(monkeypatch, CLASSES.index("notumor"))
+    untyped_run = shutil.copytree(run, tmp_path / "untyped")
+    saved = json.loads((untyped_run / "run_args.json").read_text())
+    dataset, protocol = saved["settings"]["dataset"], saved["settings"]["protocol"]
+    table = data.load_table(dataset, protocol, False)
+    files = data.read_splits(dataset)[0]["train"]["file"]
+    glioma = np.flatnonzero(table.labels == CLASSES.index("glioma"))[:4]
+    listing = tmp_path / "untyped.txt"
+    listing.write_text("".join(f"{files[row]}\n" for row in glioma))
+    saved["settings"]["untyped_tumors"] = str(listing)
+    (untyped_run / "run_args.json").write_text(json.dumps(saved))
+    output = tmp_path / "robustness.json"
+    assert evaluation.main(["robustness", str(untyped_run), "--only", "jpeg", "--output", str(output)]) == 0
+    entry = json.loads(output.read_text())["runs"][str(untyped_run)]
+    typed = np.ones(len(table.labels), dtype=bool)
+    typed[glioma] = False
+    expected = [
+        float((table.labels[typed & (table.folds == fold)] == CLASSES.index("glioma")).mean()) for fold in (0, 1)
+    ]
+    assert entry["clean"]["accuracy"]["folds"] == pytest.approx(expected)  # every typed slice is called glioma
+    assert entry["clean"]["accuracy"]["std"] == pytest.approx(np.std(expected, ddof=1))
+    assert entry["corruptions"]["jpeg"][0]["accuracy"]["folds"] == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------- summary of several seeds, variants and protocols
+def summary_run(run: Path, folder: Path, model: str, protocol: str, seed: int, accuracies, params: int) -> Path:
+    """A finished run as summary reads it (cv_results.json): `run`'s, with another model, protocol, seed, fold
+    accuracies and parameter count."""
+    results = json.loads((run / "cv_results.json").read_text())
+    results["args"]["settings"] |= {"model": model, "protocol": protocol, "seed": seed}
+    results["params"] = params
+    for fold, accuracy in zip(sorted(results["folds"]), accuracies, strict=True):
+        results["folds"][fold]["accuracy"] = accuracy
+    folder.mkdir(parents=True)
+    (folder / "cv_results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_summary_pairs_folds_of_the_same_seed_and_keeps_each_variants_parameters(run, tmp_path):
+    """Two seeds of each variant: differences pair each (seed, fold) with its own; given in another order."""
+    tiny = json.loads((run / "cv_results.json").read_text())["args"]["settings"]["model"]
+    runs = [
+        summary_run(run, tmp_path / "improved-42", "improved", "grouped", 42, [0.9, 0.8], 17_000_000),
+        summary_run(run, tmp_path / "improved-1", "improved", "grouped", 1, [0.6, 0.7], 17_000_000),
+        summary_run(run, tmp_path / "tiny-1", tiny, "grouped", 1, [0.5, 0.8], 100_000),
+        summary_run(run, tmp_path / "tiny-42", tiny, "grouped", 42, [0.85, 0.8], 100_000),
+    ]
+    summary = evaluation.summarize_runs(runs, [])
+    variants = summary["protocols"]["grouped"]
+    assert variants["improved"]["params"] == 17_000_000 and variants["tiny"]["params"] == 100_000
+    assert variants["improved"]["seeds"] == [42, 1] and variants["tiny"]["folds"] == 4
+    paired = variants["tiny"]["paired_with_improved"]
+    differences = [0.9 - 0.85, 0.8 - 0.8, 0.6 - 0.5, 0.7 - 0.8]
+    assert paired["folds"] == 4 and paired["seeds"] == 2
+    assert paired["improved_minus_this_mean"] == pytest.approx(np.mean(differences))
+    assert paired["improved_minus_this_std"] == pytest.approx(np.std(differences, ddof=1))
+    assert (paired["improved_ahead"], paired["ties"]) == (2, 1)
+
+
+def test_summary_compares_and_headlines_within_a_protocol(run, tmp_path):
+    """Each variant is paired with the improved model of its own protocol; the summary's headline flip rate and
+    cross-source scores are the improved model's under the grouped protocol when it was measured there."""
+    tiny = json.loads((run / "cv_results.json").read_text())["args"]["settings"]["model"]
+    runs = {
+        ("grouped", "improved"): summary_run(run, tmp_path / "g-improved", "improved", "grouped", 42, [0.9, 0.8], 1),
+        ("grouped", "tiny"): summary_run(run, tmp_path / "g-tiny", tiny, "grouped", 42, [0.8, 0.8], 1),
+        ("random", "improved"): summary_run(run, tmp_path / "s-improved", "improved", "random", 42, [0.7, 0.6], 1),
+        ("random", "tiny"): summary_run(run, tmp_path / "s-tiny", tiny, "random", 42, [0.7, 0.7], 1),
+    }
+    rates = {("grouped", "improved"): 0.1, ("random", "improved"): 0.3}
+    robustness = tmp_path / "robustness.json"
+    measured = {str(runs[key]): {"folds": [0, 1], "shortcut_flip_rate": rate} for key, rate in rates.items()}
+    robustness.write_text(json.dumps({"runs": measured}))
+    external, scores = tmp_path / "external.json", {"grouped": 0.25, "random": 0.75}
+    scored = {
+        str(runs[(protocol, "improved")] / f"fold-{fold}"): dict.fromkeys(evaluation.CROSS_SOURCE_METRICS, score)
+        for protocol, score in scores.items()
+        for fold in (0, 1)
+    }
+    external.write_text(json.dumps({"data": "somewhere/other-source", "models": scored}))
+    summary = evaluation.summarize_runs(list(runs.values()), [robustness], [external])
+    grouped, stratified = summary["protocols"]["grouped"], summary["protocols"]["stratified"]
+    assert grouped["tiny"]["paired_with_improved"]["improved_minus_this_mean"] == pytest.approx(0.05)
+    assert stratified["tiny"]["paired_with_improved"]["improved_minus_this_mean"] == pytest.approx(-0.05)
+    assert summary["shortcut_flip_rate"] == pytest.approx(0.1)
+    assert summary["cross_source"] == {
+        "other-source": {"models": 2, "accuracy": 0.25, "tumor_found": 0.25, "notumor_specificity": 0.25}
+    }
+
+
+def test_every_public_sets_folder_name_reads_as_its_class(tmp_path):
+    """Br35H's yes/no and each of Kaggle's *_tumor/no_tumor folders are read as the class they hold."""
+    named = {
+        "yes": "tumor",
+        "no": "notumor",
+        "glioma_tumor": "glioma",
+        "meningioma_tumor": "meningioma",
+        "pituitary_tumor": "pituitary",
+        "no_tumor": "notumor",
+    }
+    for name in named:
+        (tmp_path / name).mkdir()
+        Image.new("L", (8, 8)).save(tmp_path / name / "slice.png")
+    files = external_files(tmp_path, CLASSES)
+    assert {file.parent.name: truth for file, truth in files} == named

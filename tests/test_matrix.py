@@ -362,3 +362,24 @@ def test_balanced_sources_are_drawn_equally_often(two_sources, tmp_path):
     trained = run_script("train.py", arguments)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert json.loads((tmp_path / "run/run_args.json").read_text())["settings"]["balance_sources"] is True
+
+
+def test_no_job_starts_that_the_longest_finished_job_says_would_not_end_in_time(tmp_path, monkeypatch):
+    """Jobs of 2 s, one at a time, 3 s allowed: after the first, a second would run past the limit, so it waits for
+    the next machine instead of being started and stopped."""
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(matrix.subprocess, "Popen", lambda command, **kwargs: real_popen(["sleep", "2"], **kwargs))
+    jobs = [matrix.Job(f"job {i}", tmp_path / f"run-{i}", 0, []) for i in range(2)]
+    matrix.run_jobs(jobs, 1, 3.0, 2, 0.05)
+    assert [job.status for job in jobs] == ["finished", "not started"]
+
+
+def test_plan_leaves_out_the_folds_a_run_folder_records(tmp_path):
+    """A continued matrix trains only what the earlier machine did not record (with or without its weights)."""
+    specs = matrix.parse_run_specs("random:improved,grouped:improved")
+    recorded = tmp_path / "stratified-improved"
+    recorded.mkdir()
+    (recorded / "cv_results.json").write_text(json.dumps({"folds": {"1": {"accuracy": 0.9}}}))
+    jobs = matrix.plan_jobs("data", tmp_path, specs, [0, 1], None, None, [], 2)
+    names = ["stratified-improved fold 0", "grouped-improved fold 0", "grouped-improved fold 1"]
+    assert [job.name for job in jobs] == names

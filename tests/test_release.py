@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from brain_resnet.reports import release_markdown, render_release_section
+from brain_resnet.reports import release_markdown, render_release_section, render_summary_section
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASE = REPO / "release"
@@ -59,3 +59,20 @@ def test_readme_python_snippet_runs_offline_as_written():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_release_card_holds_the_cross_validation_table_of_its_summary():
+    """The card's cross-validation section is `evaluation.py summary`'s table as results/summary.json holds it:
+    each variant's own accuracy ± std, flip rate and other-source scores, in their columns."""
+    card = (RELEASE / "README.md").read_text()
+    report = json.loads((REPO / "results/release.json").read_text())
+    summary = json.loads((REPO / report["summary"]).read_text())
+    assert render_summary_section(card, summary, report["summary"]) == card, "release/README.md disagrees with it"
+    entry = summary["protocols"]["grouped"]["improved"]
+    (data, scores), *_ = entry["cross_source"].items()
+    row = (
+        f"| grouped | improved | {entry['folds']} | {entry['accuracy_mean']:.4f} ± {entry['accuracy_std']:.4f} "
+        f"| {entry['macro_f1_mean']:.4f} | {entry['params'] / 1e6:.1f} M | {entry['shortcut_flip_rate']:.4f} "
+        f"| {data} | {scores['accuracy']:.4f} | {scores['tumor_found']:.4f} | {scores['notumor_specificity']:.4f} |"
+    )
+    assert row in card

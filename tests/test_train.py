@@ -366,6 +366,17 @@ def test_a_run_saved_before_a_setting_existed_resumes_with_it_off(python_run, co
     assert "--balance-sources None (now True)" in capsys.readouterr().err
 
 
+def test_a_list_edited_to_name_other_files_as_many_is_refused(tmp_path):
+    """A run's --exclude list now naming one other file in place of one it named: other rows, refused."""
+    listing = tmp_path / "exclude.txt"
+    listing.write_text("src/notumor/a.jpg\nsrc/notumor/c.jpg\n")
+    settings = {"exclude": str(listing), "exclude_files": ["src/notumor/a.jpg", "src/notumor/b.jpg"]}
+    with pytest.raises(UsageError, match=r"1 file\(s\) added, 1 dropped"):
+        runs.check_lists_unchanged(settings)
+    listing.write_text("# reordered, commented: the same files\nsrc/notumor/b.jpg\nsrc/notumor/a.jpg\n")
+    runs.check_lists_unchanged(settings)
+
+
 def test_init_from_starts_every_fold_from_a_trained_models_weights(python_run, common, tmp_path):
     """Fine-tuning from a folder like release/ (float16 shards, a fitted familiarity detector): with a learning rate
     too small to move them, both folds end with its weights rather than random ones, and name it; the detector's

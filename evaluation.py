@@ -29,19 +29,21 @@ prediction.
 `summary` gathers finished cross-validation runs (and robustness files) into one machine-readable table: per
 protocol ("stratified" is train.py's `--protocol random`, the paper's; "grouped" keeps near-duplicates together)
 and variant, the mean and std of accuracy and macro-F1 over every fold of every seed, per-class recall, parameters,
-forward FLOPs, training images/s and wall time, with the device and command of each run.
+forward FLOPs, training images/s and wall time, with the device and command of each run. With `external` outputs,
+each entry's `cross_source` scores; a run that trained on slices of that folder is refused, not scored as cross-source.
 
 Each prints a table and writes JSON (robustness also a plot beside it).
 """
 
 import argparse
+import functools
 import io
 import os
 import shlex
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -50,7 +52,7 @@ from scipy import stats
 from transformers.utils import logging as transformers_logging
 
 from brain_resnet.cli import UsageError, number
-from brain_resnet.data import ANY_TUMOUR, Table, decode_images, load_table, open_image
+from brain_resnet.data import ANY_TUMOUR, Table, decode_images, load_table, open_image, training_files
 from brain_resnet.engine import logits_function, model_config, model_input
 from brain_resnet.external import NOTUMOR, external_files, external_metrics, read_external
 from brain_resnet.folds import PROTOCOL_NAMES
@@ -486,13 +488,46 @@ def read_external_reports(files: list[Path]) -> dict[str, tuple[str, dict]]:
     return scores
 
 
+@functools.cache
+def trained_file_tails(dataset: str, sources: tuple[str, ...], exclude: str | None) -> frozenset[str]:
+    """Every ending (`name`, `class/name`, ...) of the files a run with these settings trained on; read once for
+    all the runs and folds of a summary that share them."""
+    files = training_files(dataset, list(sources) or None, exclude) or []
+    paths = [PurePosixPath(file).parts for file in files]
+    return frozenset("/".join(parts[i:]) for parts in paths for i in range(len(parts)))
+
+
+def check_not_trained_on(run: Path, settings: dict, data: str, scored: list[str]) -> None:
+    """Refuse a run whose training rows include a slice of `scored` (the files of `data`, an `evaluation.py external`
+    folder, that its fold models were scored on): a row's file (`<SRC folder>/<class>/<name>` in a dataset of
+    several sources) ending with a scored slice's `<class>/<name>`. A dataset that is not here (a Hub id offline, a
+    moved folder) cannot be checked: said, not fatal."""
+    try:
+        tails = trained_file_tails(settings["dataset"], tuple(settings.get("sources") or ()), settings.get("exclude"))
+    except UsageError as error:
+        print(f"note: cannot check that {run} did not train on {data}'s slices: {error}", file=sys.stderr)
+        return
+    seen = [file for file in scored if file in tails]
+    if seen:
+        raise UsageError(
+            f"{run} trained on {len(seen)} of the {len(scored)} slices of {data} it was scored on "
+            f"({seen[0]}, ...): its scores there are not cross-source; summarise runs trained without that source "
+            "(train.py --sources)"
+        )
+
+
 def cross_source_scores(runs: list[tuple[Path, dict]], scores: dict[str, tuple[str, dict]]) -> dict:
-    """{data: mean of CROSS_SOURCE_METRICS over the runs' fold models scored on it, and how many were}."""
+    """{data: mean of CROSS_SOURCE_METRICS over the runs' fold models scored on it, and how many were}. A run that
+    trained on slices of the data it was scored on is refused: its scores there are not of another source."""
     by_data = {}
     for path, results in runs:
-        for fold in results["folds"]:
-            if (found := scores.get(str((path / f"fold-{fold}").resolve()))) is not None:
-                by_data.setdefault(found[0], []).append(found[1])
+        found = [scores[key] for fold in results["folds"] if (key := str((path / f"fold-{fold}").resolve())) in scores]
+        for data in dict.fromkeys(data for data, _ in found):
+            scored = [p["file"] for name, metrics in found if name == data for p in metrics.get("predictions", ())]
+            if scored:
+                check_not_trained_on(path, results["args"]["settings"], data, list(dict.fromkeys(scored)))
+        for data, metrics in found:
+            by_data.setdefault(data, []).append(metrics)
 
     def mean(values: list) -> float | None:  # None where no model had the slices for it (a folder of tumors only)
         values = [value for value in values if value is not None]

@@ -193,6 +193,18 @@ def load_table(
     return Table(images, labels, folds, row_sources, class_names, groups)
 
 
+def training_files(dataset: str, sources: list[str] | None = None, exclude: str | None = None) -> list[str] | None:
+    """The `file` of every train-split row a run with these settings trained on (a fold model: on all but its
+    held-out fold's), as load_table selects them; None for a dataset without a `file` column."""
+    splits, class_names = read_splits(dataset)
+    if exclude:
+        splits = without_listed_files(splits, read_listing(exclude, "--exclude"), exclude)
+    train = splits.get("train", {})
+    if sources:
+        train = only_sources(train, sources, dataset, class_names)
+    return train.get("file")
+
+
 def read_listing(listing: str, option: str) -> set[str]:
     """The files a list names (prepare_dataset.py --exclude's format: one per line, `#` comments)."""
     try:

@@ -333,10 +333,21 @@ def test_summary_pairs_each_variant_with_the_improved_model_fold_by_fold(run, tm
     assert f"| grouped | tiny | 2 | +2.50 points | 3.54 | 1 | 1 | {paired['p_value']:.2f} |" in card
 
 
-def test_summary_reports_cross_source_scores_of_the_fold_models(run, external_folder, tmp_path):
+def unseen_slices(folder: Path, brain_mri_data: Path) -> Path:
+    """Slices of every class that the `run` fixture did not train on (it took every tenth file of a class,
+    from the first), in class folders."""
+    for name in CLASSES:
+        (folder / name).mkdir(parents=True)
+        for file in sorted((brain_mri_data / name).iterdir())[1:3]:
+            shutil.copy(file, folder / name / file.name)
+    return folder
+
+
+def test_summary_reports_cross_source_scores_of_the_fold_models(run, brain_mri_data, tmp_path):
     scored = tmp_path / "external.json"
     models = [arg for fold in ("fold-0", "fold-1") for arg in ("--model", str(run / fold))]
-    assert evaluation.main(["external", str(external_folder), *models, "--output", str(scored)]) == 0
+    external = unseen_slices(tmp_path / "external", brain_mri_data)
+    assert evaluation.main(["external", str(external), *models, "--output", str(scored)]) == 0
     output = tmp_path / "summary.json"
     assert evaluation.main(["summary", str(run), "--external", str(scored), "--output", str(output)]) == 0
 
@@ -346,6 +357,23 @@ def test_summary_reports_cross_source_scores_of_the_fold_models(run, external_fo
     for name in ("accuracy", "tumor_found", "notumor_specificity"):
         assert cross_source[name] == pytest.approx(np.mean([metrics[name] for metrics in per_model]))
     assert evaluation.main(["summary", str(run), "--external", str(output)]) == 2  # a summary is no external output
+
+
+def test_summary_refuses_cross_source_scores_of_slices_a_run_trained_on(run, brain_mri_data, tmp_path, capsys):
+    """A model scored on a folder holding slices it trained on (a run on every source, scored on one of them) has
+    no score of another source: the summary says so instead of calling it cross-source."""
+    external = unseen_slices(tmp_path / "external", brain_mri_data)
+    seen = sorted((brain_mri_data / "glioma").iterdir())[0]  # the first glioma slice: in the run's training rows
+    shutil.copy(seen, external / "glioma" / seen.name)
+    scored, output = tmp_path / "external.json", tmp_path / "summary.json"
+    models = [arg for fold in ("fold-0", "fold-1") for arg in ("--model", str(run / fold))]
+    assert evaluation.main(["external", str(external), *models, "--output", str(scored)]) == 0
+    capsys.readouterr()
+
+    assert evaluation.main(["summary", str(run), "--external", str(scored), "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert f"trained on 1 of the 9 slices of external it was scored on (glioma/{seen.name}" in error
+    assert "not cross-source" in error and not output.exists()
 
 
 def test_a_cross_source_score_no_model_had_slices_for_is_left_empty(tmp_path):

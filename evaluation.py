@@ -521,13 +521,15 @@ def cross_source_scores(runs: list[tuple[Path, dict]], scores: dict[str, tuple[s
     trained on slices of the data it was scored on is refused: its scores there are not of another source."""
     by_data = {}
     for path, results in runs:
-        found = [scores[key] for fold in results["folds"] if (key := str((path / f"fold-{fold}").resolve())) in scores]
-        for data in dict.fromkeys(data for data, _ in found):
-            scored = [p["file"] for name, metrics in found if name == data for p in metrics.get("predictions", ())]
-            if scored:
-                check_not_trained_on(path, results["args"]["settings"], data, list(dict.fromkeys(scored)))
-        for data, metrics in found:
-            by_data.setdefault(data, []).append(metrics)
+        scored = {}  # data -> the files its fold models were scored on, each once
+        for fold in results["folds"]:
+            if (found := scores.get(str((path / f"fold-{fold}").resolve()))) is not None:
+                data, metrics = found
+                by_data.setdefault(data, []).append(metrics)
+                scored.setdefault(data, {}).update(dict.fromkeys(p["file"] for p in metrics.get("predictions", ())))
+        for data, files in scored.items():
+            if files:
+                check_not_trained_on(path, results["args"]["settings"], data, list(files))
 
     def mean(values: list) -> float | None:  # None where no model had the slices for it (a folder of tumors only)
         values = [value for value in values if value is not None]

@@ -162,7 +162,7 @@ def find_images(src: Path) -> tuple[list[Entry], list[str]]:
         _relative(p, src)
         for folder in dict.fromkeys([src, *roots.values()])
         for p in sorted(folder.iterdir())
-        if p.is_file() and not p.name.startswith(".")
+        if p.is_file() and not is_hidden(p, folder)
     ]
     entries, classes_of = [], {}
     for split in sorted(roots, key=list(SPLIT_FOLDERS.values()).index):

@@ -129,6 +129,24 @@ def test_cross_fitted_log_loss_and_calibration_error_are_those_of_the_fitted_tem
     assert scores["calibration_error"]["mean"] < 0.03
 
 
+def test_cross_fitted_probabilities_are_those_of_the_shifted_logits_a_release_outputs():
+    """A release divides its logits by the temperature after the operating point has shifted them, so the
+    temperature is fitted on the shifted logits: a model that only differs by a constant bias against notumor (which
+    the operating point undoes) then scores the same log-loss and calibration error."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4000, 4, generator=generator) * 4
+    labels = torch.multinomial(torch.softmax(logits / 2.5, dim=1), 1, generator=generator)[:, 0].numpy()
+    notumor, groups = 2, np.arange(4000) // 2
+    biased = logits.clone()
+    biased[:, notumor] -= 6.0
+
+    fair = cross_fitted_scores(logits, np.zeros(4000), labels, groups, notumor, false_alarms=0.05, repeats=2)
+    shifted = cross_fitted_scores(biased, np.zeros(4000), labels, groups, notumor, false_alarms=0.05, repeats=2)
+
+    for name in ("log_loss", "calibration_error", "accuracy"):
+        assert shifted[name]["mean"] == pytest.approx(fair[name]["mean"], abs=2e-3), name
+
+
 def test_cross_fitted_shares_of_wrong_calls_count_healthy_and_tumor_slices_apart():
     """Without an operating point the calls are the logits' top classes (no temperature moves them): the shares of
     healthy slices called a tumor and of tumor slices called notumor are theirs."""

@@ -385,6 +385,32 @@ def test_a_cross_source_score_no_model_had_slices_for_is_left_empty(tmp_path):
     assert means == {"tumors": {"models": 1, **scored}}
 
 
+def test_cross_source_scores_count_only_the_fold_models_of_finished_folds(tmp_path):
+    """A fold model scored before its fold finished (a stopped matrix) is not one of the run's models yet."""
+    folds = {fold: str((tmp_path / "run" / f"fold-{fold}").resolve()) for fold in (0, 1)}
+    scores = {
+        folds[0]: ("other", dict.fromkeys(evaluation.CROSS_SOURCE_METRICS, 0.8)),
+        folds[1]: ("other", dict.fromkeys(evaluation.CROSS_SOURCE_METRICS, 0.2)),
+    }
+    means = evaluation.cross_source_scores([(tmp_path / "run", {"folds": {"0": {}}})], scores)
+    assert means == {"other": {"models": 1} | dict.fromkeys(evaluation.CROSS_SOURCE_METRICS, 0.8)}
+
+
+def test_summary_averages_each_class_recall_over_folds_and_counts_flops_at_the_runs_size(run, tmp_path):
+    results = json.loads((run / "cv_results.json").read_text())
+    size = results["args"]["settings"]["image_size"]
+    for fold, recall in zip(sorted(results["folds"]), (1.0, 0.5), strict=True):
+        results["folds"][fold]["recall"] = dict.fromkeys(CLASSES, recall)
+    entries = {}
+    for name, image_size in (("as-run", size), ("twice", 2 * size)):
+        results["args"]["settings"]["image_size"] = image_size
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cv_results.json").write_text(json.dumps(results))
+        (entries[name],) = evaluation.summarize_runs([tmp_path / name], [])["protocols"]["grouped"].values()
+    assert entries["as-run"]["recall"] == dict.fromkeys(CLASSES, pytest.approx(0.75))
+    assert entries["twice"]["forward_gflops"] == pytest.approx(4 * entries["as-run"]["forward_gflops"], rel=0.05)
+
+
 def test_summary_names_every_machine_that_trained_a_continued_runs_folds(run, tmp_path):
     """A run continued on a second machine records that machine at its top; its first folds came from the first."""
     copy = shutil.copytree(run, tmp_path / "continued")

@@ -64,7 +64,15 @@ def test_defaults_are_the_papers_improved_model():
     assert config.id2label == {0: "glioma", 1: "meningioma", 2: "notumor", 3: "pituitary"}
 
 
-@pytest.mark.parametrize("bad", [{"stem_type": "vit"}, {"stem_branch_channels": [32, 16, 8]}, {"depths": [3, 4]}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"stem_type": "vit"},
+        {"stem_branch_channels": [32, 16, 8]},
+        {"depths": [3, 4]},
+        {"stem_kernel_sizes": [3, 4, 7]},  # an even kernel's output is a pixel larger: no concatenation
+    ],
+)
 def test_invalid_config_is_refused(bad):
     with pytest.raises(ValueError):
         BrainResNetConfig(**bad)
@@ -169,6 +177,14 @@ def test_processor_accepts_arrays_tensors_and_batches(slice_image):
         torch.testing.assert_close(processor(image).pixel_values, reference, atol=0.02, rtol=0)
     assert processor([slice_image, gray, rgb]).pixel_values.shape == (3, 1, 224, 224)
     assert processor(np.stack([rgb, rgb])).pixel_values.shape == (2, 1, 224, 224)
+
+
+def test_an_array_whose_first_and_last_axes_could_both_be_channels_is_read_channels_first():
+    """A 3-pixel-wide strip of an RGB image as (3, H, 3): torch's channels-first reading, not a 3-row image."""
+    strip = torch.zeros(3, 10, 3)
+    strip[:, :, 0] = 1.0  # the first column white in every channel
+    gray = BrainResNetImageProcessor().to_grayscale(strip)
+    assert gray.shape == (10, 3) and torch.allclose(gray[:, 0], torch.ones(10)) and gray[:, 1:].abs().max() == 0
 
 
 def test_processor_output_for_a_three_channel_model(slice_image):

@@ -331,6 +331,18 @@ def test_finished_run_resumes_to_an_immediate_exit(python_run, common, capsys):
     assert (python_run / "log.jsonl").read_text() == log_before
 
 
+def test_a_recorded_fold_whose_model_folder_is_gone_is_trained_again_on_resume(python_run, common, tmp_path, capsys):
+    """cv_results.json alone does not make a fold finished: a fold whose weights were lost (a deleted or
+    half-copied folder) trains again, and the other fold is left alone."""
+    copy = shutil.copytree(python_run, tmp_path / "run")
+    (copy / "fold-0" / "model.safetensors").unlink()
+    assert train.main([*common, "--output-dir", str(copy), "--resume"]) == 0
+    assert "already finished" not in capsys.readouterr().out
+    assert (copy / "fold-0" / "model.safetensors").exists()
+    log = [json.loads(line) for line in (copy / "log.jsonl").read_text().splitlines()]
+    assert [record["fold"] for record in log[-3:]] == [0, 0, 0] and len(log) == 9
+
+
 def test_processes_started_side_by_side_can_write_the_same_run_file(tmp_path):
     """One train.py process per fold into one run folder (run_matrix.py, the lease scripts) each write
     run_args.json when they find none; no writer may move another's half-written file away."""
@@ -1049,6 +1061,28 @@ def test_the_seed_sets_the_weights_and_the_same_seed_repeats_them(common, tmp_pa
         weights[name] = load_file(out / "fold-0" / "model.safetensors")
     assert all(torch.equal(weights["first"][k], weights["again"][k]) for k in weights["first"])
     assert not all(torch.equal(weights["first"][k], weights["other"][k]) for k in weights["first"])
+
+
+def test_every_epoch_visits_the_training_rows_in_a_new_order_that_the_seed_repeats(common, tmp_path, monkeypatch):
+    """Each epoch is one pass over the fold's training rows in a fresh random order (SGD on batches of one class
+    run would bias every step), seeded per epoch so a resumed run draws the order the uninterrupted one drew."""
+    orders = []
+
+    def recording_epoch(*args, **kwargs):
+        orders.append(args[7].clone())  # train_epoch's `order`
+        return real_epoch(*args, **kwargs)
+
+    real_epoch = train.train_epoch
+    monkeypatch.setattr(train, "train_epoch", recording_epoch)
+    argv = [*common, "--folds", "0", "--output-dir", str(tmp_path / "run")]
+    assert train.main(argv) == 0
+    first, second, third = orders
+    assert torch.equal(first.sort().values, torch.arange(len(first)))  # a permutation: every row once
+    assert not torch.equal(first, torch.arange(len(first)))
+    assert not torch.equal(first, second) and not torch.equal(second, third)
+    orders.clear()
+    assert train.main([*argv[:-1], str(tmp_path / "again")]) == 0
+    assert all(torch.equal(a, b) for a, b in zip(orders, (first, second, third), strict=True))
 
 
 def test_an_ema_of_almost_no_memory_saves_the_last_weights(python_run, common, tmp_path):

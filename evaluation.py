@@ -18,7 +18,11 @@ and two source-shortcut stress tests: `tumor_as_br35h` re-renders the held-out t
 framing; RGB; other gamma and contrast; JPEG quality 70-80), and `notumor_as_figshare` renders the held-out notumor
 slices the way the figshare tumor slices look (grayscale, padded square, 256 px, JPEG quality 90-95). The shortcut
 flip rate is the share of tumor slices that the model does not call "notumor" as they are, but does once
-re-rendered. Every alteration is seeded per image, so every model sees the same altered slices.
+re-rendered. Every alteration is seeded per image, so every model sees the same altered slices. With `--views N`
+(16 by default; 0 for none) the clean slices are also scored with test-time views: each fold model's softmax
+averaged over the slice as it is and N views drawn as training draws them (`brain_resnet.augment.augment`:
+geometry and intensity jitter, from the training cache's margin), seeded; the clean accuracy with views is
+reported beside the single-view one, never in its place.
 
 `external` scores models on slices from another source: DATA_FOLDER holds one folder per class, named as the
 model's labels, or `tumor` for tumor slices of unknown type (Br35H's yes/no and Kaggle's glioma_tumor, ...,
@@ -51,8 +55,17 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from scipy import stats
 from transformers.utils import logging as transformers_logging
 
+from brain_resnet.augment import augment
 from brain_resnet.cli import UsageError, number
-from brain_resnet.data import ANY_TUMOUR, Table, decode_images, load_table, open_image, training_files
+from brain_resnet.data import (
+    ANY_TUMOUR,
+    CACHE_MARGIN,
+    Table,
+    decode_images,
+    load_table,
+    open_image,
+    training_files,
+)
 from brain_resnet.engine import logits_function, model_config, model_input
 from brain_resnet.external import NOTUMOR, external_files, external_metrics, read_external
 from brain_resnet.folds import PROTOCOL_NAMES
@@ -202,6 +215,24 @@ def predict(model, images: torch.Tensor, processor, device, batch_size: int) -> 
     return torch.cat(probs) if probs else torch.empty(0, model.config.num_labels)
 
 
+@torch.no_grad()
+def average_with_views(
+    probs: torch.Tensor, model, margin_images: torch.Tensor, processor, device, batch_size: int, views: int, seed: int
+) -> torch.Tensor:
+    """`probs` (`predict`'s, of slices as they are) averaged with the probabilities of `views` random views of each
+    slice drawn as training draws them, from `margin_images` (uint8 (N, 1, S, S): the same slices at CACHE_MARGIN
+    times the model's size)."""
+    forward = logits_function(model, device, bf16=device.type == "cuda")
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # augment draws the lower resolution's factor from numpy
+    total = probs.clone()
+    for _ in range(views):
+        for start in range(0, len(margin_images), batch_size):
+            batch = augment(margin_images[start : start + batch_size].to(device), processor.size)
+            total[start : start + batch_size] += torch.softmax(forward(model_input(batch, processor)), dim=1).cpu()
+    return total / (views + 1)
+
+
 def decoded(table: Table, rows: np.ndarray, processor, sizes: list[int], alter, workers: int) -> dict:
     """{size: uint8 tensor} of table.images[rows] through the processor, each altered first by alter(row, image)."""
     images = [table.images[row] for row in rows]
@@ -319,6 +350,7 @@ def robustness(args: argparse.Namespace) -> dict:
     notumor = class_names.index(NOTUMOR)
     notumor_sizes = [open_image(table.images[i]).size for i in np.flatnonzero(labels == notumor)]
     sizes = sorted({fold.size for run in runs for fold in run.folds})
+    margins = {size: round(size * CACHE_MARGIN) for size in sizes}  # the views' crops come from these
     processor = common_processor(runs)
     typed = labels != ANY_TUMOUR  # the 4-class scores have no class for untyped tumours
     # Only the slices some fold model holds out are scored: a one-fold run decodes its fold, not the dataset.
@@ -338,19 +370,30 @@ def robustness(args: argparse.Namespace) -> dict:
     for index, (name, strength, alter, which) in enumerate(listed, 1):
         started = time.perf_counter()
         rows = rows_of[which]
-        caches = decoded(table, rows, processor, sizes, alter, args.workers)
+        with_views = name == "clean" and args.views > 0
+        decode_sizes = sorted({*sizes, *margins.values()}) if with_views else sizes
+        caches = decoded(table, rows, processor, decode_sizes, alter, args.workers)
         for run in runs:
             folds = tables[run.settings["protocol"]].folds
-            predictions = np.full(len(labels), -1)
+            predictions, with_views_predictions = np.full(len(labels), -1), np.full(len(labels), -1)
             for fold in run.folds:
                 mine = np.flatnonzero(folds[rows] == fold.fold)  # positions in `rows`
                 probs = predict(fold.model, caches[fold.size][mine], fold.processor, device, args.batch_size)
                 predictions[rows[mine]] = probs.argmax(dim=1).numpy()
+                if with_views:
+                    margin_images = caches[margins[fold.size]][mine]
+                    probs = average_with_views(
+                        probs, fold.model, margin_images, fold.processor, device, args.batch_size, args.views, args.seed
+                    )
+                    with_views_predictions[rows[mine]] = probs.argmax(dim=1).numpy()
             fold_ids = [fold.fold for fold in run.folds]
             entry = report[run.path]
             if name == "clean":
                 clean_predictions[run.path] = predictions
                 entry["clean"] = {"accuracy": mean_std(fold_accuracies(labels, predictions, folds, rows, fold_ids))}
+                if with_views:
+                    scores = fold_accuracies(labels, with_views_predictions, folds, rows, fold_ids)
+                    entry["clean"]["accuracy_with_views"] = mean_std(scores)
             elif name in CORRUPTIONS:
                 scores = fold_accuracies(labels, predictions, folds, rows, fold_ids)
                 entry["corruptions"].setdefault(name, []).append({"strength": strength, "accuracy": mean_std(scores)})
@@ -367,6 +410,7 @@ def robustness(args: argparse.Namespace) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dataset": dataset,
         "seed": args.seed,
+        "views": args.views,
         "corruptions": {name: list(strengths) for name, strengths in CORRUPTIONS.items()},
         "runs": {
             str(run.path): {
@@ -374,6 +418,7 @@ def robustness(args: argparse.Namespace) -> dict:
                 "protocol": run.settings["protocol"],
                 "folds": [fold.fold for fold in run.folds],
                 "image_size": sorted({fold.size for fold in run.folds}),
+                "views": args.views,
                 **report[run.path],
                 "shortcut_flip_rate": report[run.path]["shortcut"].get("tumor_as_br35h", {}).get("flip_rate"),
             }
@@ -387,6 +432,8 @@ def print_robustness(result: dict) -> None:
         clean = run["clean"]["accuracy"]
         heading = f"{path} ({run['model']}, {run['protocol']} folds)"
         print(f"\n{heading}: clean accuracy {clean['mean']:.4f} ± {clean['std']:.4f}")
+        if (with_views := run["clean"].get("accuracy_with_views")) is not None:
+            print(f"  with {run['views']} test-time views: {with_views['mean']:.4f} ± {with_views['std']:.4f}")
         for name, points in run["corruptions"].items():
             cells = ", ".join(f"{p['strength']}: {p['accuracy']['mean']:.4f}" for p in points)
             print(f"  {name:<15} {cells}")
@@ -598,6 +645,7 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path], external_rep
         if measured:
             rates, weights = np.array(measured).T
             entry["shortcut_flip_rate"] = float(np.average(rates, weights=weights))
+        entry |= accuracy_with_views([found for path, _ in runs for found in shortcut.get(str(path.resolve()), [])])
         if cross_source := cross_source_scores(runs, external_scores):
             entry["cross_source"] = cross_source
         protocols.setdefault(protocol, {})[variant] = entry
@@ -620,6 +668,23 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path], external_rep
         # models trained on the runs' dataset only, scored on slices of another source
         "cross_source": improved("cross_source"),
         "command": shlex.join(["python", *sys.argv]),
+    }
+
+
+def accuracy_with_views(entries: list[dict]) -> dict:
+    """`accuracy_with_views_mean` and `_std` over every fold the robustness entries scored with test-time views,
+    and how many `views`; empty where none did. Entries with different numbers of views are not averaged."""
+    scored = [entry for entry in entries if "accuracy_with_views" in entry.get("clean", {})]
+    if not scored:
+        return {}
+    views = {entry["views"] for entry in scored}
+    if len(views) > 1:
+        raise UsageError(f"robustness files scored one run with different numbers of views ({sorted(views)})")
+    folds = [accuracy for entry in scored for accuracy in entry["clean"]["accuracy_with_views"]["folds"]]
+    return {
+        "views": views.pop(),
+        "accuracy_with_views_mean": float(np.mean(folds)),
+        "accuracy_with_views_std": float(np.std(folds, ddof=1)) if len(folds) > 1 else 0.0,
     }
 
 
@@ -678,6 +743,11 @@ def print_summary(result: dict) -> None:
             )
     for protocol, variants in result["protocols"].items():
         for variant, e in variants.items():
+            if (with_views := e.get("accuracy_with_views_mean")) is not None:
+                print(
+                    f"{protocol}: {variant} with {e['views']} test-time views: {with_views:.4f} ± "
+                    f"{e['accuracy_with_views_std']:.4f}"
+                )
             if (paired := e.get("paired_with_improved")) is not None:
                 print(
                     f"{protocol}: improved minus {variant}, fold by fold over {paired['folds']} folds: "
@@ -704,7 +774,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=lambda text: set(text.split(",")),
         help=f"comma list of tests to run: {', '.join([*CORRUPTIONS, *SHORTCUT_TESTS])} (default: all)",
     )
-    robust.add_argument("--seed", type=number(int, 0), default=0, help="of the per-slice alterations")
+    robust.add_argument("--seed", type=number(int, 0), default=0, help="of the per-slice alterations and the views")
+    robust.add_argument(
+        "--views",
+        type=number(int, 0),
+        default=16,
+        help="test-time views averaged with each clean slice for an accuracy with views beside the plain one "
+        "(default: 16; 0: none)",
+    )
 
     ext = commands.add_parser("external", parents=[common], help="accuracy on slices from another source")
     ext.add_argument("data", type=Path, help="folder with one folder of slices per class (or 'tumor')")

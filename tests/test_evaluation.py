@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from test_train import CLASSES, TINY_CONFIG
 import evaluation
 from brain_resnet import data
 from brain_resnet.external import external_files
+from brain_resnet.modeling import BrainResNetImageProcessor
 from brain_resnet.reports import summary_markdown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -170,6 +172,77 @@ def test_robustness_reports_each_strength_and_the_shortcut_tests(run, robustness
     assert output.with_suffix(".png").stat().st_size > 10_000
 
 
+def test_robustness_scores_clean_slices_with_test_time_views_beside_the_single_view_accuracy(run, robustness_result):
+    result, _ = robustness_result
+    entry = result["runs"][str(run)]
+    assert result["views"] == entry["views"] == 16
+    with_views = entry["clean"]["accuracy_with_views"]
+    assert len(with_views["folds"]) == 2 and all(0 <= accuracy <= 1 for accuracy in with_views["folds"])
+    assert "accuracy_with_views" not in entry["corruptions"]  # the clean slices only
+
+
+def test_robustness_without_views_reports_none_and_the_summary_none_either(run, tmp_path):
+    output = tmp_path / "robustness.json"
+    assert evaluation.main(["robustness", str(run), "--only", "jpeg", "--views", "0", "--output", str(output)]) == 0
+    assert "accuracy_with_views" not in json.loads(output.read_text())["runs"][str(run)]["clean"]
+    (entry,) = evaluation.summarize_runs([run], [output])["protocols"]["grouped"].values()
+    assert "accuracy_with_views_mean" not in entry and "views" not in entry
+
+
+def test_summary_averages_views_over_every_fold_scored_and_refuses_mixed_numbers_of_views():
+    """A run continued on a second machine: each machine's robustness file scored the fold models it had."""
+
+    def scored(views: int, folds: list[float]) -> dict:
+        return {"views": views, "clean": {"accuracy_with_views": {"folds": folds}}}
+
+    assert evaluation.accuracy_with_views([scored(16, [0.9]), scored(16, [0.8, 0.7]), {"clean": {}}]) == {
+        "views": 16,
+        "accuracy_with_views_mean": pytest.approx(0.8),
+        "accuracy_with_views_std": pytest.approx(0.1),
+    }
+    with pytest.raises(evaluation.UsageError, match="different numbers of views"):
+        evaluation.accuracy_with_views([scored(16, [0.9]), scored(8, [0.8])])
+
+
+def mean_logits(pixel_values: torch.Tensor) -> torch.Tensor:
+    mean = pixel_values.mean(dim=(1, 2, 3))
+    return torch.stack([mean, -mean], dim=1)
+
+
+class SeenInputs(torch.nn.Module):
+    """A stand-in classifier: its logits are each input's mean and minus it, and it keeps every batch it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, pixel_values):
+        self.seen.append(pixel_values)
+        return SimpleNamespace(logits=mean_logits(pixel_values))
+
+
+def test_views_are_seeded_training_views_of_each_slice_averaged_with_it(slice_image):
+    """The slice's own probabilities count once and each of N views once; the views are random crops of the margin
+    cache at the model's size, the same for the same seed."""
+    processor = BrainResNetImageProcessor(size=32)
+    margin = torch.from_numpy(np.array(slice_image.convert("L").resize((37, 37)))).expand(3, 1, 37, 37).contiguous()
+    plain = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]])
+    model = SeenInputs()
+    cpu = torch.device("cpu")
+
+    averaged = evaluation.average_with_views(plain, model, margin, processor, cpu, 2, views=3, seed=0)
+
+    views = torch.cat(model.seen)
+    assert views.shape == (9, 1, 32, 32)  # 3 views of 3 slices, in batches of 2
+    assert not torch.equal(views[0], views[3])  # each view of a slice is drawn anew
+    by_view = torch.softmax(mean_logits(views), dim=1).view(3, 3, 2)  # (view, slice, class)
+    torch.testing.assert_close(averaged, (plain + by_view.sum(0)) / 4)
+    model.seen.clear()
+    torch.testing.assert_close(evaluation.average_with_views(plain, model, margin, processor, cpu, 2, 3, 0), averaged)
+    assert not torch.equal(evaluation.average_with_views(plain, model, margin, processor, cpu, 2, 3, 1), averaged)
+    assert torch.equal(evaluation.average_with_views(plain, model, margin, processor, cpu, 2, 0, 0), plain)
+
+
 def test_robustness_of_a_one_fold_run_decodes_only_that_fold(run, robustness_result, tmp_path, capsys):
     """Each condition decodes the held-out slices alone (a fifth of the dataset for one of five folds), with the
     same scores as when every fold is evaluated."""
@@ -286,8 +359,12 @@ def test_summary_gathers_runs_by_protocol_and_variant(run, robustness_result, tm
     assert entry["params"] == recorded["params"] and entry["folds"] == 2 and entry["seeds"] == [42]
     assert 0 < entry["forward_gflops"] < 1 and entry["train_images_per_s"] > 0
     assert set(entry["recall"]) == set(CLASSES)
-    flip = json.loads(robustness_file.read_text())["runs"][str(run)]["shortcut_flip_rate"]
-    assert entry["shortcut_flip_rate"] == flip
+    measured = json.loads(robustness_file.read_text())["runs"][str(run)]
+    assert entry["shortcut_flip_rate"] == measured["shortcut_flip_rate"]
+    assert entry["views"] == 16
+    assert entry["accuracy_with_views_mean"] == pytest.approx(
+        np.mean(measured["clean"]["accuracy_with_views"]["folds"])
+    )
     assert summary["device"] == "cpu"
 
 

@@ -604,8 +604,11 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path], external_rep
         report = read_json(file)
         if report is None or "runs" not in report:
             raise UsageError(f"{file} is not an `evaluation.py robustness` output")
-        for run, entry in report["runs"].items():
-            shortcut.setdefault(str(Path(run).resolve()), []).append(entry)
+        named = [str(Path(run).resolve()) for run in report["runs"]]
+        for run, entry in zip(named, report["runs"].values(), strict=True):
+            shortcut.setdefault(run, []).append(entry)
+        if not {str(path.resolve()) for path in paths} & set(named):  # moved runs: their scores would go unused
+            print(f"note: {file} scored none of these runs (it names {', '.join(report['runs'])})", file=sys.stderr)
     external_scores = read_external_reports(list(external_reports))
 
     protocols, devices = {}, set()

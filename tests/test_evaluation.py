@@ -382,6 +382,18 @@ def test_summary_weighs_each_machines_flip_rate_by_the_folds_it_measured(run, ro
     assert json.loads(output.read_text())["protocols"]["grouped"]["tiny"]["shortcut_flip_rate"] == pytest.approx(0.3)
 
 
+def test_summary_notes_a_robustness_file_that_scored_none_of_its_runs(run, robustness_result, tmp_path, capsys):
+    """Runs moved since their robustness file was made (a lease's runs unpacked elsewhere) would silently lose
+    their flip rates and accuracy with views: the summary says so."""
+    _, robustness_file = robustness_result
+    moved = shutil.copytree(run, tmp_path / "moved", ignore=shutil.ignore_patterns("fold-*"))
+    (entry,) = evaluation.summarize_runs([moved], [robustness_file])["protocols"]["grouped"].values()
+    assert "shortcut_flip_rate" not in entry
+    assert f"note: {robustness_file} scored none of these runs (it names {run})" in capsys.readouterr().err
+    evaluation.summarize_runs([run], [robustness_file])
+    assert "note" not in capsys.readouterr().err
+
+
 def test_summary_pairs_each_variant_with_the_improved_model_fold_by_fold(run, tmp_path, capsys):
     """Two variants of one protocol on the same folds: their accuracy differences pair up by fold."""
     runs = []

@@ -33,7 +33,8 @@ prediction.
 `summary` gathers finished cross-validation runs (and robustness files) into one machine-readable table: per
 protocol ("stratified" is train.py's `--protocol random`, the paper's; "grouped" keeps near-duplicates together)
 and variant, the mean and std of accuracy and macro-F1 over every fold of every seed, per-class recall, parameters,
-forward FLOPs, training images/s and wall time, with the device and command of each run. Given `external` outputs,
+forward FLOPs, training images/s and wall time, with the device and command of each run; given robustness files,
+the shortcut flip rate and the accuracy with test-time views where they were scored. Given `external` outputs,
 each entry also gets `cross_source` scores; a run that trained on slices of that folder is refused there.
 
 Each prints a table and writes JSON (robustness also a plot beside it).

@@ -62,6 +62,7 @@ from brain_resnet.data import (
     ANY_TUMOUR,
     CACHE_MARGIN,
     Table,
+    copies_of_sources,
     decode_images,
     load_table,
     open_image,
@@ -536,55 +537,76 @@ def read_external_reports(files: list[Path]) -> dict[str, tuple[str, dict]]:
     return scores
 
 
-@functools.cache
-def trained_file_tails(dataset: str, sources: tuple[str, ...], exclude: str | None) -> frozenset[str]:
-    """Every ending (`name`, `class/name`, ...) of the files a run with these settings trained on; read once for
-    all the runs and folds of a summary that share them."""
-    files = training_files(dataset, list(sources) or None, exclude) or []
+def file_endings(files: list[str]) -> frozenset[str]:
+    """Every ending (`name`, `class/name`, ...) of each file."""
     paths = [PurePosixPath(file).parts for file in files]
     return frozenset("/".join(parts[i:]) for parts in paths for i in range(len(parts)))
 
 
-def check_not_trained_on(run: Path, settings: dict, data: str, scored: list[str]) -> None:
-    """Refuse a run whose training rows include a slice of `scored` (the files of `data`, an `evaluation.py external`
-    folder, that its fold models were scored on): a row's file (`<SRC folder>/<class>/<name>` in a dataset of
-    several sources) ending with a scored slice's `<class>/<name>`. A dataset that is not here (a Hub id offline, a
-    moved folder) cannot be checked: said, not fatal."""
+@functools.cache
+def run_file_endings(dataset: str, sources: tuple[str, ...], exclude: str | None) -> tuple[frozenset, frozenset]:
+    """The endings of the files a run with these settings trained on, and of the other sources' copies of its
+    sources' slices (data.copies_of_sources); read once for all the runs and folds of a summary that share them."""
+    trained = training_files(dataset, list(sources) or None, exclude) or []
+    copies = copies_of_sources(dataset, list(sources) or None) or []
+    return file_endings(trained), file_endings(copies)
+
+
+def copies_scored(run: Path, settings: dict, data: str, scored: list[str]) -> set[str]:
+    """The slices of `scored` (the files of `data`, an `evaluation.py external` folder, that a run's fold models
+    were scored on) that are copies of slices of the run's sources: in the dataset, rows of another source that
+    share a near-duplicate group with them (a public set re-publishing figshare slices). They are left out of
+    its cross-source scores. A run whose training rows include a scored slice is refused (a row's file,
+    `<SRC folder>/<class>/<name>` in a dataset of several sources, ending with the slice's `<class>/<name>`): its
+    scores there are not of another source. A dataset that is not here (a Hub id offline, a moved folder) cannot
+    be checked: said, not fatal."""
     try:
-        tails = trained_file_tails(settings["dataset"], tuple(settings.get("sources") or ()), settings.get("exclude"))
+        trained, copies = run_file_endings(
+            settings["dataset"], tuple(settings.get("sources") or ()), settings.get("exclude")
+        )
     except UsageError as error:
         print(f"note: cannot check that {run} did not train on {data}'s slices: {error}", file=sys.stderr)
-        return
-    seen = [file for file in scored if file in tails]
+        return set()
+    seen = [file for file in scored if file in trained]
     if seen:
         raise UsageError(
             f"{run} trained on {len(seen)} of the {len(scored)} slices of {data} it was scored on "
             f"({seen[0]}, ...): its scores there are not cross-source; summarise runs trained without that source "
             "(train.py --sources)"
         )
+    return {file for file in scored if file in copies}
+
+
+def without_slices(metrics: dict, left_out: set[str]) -> dict:
+    """A model's `external` metrics recomputed from its predictions without the `left_out` files."""
+    kept = [p for p in metrics["predictions"] if p["file"] not in left_out]
+    return external_metrics([p["truth"] for p in kept], [p["predicted"] for p in kept])
 
 
 def cross_source_scores(runs: list[tuple[Path, dict]], scores: dict[str, tuple[str, dict]]) -> dict:
-    """{data: mean of CROSS_SOURCE_METRICS over the runs' fold models scored on it, and how many were}. A run that
-    trained on slices of the data it was scored on is refused: its scores there are not of another source."""
-    by_data = {}
+    """{data: mean of CROSS_SOURCE_METRICS over the runs' fold models scored on it, how many were, and how many of
+    its slices were left out as copies of the runs' sources (`copies_scored`)}. A run that trained on slices of the
+    data it was scored on is refused: its scores there are not of another source."""
+    by_data, left_out = {}, {}
     for path, results in runs:
-        scored = {}  # data -> the files its fold models were scored on, each once
+        models = {}  # data -> the metrics of the run's fold models scored on it
         for fold in results["folds"]:
             if (found := scores.get(str((path / f"fold-{fold}").resolve()))) is not None:
                 data, metrics = found
-                by_data.setdefault(data, []).append(metrics)
-                scored.setdefault(data, {}).update(dict.fromkeys(p["file"] for p in metrics.get("predictions", ())))
-        for data, files in scored.items():
-            if files:
-                check_not_trained_on(path, results["args"]["settings"], data, list(files))
+                models.setdefault(data, []).append(metrics)
+        for data, scored in models.items():
+            files = list(dict.fromkeys(p["file"] for metrics in scored for p in metrics.get("predictions", ())))
+            copies = copies_scored(path, results["args"]["settings"], data, files) if files else set()
+            left_out.setdefault(data, set()).update(copies)
+            by_data.setdefault(data, []).extend(without_slices(m, copies) if copies else m for m in scored)
 
     def mean(values: list) -> float | None:  # None where no model had the slices for it (a folder of tumors only)
         values = [value for value in values if value is not None]
         return float(np.mean(values)) if values else None
 
     return {
-        data: {"models": len(metrics)} | {name: mean([m[name] for m in metrics]) for name in CROSS_SOURCE_METRICS}
+        data: {"models": len(metrics), "copies_left_out": len(left_out[data])}
+        | {name: mean([m[name] for m in metrics]) for name in CROSS_SOURCE_METRICS}
         for data, metrics in by_data.items()
     }
 

@@ -205,6 +205,27 @@ def training_files(dataset: str, sources: list[str] | None = None, exclude: str 
     return train.get("file")
 
 
+def copies_of_sources(dataset: str, sources: list[str] | None) -> list[str] | None:
+    """The `file` of every train-split row outside `sources` that shares a near-duplicate group (the `group` column
+    prepare_dataset.py links copies into, mirrored or re-windowed ones too) with a row of them: slices of those
+    sources under another source's name. None for a dataset without `file` and `group` columns; none when
+    `sources` is every source."""
+    splits, class_names = read_splits(dataset)
+    train = splits.get("train", {})
+    if "file" not in train or "group" not in train:
+        return None
+    if not sources:
+        return []
+    numbered = train | {"_row": list(range(len(train["file"])))}
+    selected = set(only_sources(numbered, sources, dataset, class_names)["_row"])
+    their_groups = {train["group"][row] for row in selected}
+    return [
+        file
+        for row, (file, group) in enumerate(zip(train["file"], train["group"], strict=True))
+        if row not in selected and group in their_groups
+    ]
+
+
 def read_listing(listing: str, option: str) -> set[str]:
     """The files a list names (prepare_dataset.py --exclude's format: one per line, `#` comments)."""
     try:

@@ -471,7 +471,7 @@ def test_a_cross_source_score_no_model_had_slices_for_is_left_empty(tmp_path):
     fold = str((tmp_path / "run" / "fold-0").resolve())
     scored = {"accuracy": None, "tumor_found": 0.9, "notumor_specificity": None}
     means = evaluation.cross_source_scores([(tmp_path / "run", {"folds": {"0": {}}})], {fold: ("tumors", scored)})
-    assert means == {"tumors": {"models": 1, **scored}}
+    assert means == {"tumors": {"models": 1, "copies_left_out": 0, **scored}}
 
 
 def test_cross_source_scores_count_only_the_fold_models_of_finished_folds(tmp_path):
@@ -482,7 +482,7 @@ def test_cross_source_scores_count_only_the_fold_models_of_finished_folds(tmp_pa
         folds[1]: ("other", dict.fromkeys(evaluation.CROSS_SOURCE_METRICS, 0.2)),
     }
     means = evaluation.cross_source_scores([(tmp_path / "run", {"folds": {"0": {}}})], scores)
-    assert means == {"other": {"models": 1} | dict.fromkeys(evaluation.CROSS_SOURCE_METRICS, 0.8)}
+    assert means == {"other": {"models": 1, "copies_left_out": 0} | dict.fromkeys(evaluation.CROSS_SOURCE_METRICS, 0.8)}
 
 
 def test_summary_averages_each_class_recall_over_folds_and_counts_flops_at_the_runs_size(run, tmp_path):
@@ -498,6 +498,44 @@ def test_summary_averages_each_class_recall_over_folds_and_counts_flops_at_the_r
         (entries[name],) = evaluation.summarize_runs([tmp_path / name], [])["protocols"]["grouped"].values()
     assert entries["as-run"]["recall"] == dict.fromkeys(CLASSES, pytest.approx(0.75))
     assert entries["twice"]["forward_gflops"] == pytest.approx(4 * entries["as-run"]["forward_gflops"], rel=0.05)
+
+
+def test_copies_of_a_runs_sources_under_another_sources_name_are_the_rows_grouped_with_them(monkeypatch):
+    """prepare_dataset.py puts copies (mirrored, re-windowed) in one near-duplicate group across sources: a third
+    source's row grouped with a figshare row is a figshare slice, one in a group of its own is not."""
+    train = {
+        "file": ["a/glioma/figshare-1.jpg", "b/glioma/br35h-1.jpg", "c/glioma/copy.jpg", "c/glioma/own.jpg"],
+        "source": ["figshare", "br35h", "sartaj", "sartaj"],
+        "group": [0, 1, 0, 2],
+        "label": [0, 0, 0, 0],
+    }
+    monkeypatch.setattr(data, "read_splits", lambda dataset: ({"train": train}, ["glioma"]))
+    assert data.copies_of_sources("any", ["figshare", "br35h"]) == ["c/glioma/copy.jpg"]
+    assert data.copies_of_sources("any", ["br35h"]) == []
+    assert data.copies_of_sources("any", None) == []  # a run on every source has no other source
+    del train["group"]
+    assert data.copies_of_sources("any", ["figshare"]) is None
+
+
+def test_cross_source_scores_leave_out_copies_of_the_runs_sources_and_count_them(monkeypatch, tmp_path):
+    """A public set re-publishing slices of the run's own sources: those are not another source's slices. Each
+    model's scores are recomputed from its predictions without them."""
+    copies = frozenset({"glioma/copy.jpg"})
+    monkeypatch.setattr(evaluation, "run_file_endings", lambda *settings: (frozenset(), copies))
+    predictions = [
+        {"file": "glioma/copy.jpg", "truth": "glioma", "predicted": "glioma"},  # the model trained on its original
+        {"file": "glioma/new.jpg", "truth": "glioma", "predicted": "notumor"},
+        {"file": "notumor/new.jpg", "truth": "notumor", "predicted": "notumor"},
+    ]
+    as_scored = {"accuracy": 2 / 3, "tumor_found": 0.5, "notumor_specificity": 1.0, "predictions": predictions}
+    run = {"folds": {"0": {}}, "args": {"settings": {"dataset": "d", "sources": ["figshare"]}}}
+    fold = str((tmp_path / "run" / "fold-0").resolve())
+
+    means = evaluation.cross_source_scores([(tmp_path / "run", run)], {fold: ("sartaj", as_scored)})
+
+    assert means == {
+        "sartaj": {"models": 1, "copies_left_out": 1, "accuracy": 0.5, "tumor_found": 0.0, "notumor_specificity": 1.0}
+    }
 
 
 def test_summary_names_every_machine_that_trained_a_continued_runs_folds(run, tmp_path):
@@ -672,7 +710,13 @@ def test_summary_compares_and_headlines_within_a_protocol(run, tmp_path):
     assert stratified["tiny"]["paired_with_improved"]["improved_minus_this_mean"] == pytest.approx(-0.05)
     assert summary["shortcut_flip_rate"] == pytest.approx(0.1)
     assert summary["cross_source"] == {
-        "other-source": {"models": 2, "accuracy": 0.25, "tumor_found": 0.25, "notumor_specificity": 0.25}
+        "other-source": {
+            "models": 2,
+            "copies_left_out": 0,
+            "accuracy": 0.25,
+            "tumor_found": 0.25,
+            "notumor_specificity": 0.25,
+        }
     }
 
 

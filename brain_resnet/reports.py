@@ -460,7 +460,8 @@ def summary_markdown(summary: dict, path: str) -> str:
         f"From `{path}` of the project repository (`{summary['command']}`), measured on {summary['device']}: "
         "models trained on the "
         "rows of the cross-validation runs' sources only, each fold's model scored on its held-out fold; the other "
-        "columns score the same fold models on slices of a source none of them saw.",
+        "columns score the same fold models on slices of a source none of them saw, less its copies of the runs' "
+        "own sources' slices (how many, beside its name).",
         "",
         "| protocol | model | folds | accuracy (mean ± std) | macro-F1 | params | shortcut flip rate "
         "| other source | its 4-class accuracy | tumor slices called a tumor | healthy slices called notumor |",
@@ -480,7 +481,9 @@ def summary_markdown(summary: dict, path: str) -> str:
             ]
             for data, scores in (entry.get("cross_source") or {"–": {}}).items():
                 shown = [scores.get(key) for key in ("accuracy", "tumor_found", "notumor_specificity")]
-                cells += [data, *("–" if value is None else f"{value:.4f}" for value in shown)]
+                copies = scores.get("copies_left_out")
+                name = f"{data} ({copies} copies left out)" if copies else data
+                cells += [name, *("–" if value is None else f"{value:.4f}" for value in shown)]
             lines.append("| " + " | ".join(cells) + " |")
     paired = [
         (protocol, variant, entry["paired_with_improved"])

@@ -112,7 +112,8 @@ KNOWN_SOURCES = {
         license=None,
         terms="Published on Kaggle and GitHub by Sartaj Bhuvaji et al.; no license was verified for this card. "
         "Check the terms on its Kaggle page before redistributing.",
-        note="Only the slices that are not copies of figshare or Br35H slices (brain-tumor-mri-sartaj); "
+        note="The slices meant not to be copies of figshare or Br35H slices (brain-tumor-mri-sartaj); 64 copies of "
+        "figshare slices remain, each in one near-duplicate group with its original; "
         "`sartaj-Tr-gl-0012.jpg` is the 12th file of that set's Training/glioma_tumor folder.",
     ),
 }

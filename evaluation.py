@@ -62,11 +62,10 @@ from brain_resnet.data import (
     ANY_TUMOUR,
     CACHE_MARGIN,
     Table,
-    copies_of_sources,
     decode_images,
     load_table,
     open_image,
-    training_files,
+    run_files,
 )
 from brain_resnet.engine import logits_function, model_config, model_input
 from brain_resnet.external import NOTUMOR, external_files, external_metrics, read_external
@@ -546,10 +545,9 @@ def file_endings(files: list[str]) -> frozenset[str]:
 @functools.cache
 def run_file_endings(dataset: str, sources: tuple[str, ...], exclude: str | None) -> tuple[frozenset, frozenset]:
     """The endings of the files a run with these settings trained on, and of the other sources' copies of its
-    sources' slices (data.copies_of_sources); read once for all the runs and folds of a summary that share them."""
-    trained = training_files(dataset, list(sources) or None, exclude) or []
-    copies = copies_of_sources(dataset, list(sources) or None) or []
-    return file_endings(trained), file_endings(copies)
+    sources' slices (data.run_files); read once for all the runs and folds of a summary that share them."""
+    trained, copies = run_files(dataset, list(sources) or None, exclude)
+    return file_endings(trained or []), file_endings(copies or [])
 
 
 def copies_scored(run: Path, settings: dict, data: str, scored: list[str]) -> set[str]:

@@ -193,25 +193,30 @@ def load_table(
     return Table(images, labels, folds, row_sources, class_names, groups)
 
 
-def training_files(dataset: str, sources: list[str] | None = None, exclude: str | None = None) -> list[str] | None:
-    """The `file` of every train-split row a run with these settings trained on (a fold model: on all but its
-    held-out fold's), as load_table selects them; None for a dataset without a `file` column."""
+def run_files(
+    dataset: str, sources: list[str] | None = None, exclude: str | None = None
+) -> tuple[list[str] | None, list[str] | None]:
+    """From one read of the dataset: the `file` of every train-split row a run with these settings trained on (a
+    fold model: on all but its held-out fold's), as load_table selects them, and the other sources' copies of its
+    sources' slices (copies_of_sources; by source, so whether or not --exclude left the originals out). Either is
+    None for a dataset without the columns it needs."""
     splits, class_names = read_splits(dataset)
+    copies = copies_of_sources(splits.get("train", {}), sources, dataset, class_names)
     if exclude:
         splits = without_listed_files(splits, read_listing(exclude, "--exclude"), exclude)
     train = splits.get("train", {})
     if sources:
         train = only_sources(train, sources, dataset, class_names)
-    return train.get("file")
+    return train.get("file"), copies
 
 
-def copies_of_sources(dataset: str, sources: list[str] | None) -> list[str] | None:
-    """The `file` of every train-split row outside `sources` that shares a near-duplicate group (the `group` column
-    prepare_dataset.py links copies into, mirrored or re-windowed ones too) with a row of them: slices of those
-    sources under another source's name. None for a dataset without `file` and `group` columns; none when
-    `sources` is every source."""
-    splits, class_names = read_splits(dataset)
-    train = splits.get("train", {})
+def copies_of_sources(
+    train: dict[str, list], sources: list[str] | None, dataset: str, class_names: list[str] | None
+) -> list[str] | None:
+    """The `file` of every row of the `train` split (of `dataset`) outside `sources` that shares a near-duplicate
+    group (the `group` column prepare_dataset.py links copies into, mirrored or re-windowed ones too) with a row of
+    them: slices of those sources under another source's name. None for a split without `file` and `group`
+    columns; none when `sources` is every source."""
     if "file" not in train or "group" not in train:
         return None
     if not sources:

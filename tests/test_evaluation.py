@@ -500,7 +500,7 @@ def test_summary_averages_each_class_recall_over_folds_and_counts_flops_at_the_r
     assert entries["twice"]["forward_gflops"] == pytest.approx(4 * entries["as-run"]["forward_gflops"], rel=0.05)
 
 
-def test_copies_of_a_runs_sources_under_another_sources_name_are_the_rows_grouped_with_them(monkeypatch):
+def test_copies_of_a_runs_sources_under_another_sources_name_are_the_rows_grouped_with_them():
     """prepare_dataset.py puts copies (mirrored, re-windowed) in one near-duplicate group across sources: a third
     source's row grouped with a figshare row is a figshare slice, one in a group of its own is not."""
     train = {
@@ -509,12 +509,11 @@ def test_copies_of_a_runs_sources_under_another_sources_name_are_the_rows_groupe
         "group": [0, 1, 0, 2],
         "label": [0, 0, 0, 0],
     }
-    monkeypatch.setattr(data, "read_splits", lambda dataset: ({"train": train}, ["glioma"]))
-    assert data.copies_of_sources("any", ["figshare", "br35h"]) == ["c/glioma/copy.jpg"]
-    assert data.copies_of_sources("any", ["br35h"]) == []
-    assert data.copies_of_sources("any", None) == []  # a run on every source has no other source
+    assert data.copies_of_sources(train, ["figshare", "br35h"], "any", ["glioma"]) == ["c/glioma/copy.jpg"]
+    assert data.copies_of_sources(train, ["br35h"], "any", ["glioma"]) == []
+    assert data.copies_of_sources(train, None, "any", ["glioma"]) == []  # a run on every source has no other source
     del train["group"]
-    assert data.copies_of_sources("any", ["figshare"]) is None
+    assert data.copies_of_sources(train, ["figshare"], "any", ["glioma"]) is None
 
 
 def test_cross_source_scores_leave_out_copies_of_the_runs_sources_and_count_them(monkeypatch, tmp_path):

@@ -17,8 +17,9 @@ from brain_resnet.data import copies_of_sources, read_splits
 from brain_resnet.folds import _unit_thumbnails, normalised_thumbnail
 
 dataset, four_k, sartaj, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
-copies = sorted(copies_of_sources(dataset, ["figshare", "br35h"]))
-train = read_splits(dataset)[0]["train"]
+splits, class_names = read_splits(dataset)
+train = splits["train"]
+copies = sorted(copies_of_sources(train, ["figshare", "br35h"], dataset, class_names))
 group_of = dict(zip(train["file"], train["group"], strict=True))
 four_k_of_group = {}
 for file, group in group_of.items():

@@ -18,6 +18,7 @@ from brain_resnet.modeling import (
     BrainResNetImageProcessor,
     BrainResNetModel,
 )
+from brain_resnet.modeling import image_processing_brain_resnet as processing
 from brain_resnet.modeling.image_processing_brain_resnet import BrainResNetImageClassificationPipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -304,6 +305,52 @@ def test_processor_maps_the_foregrounds_percentile_to_one():
     image[50, 30:40] = 200.0  # 10 of the 3,600 foreground pixels
     scaled = BrainResNetImageProcessor().scale_intensity(image)
     assert scaled[0, 0] == 0 and scaled[25, 25] == pytest.approx(1.0) and scaled.max() == 1
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 40_000])
+@pytest.mark.parametrize("q", [0.0, 0.5, 0.995, 1.0])
+def test_the_intensity_scale_is_torch_quantile_to_the_bit(count, q):
+    """The release was trained on slices scaled by torch.quantile; the quicker selection must give the same value."""
+    values = torch.rand(count, generator=torch.Generator().manual_seed(count)) * 255
+    assert torch.equal(processing._quantile(values, q), torch.quantile(values, q))
+
+
+def _pieces_by_flood_fill(cells: np.ndarray) -> np.ndarray:
+    """Each True cell labelled by the smallest flat index of the cells it reaches in steps of at most
+    _PIECES_REACH rows and columns (inf elsewhere): the definition, cell by cell."""
+    reach = processing._PIECES_REACH
+    height, width = cells.shape
+    labels = np.full(cells.shape, np.inf)
+    for start in zip(*np.nonzero(cells), strict=True):
+        if labels[start] < np.inf:
+            continue
+        piece, frontier = {start}, [start]
+        while frontier:
+            row, col = frontier.pop()
+            near = cells[max(row - reach, 0) : row + reach + 1, max(col - reach, 0) : col + reach + 1]
+            for r, c in zip(*np.nonzero(near), strict=True):
+                cell = (r + max(row - reach, 0), c + max(col - reach, 0))
+                if cell not in piece:
+                    piece.add(cell)
+                    frontier.append(cell)
+        smallest = min(r * width + c for r, c in piece)
+        for cell in piece:
+            labels[cell] = smallest
+    return labels
+
+
+def test_pieces_are_the_cells_within_reach_of_one_another():
+    """Burned-in text is told from the head by these pieces: scattered specks, and a winding strip whose label has
+    to travel far (the head's outline), are labelled as the definition says."""
+    generator = np.random.default_rng(0)
+    grids = [generator.random((64, 64)) < density for density in (0.01, 0.03, 0.1)]
+    winding = np.zeros((64, 64), dtype=bool)
+    winding[::8, 1:63] = True
+    winding[np.arange(64) % 16 < 8, 62] = True
+    winding[np.arange(64) % 16 >= 8, 1] = True  # rows 8 apart join only at alternate ends: one long snake
+    for cells in [*grids, winding, np.zeros((5, 9), dtype=bool), np.ones((3, 70), dtype=bool)]:
+        expected = _pieces_by_flood_fill(cells)
+        assert np.array_equal(processing._labelled_pieces(torch.from_numpy(cells)).numpy(), expected)
 
 
 def test_processor_without_intensity_scaling_reads_8_and_16_bit_ranges():

@@ -788,7 +788,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--output", type=Path, help="JSON file to write (default: print only)")
     common.add_argument("--batch-size", type=number(int, 1), default=256)
-    common.add_argument("--workers", type=number(int, 1), default=None, help="decoding threads (default: CPUs)")
+    common.add_argument("--workers", type=number(int, 1), default=None, help="decoding processes (default: CPUs)")
 
     robust = commands.add_parser("robustness", parents=[common], help="corruptions and shortcut stress tests")
     robust.add_argument("runs", nargs="+", type=Path, help="train.py output folders of cross-validation runs")

@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--push-to-hub", metavar="REPO_ID", type=hub_repo_id, help="then upload the release folder to this model repo"
     )
     parser.add_argument("--batch-size", type=number(int, 1), default=64)
-    parser.add_argument("--workers", type=number(int, 1), default=2, help="image-decoding threads")
+    parser.add_argument("--workers", type=number(int, 1), default=2, help="image-decoding processes")
     args = parser.parse_args(argv)
     if args.hub_model_id and args.push_to_hub and args.hub_model_id != args.push_to_hub:
         parser.error("--hub-model-id and --push-to-hub name different repos")

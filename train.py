@@ -306,7 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "GPU busy, and benchmarks/bench_train.py measured 2.6x its images/s on an H200",
     )
     machine.add_argument(
-        "--workers", type=number(int, 1), help="image-decoding threads (default: the cores per process)"
+        "--workers", type=number(int, 1), help="image-decoding processes (default: the cores per process)"
     )
     machine.add_argument(
         "--save-every",

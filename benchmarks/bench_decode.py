@@ -1,13 +1,13 @@
 """Slices/s through the image processor, as train.py builds its caches and evaluation.py decodes each test.
 
-    python benchmarks/bench_decode.py data/all-sources                  # 1 thread, then every CPU
-    python benchmarks/bench_decode.py data/all-sources --threads 1,2,16 --sizes 128,160 --limit 2000
+    python benchmarks/bench_decode.py data/all-sources                  # 1 worker, then one per CPU
+    python benchmarks/bench_decode.py data/all-sources --workers 1,2,16 --sizes 128,160 --limit 2000
 
 Decodes the dataset's first --limit rows with `brain_resnet.data.decode_images` (JPEG decoding, the processor's
-brain crop and intensity scale, one resize per size) in each number of threads and prints slices/s. The threads
-share Python's lock for every small tensor operation, so they scale less than the CPUs: evaluation.py's
-robustness tests on the 16-CPU GPU machine waited on this, not on the GPU (about 170 slices/s a test in the eighth
-lease, before the processor's piece labelling and intensity percentile were made quicker).
+brain crop and intensity scale, one resize per size) with each number of workers, as train.py, evaluation.py and
+make_release.py do with their --workers, and prints slices/s. evaluation.py's robustness tests on the 16-CPU GPU
+machine waited on this, not on the GPU: about 170 slices/s a test in the eighth lease, when the workers were
+threads, which the processor's many small tensor operations serialise on Python's lock.
 """
 
 import argparse
@@ -37,7 +37,7 @@ def counts(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", help="a prepare_dataset.py output folder")
-    parser.add_argument("--threads", type=counts, default=[1, len(os.sched_getaffinity(0))])
+    parser.add_argument("--workers", type=counts, default=[1, len(os.sched_getaffinity(0))])
     parser.add_argument("--sizes", type=counts, default=[128], help="sizes decoded per slice, as train.py")
     parser.add_argument("--limit", type=number(int, 1), default=1000, help="rows decoded per run")
     args = parser.parse_args()
@@ -49,11 +49,11 @@ def main() -> None:
     images = table.images[: args.limit]
     processor = BrainResNetImageProcessor()
     print(f"{len(images):,} slices of {args.dataset}, sizes {args.sizes}, {os.cpu_count()} CPUs")
-    for threads in args.threads:
+    for workers in args.workers:
         started = time.perf_counter()
-        decode_images(images, processor, args.sizes, threads)
+        decode_images(images, processor, args.sizes, workers)
         elapsed = time.perf_counter() - started
-        print(f"{threads:>3} threads: {len(images) / elapsed:8,.0f} slices/s ({elapsed:.1f} s)")
+        print(f"{workers:>3} workers: {len(images) / elapsed:8,.0f} slices/s ({elapsed:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -21,18 +21,18 @@ def test_bench_train_times_both_models_with_train_step():
         assert float(row.group(1).replace(",", "")) > 0
 
 
-def test_bench_decode_times_the_processor_in_each_number_of_threads(tmp_path, brain_mri_data):
+def test_bench_decode_times_the_processor_with_each_number_of_workers(tmp_path, brain_mri_data):
     for name in ("glioma", "notumor"):
         (tmp_path / "src" / name).mkdir(parents=True)
         for file in sorted((brain_mri_data / name).iterdir())[:3]:
             shutil.copy(file, tmp_path / "src" / name)
     prepare = [sys.executable, "prepare_dataset.py", str(tmp_path / "src"), str(tmp_path / "data"), "--folds", "2"]
     subprocess.run(prepare, cwd=REPO_ROOT, capture_output=True, timeout=300, check=True)
-    command = [sys.executable, "benchmarks/bench_decode.py", str(tmp_path / "data"), "--threads", "1,2"]
+    command = [sys.executable, "benchmarks/bench_decode.py", str(tmp_path / "data"), "--workers", "1,2"]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    rates = re.findall(r"^\s*(\d+) threads:\s+([\d,]+) slices/s", done.stdout, re.MULTILINE)
-    assert [threads for threads, _ in rates] == ["1", "2"] and all(int(rate.replace(",", "")) > 0 for _, rate in rates)
+    rates = re.findall(r"^\s*(\d+) workers:\s+([\d,]+) slices/s", done.stdout, re.MULTILINE)
+    assert [workers for workers, _ in rates] == ["1", "2"] and all(int(rate.replace(",", "")) > 0 for _, rate in rates)
 
 
 def test_benchmarks_refuse_what_they_cannot_measure_in_one_line():
@@ -43,8 +43,8 @@ def test_benchmarks_refuse_what_they_cannot_measure_in_one_line():
         ("bench_train.py", ["--steps", "0"], "--steps: 0 is out of range"),
         ("bench_model.py", ["--steps", "0"], "--steps: 0 is out of range"),
         ("bench_space.py", ["--repeats", "1"], "--repeats: 1 is out of range"),
-        ("bench_decode.py", ["data/all-sources", "--threads", "0,2"], "expected numbers of at least 1"),
-        ("bench_decode.py", ["data/all-sources", "--threads", "two"], "expected whole numbers"),
+        ("bench_decode.py", ["data/all-sources", "--workers", "0,2"], "expected numbers of at least 1"),
+        ("bench_decode.py", ["data/all-sources", "--workers", "two"], "expected whole numbers"),
         ("bench_decode.py", ["no/such/dataset"], "no such folder"),
     ]:
         command = [sys.executable, f"benchmarks/{script}", *arguments]

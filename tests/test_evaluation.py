@@ -95,6 +95,27 @@ def test_as_br35h_gives_the_notumor_sources_look(slice_image):
     assert shown.max() > 100, "the brain must still be visible"
 
 
+def test_decoding_processes_give_what_one_process_gives_and_name_a_broken_row(brain_mri_data):
+    """Robustness decodes every test's slices in several processes, each altered by a per-row closure: the caches
+    must be the ones a single decoder makes, in row order, and a damaged slice must be named, not a pool's crash."""
+    files = sorted((brain_mri_data / "glioma").iterdir())[:70] + sorted((brain_mri_data / "notumor").iterdir())[:70]
+    images = [{"bytes": file.read_bytes(), "path": file.name} for file in files]
+    processor = BrainResNetImageProcessor()
+    rows = np.arange(len(images))[::-1]  # a closure over the caller's rows, as evaluation.decoded makes
+
+    def alter(i, image):
+        return image.rotate(int(rows[i]) % 30)
+
+    alone = data.decode_images(images, processor, [32, 48], 1, alter)
+    together = data.decode_images(images, processor, [32, 48], 2, alter)
+    assert [cache.shape for cache in together] == [(140, 1, 32, 32), (140, 1, 48, 48)]
+    assert all(torch.equal(a, b) for a, b in zip(alone, together, strict=True))
+    assert not torch.equal(together[0][0], data.decode_images(images[:1], processor, [32], 1)[0][0])  # altered
+    images[100] = {"bytes": b"not a jpeg", "path": "broken.jpg"}
+    with pytest.raises(data.UsageError, match="row 100 of the dataset is not a readable image"):
+        data.decode_images(images, processor, [32], 2)
+
+
 def test_as_figshare_gives_a_square_grayscale_256_px_slice():
     wide = Image.new("RGB", (300, 168))
     wide.paste((200, 200, 200), (100, 30, 200, 140))

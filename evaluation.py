@@ -28,7 +28,9 @@ reported beside the single-view one, never in its place.
 model's labels, or `tumor` for tumor slices of unknown type (Br35H's yes/no and Kaggle's glioma_tumor, ...,
 no_tumor folder names are understood too). It reports accuracy on the named classes, the share of
 tumor slices found (not called "notumor") and the share of healthy slices called "notumor", with every slice's
-prediction.
+prediction. With `--leave-out-copies-of DATASET` (the models' training data) it first leaves out, and lists, the
+slices that prepare_dataset.py would group with a slice of DATASET (copies, mirrored or re-windowed ones too, and
+adjacent slices of one scan): a public set that re-publishes training slices would otherwise flatter the models.
 
 `summary` gathers finished cross-validation runs (and robustness files) into one machine-readable table: per
 protocol ("stratified" is train.py's `--protocol random`, the paper's; "grouped" keeps near-duplicates together)
@@ -68,7 +70,7 @@ from brain_resnet.data import (
     run_files,
 )
 from brain_resnet.engine import logits_function, model_config, model_input
-from brain_resnet.external import NOTUMOR, external_files, external_metrics, read_external
+from brain_resnet.external import NOTUMOR, copies_of_dataset, external_files, external_metrics, read_external
 from brain_resnet.folds import PROTOCOL_NAMES
 from brain_resnet.metrics import forward_flops
 from brain_resnet.modeling import VARIANTS, BrainResNetForImageClassification, BrainResNetImageProcessor
@@ -480,7 +482,6 @@ def external(args: argparse.Namespace) -> dict:
     models = [(path, *load_model(path, device)) for path in args.model]
     class_names = [models[0][1].config.id2label[i] for i in range(models[0][1].config.num_labels)]
     images, kept, unreadable = read_external(external_files(args.data, class_names))
-    truths = [truth for _, truth in kept]
     for line in unreadable:
         print(f"skipped (not a readable image): {line}", file=sys.stderr)
     result = {
@@ -488,8 +489,20 @@ def external(args: argparse.Namespace) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "data": str(args.data),
         "skipped": unreadable,
-        "models": {},
     }
+    if args.leave_out_copies_of:
+        copies = copies_of_dataset(images, args.leave_out_copies_of)
+        result["copies_left_out"] = {
+            "of": args.leave_out_copies_of,
+            "slices": [{"file": str(kept[i][0].relative_to(args.data)), "copy_of": copies[i]} for i in sorted(copies)],
+        }
+        print(f"left out {len(copies)} of {len(kept)} slices: copies of {args.leave_out_copies_of}'s", file=sys.stderr)
+        if len(copies) == len(kept):
+            raise UsageError(f"every slice of {args.data} is a copy of a slice of {args.leave_out_copies_of}")
+        images = [image for i, image in enumerate(images) if i not in copies]
+        kept = [entry for i, entry in enumerate(kept) if i not in copies]
+    truths = [truth for _, truth in kept]
+    result["models"] = {}
     caches = {}  # processor settings -> decoded slices: models preprocessing alike share one decoding
     for path, model, processor in models:
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -524,15 +537,17 @@ def variant_name(model: str) -> str:
 CROSS_SOURCE_METRICS = ("accuracy", "tumor_found", "notumor_specificity")
 
 
-def read_external_reports(files: list[Path]) -> dict[str, tuple[str, dict]]:
-    """{resolved model folder: (data folder name, metrics)} from `evaluation.py external` outputs."""
+def read_external_reports(files: list[Path]) -> dict[str, tuple[str, dict, set[str]]]:
+    """{resolved model folder: (data folder name, metrics, the slices `external --leave-out-copies-of` left out)}
+    from `evaluation.py external` outputs."""
     scores = {}
     for file in files:
         report = read_json(file)
         if report is None or "models" not in report:
             raise UsageError(f"{file} is not an `evaluation.py external` output")
         data = Path(report["data"]).name
-        scores |= {str(Path(model).resolve()): (data, metrics) for model, metrics in report["models"].items()}
+        left_out = {entry["file"] for entry in report.get("copies_left_out", {}).get("slices", ())}
+        scores |= {str(Path(model).resolve()): (data, metrics, left_out) for model, metrics in report["models"].items()}
     return scores
 
 
@@ -581,17 +596,19 @@ def without_slices(metrics: dict, left_out: set[str]) -> dict:
     return external_metrics([p["truth"] for p in kept], [p["predicted"] for p in kept])
 
 
-def cross_source_scores(runs: list[tuple[Path, dict]], scores: dict[str, tuple[str, dict]]) -> dict:
+def cross_source_scores(runs: list[tuple[Path, dict]], scores: dict[str, tuple[str, dict, set[str]]]) -> dict:
     """{data: mean of CROSS_SOURCE_METRICS over the runs' fold models scored on it, how many were, and how many of
-    its slices were left out as copies of the runs' sources (`copies_scored`)}. A run that trained on slices of the
-    data it was scored on is refused: its scores there are not of another source."""
+    its slices were left out as copies of the runs' sources (`copies_scored`, or `external --leave-out-copies-of`
+    before)}. A run that trained on slices of the data it was scored on is refused: its scores there are not of
+    another source."""
     by_data, left_out = {}, {}
     for path, results in runs:
         models = {}  # data -> the metrics of the run's fold models scored on it
         for fold in results["folds"]:
             if (found := scores.get(str((path / f"fold-{fold}").resolve()))) is not None:
-                data, metrics = found
+                data, metrics, left_out_before = found  # by `external --leave-out-copies-of`, already
                 models.setdefault(data, []).append(metrics)
+                left_out.setdefault(data, set()).update(left_out_before)
         for data, scored in models.items():
             files = list(dict.fromkeys(p["file"] for metrics in scored for p in metrics.get("predictions", ())))
             copies = copies_scored(path, results["args"]["settings"], data, files) if files else set()
@@ -810,6 +827,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ext = commands.add_parser("external", parents=[common], help="accuracy on slices from another source")
     ext.add_argument("data", type=Path, help="folder with one folder of slices per class (or 'tumor')")
     ext.add_argument("--model", type=Path, action="append", required=True, help="model folder (repeatable)")
+    ext.add_argument(
+        "--leave-out-copies-of",
+        metavar="DATASET",
+        help="leave out (and list) the slices that prepare_dataset.py would group with a slice of DATASET, such as "
+        "the models' training data: copies, mirrored or re-windowed ones too, and adjacent slices",
+    )
 
     summary = commands.add_parser("summary", help="one table of finished cross-validation runs")
     summary.add_argument("runs", nargs="+", type=Path, help="train.py output folders of cross-validation runs")

@@ -4,13 +4,15 @@ Folder names are the model's labels, `tumor` for tumor slices of unknown type, o
 (FOLDER_ALIASES). evaluation.py's `external` and make_release.py score models this way.
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from .cli import UsageError
-from .data import NOTUMOR, open_image
+from .data import NOTUMOR, open_image, read_splits
 from .folders import is_hidden, visible_dirs
+from .folds import correlated_pairs, image_hashes, near_duplicate_groups, normalised_thumbnail
 from .metrics import share_interval
 
 TUMOR = "tumor"  # an external folder of tumor slices of unknown type
@@ -88,3 +90,30 @@ def read_external(files: list[tuple[Path, str]]) -> tuple[list[bytes], list[tupl
         images.append(data)
         kept.append((file, truth))
     return images, kept, unreadable
+
+
+def copies_of_dataset(images: list[bytes], dataset: str) -> dict[int, str]:
+    """{index in `images`: a `file` of `dataset`} for each slice that prepare_dataset.py would group with slices of
+    the dataset (any split): equal average hashes, perceptual hashes within a few bits, or normalised thumbnails
+    correlated above 0.9 as they are or mirrored, chained through the other slices too. A model trained on the
+    dataset has seen these slices (or their neighbours) in training: scored, they would flatter it."""
+    splits, _ = read_splits(dataset)
+    files = [
+        file
+        for name, split in splits.items()
+        for file in split.get("file") or [f"{name} row {i}" for i in range(len(split["image"]))]
+    ]
+    print(f"Looking for copies of {dataset}'s {len(files):,} slices among {len(images):,}...", file=sys.stderr)
+
+    def fingerprint(entry) -> tuple:
+        image = open_image(entry)
+        return image_hashes(image), normalised_thumbnail(image)
+
+    prints = [fingerprint(image) for split in splits.values() for image in split["image"]]
+    prints += [fingerprint(image) for image in images]
+    hashes, thumbnails = zip(*prints, strict=True)
+    group = near_duplicate_groups(hashes, more_links=[correlated_pairs(thumbnails)])
+    file_of_group = {}
+    for file, number in zip(files, group, strict=False):
+        file_of_group.setdefault(number, file)
+    return {index: file_of_group[number] for index, number in enumerate(group[len(files) :]) if number in file_of_group}

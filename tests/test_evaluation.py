@@ -320,6 +320,33 @@ def test_external_scores_named_classes_tumor_folders_and_skips_broken_files(run,
     assert metrics["accuracy"] == pytest.approx(np.mean([p["predicted"] == p["truth"] for p in named]))
 
 
+def test_external_leaves_out_copies_of_the_training_data_even_mirrored(run, external_folder, tmp_path, capsys):
+    """A folder that re-publishes training slices (here the first slice of each class, one of them mirrored and
+    re-encoded) would flatter the models: those slices are left out of the scores and listed with the training
+    slice they copy; the summary counts them among the copies left out."""
+    dataset = str(run.parent / "dataset")
+    trained = {Path(file).name for file in data.read_splits(dataset)[0]["train"]["file"]}
+    copied = sorted(p for p in external_folder.rglob("*.jpg") if p.name in trained)
+    assert len(copied) == 3  # glioma, pituitary (in the tumor folder) and notumor: each class's first slice
+    mirrored = copied[0]
+    Image.open(mirrored).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored.with_name("mirrored.jpg"), quality=80)
+    mirrored.unlink()
+    output = tmp_path / "external.json"
+    model = str(run / "fold-0")
+    command = ["external", str(external_folder), "--model", model, "--output", str(output)]
+    assert evaluation.main([*command, "--leave-out-copies-of", dataset]) == 0
+    result = json.loads(output.read_text())
+    left_out = {entry["file"]: entry["copy_of"] for entry in result["copies_left_out"]["slices"]}
+    assert {f"{p.parent.name}/{p.name}" for p in copied[1:]} | {f"{mirrored.parent.name}/mirrored.jpg"} <= set(left_out)
+    assert all(Path(copy_of).name in trained for copy_of in left_out.values())
+    assert f"left out {len(left_out)} of 9 slices" in capsys.readouterr().err
+    scored = result["models"][model]
+    assert scored["slices"] == 9 - len(left_out) == len(scored["predictions"]) > 0
+    assert not {p["file"] for p in scored["predictions"]} & set(left_out)
+    scores = evaluation.read_external_reports([output])
+    assert scores[str(Path(model).resolve())][2] == set(left_out)
+
+
 def test_external_rejects_folders_that_are_not_classes(run, tmp_path, capsys):
     (tmp_path / "data" / "maybe").mkdir(parents=True)
     Image.new("L", (64, 64)).save(tmp_path / "data" / "maybe" / "a.png")
@@ -491,7 +518,8 @@ def test_a_cross_source_score_no_model_had_slices_for_is_left_empty(tmp_path):
     (which is no JSON)."""
     fold = str((tmp_path / "run" / "fold-0").resolve())
     scored = {"accuracy": None, "tumor_found": 0.9, "notumor_specificity": None}
-    means = evaluation.cross_source_scores([(tmp_path / "run", {"folds": {"0": {}}})], {fold: ("tumors", scored)})
+    run = (tmp_path / "run", {"folds": {"0": {}}})
+    means = evaluation.cross_source_scores([run], {fold: ("tumors", scored, set())})
     assert means == {"tumors": {"models": 1, "copies_left_out": 0, **scored}}
 
 
@@ -499,8 +527,8 @@ def test_cross_source_scores_count_only_the_fold_models_of_finished_folds(tmp_pa
     """A fold model scored before its fold finished (a stopped matrix) is not one of the run's models yet."""
     folds = {fold: str((tmp_path / "run" / f"fold-{fold}").resolve()) for fold in (0, 1)}
     scores = {
-        folds[0]: ("other", dict.fromkeys(evaluation.CROSS_SOURCE_METRICS, 0.8)),
-        folds[1]: ("other", dict.fromkeys(evaluation.CROSS_SOURCE_METRICS, 0.2)),
+        folds[0]: ("other", dict.fromkeys(evaluation.CROSS_SOURCE_METRICS, 0.8), set()),
+        folds[1]: ("other", dict.fromkeys(evaluation.CROSS_SOURCE_METRICS, 0.2), set()),
     }
     means = evaluation.cross_source_scores([(tmp_path / "run", {"folds": {"0": {}}})], scores)
     assert means == {"other": {"models": 1, "copies_left_out": 0} | dict.fromkeys(evaluation.CROSS_SOURCE_METRICS, 0.8)}
@@ -551,7 +579,7 @@ def test_cross_source_scores_leave_out_copies_of_the_runs_sources_and_count_them
     run = {"folds": {"0": {}}, "args": {"settings": {"dataset": "d", "sources": ["figshare"]}}}
     fold = str((tmp_path / "run" / "fold-0").resolve())
 
-    means = evaluation.cross_source_scores([(tmp_path / "run", run)], {fold: ("sartaj", as_scored)})
+    means = evaluation.cross_source_scores([(tmp_path / "run", run)], {fold: ("sartaj", as_scored, set())})
 
     assert means == {
         "sartaj": {"models": 1, "copies_left_out": 1, "accuracy": 0.5, "tumor_found": 0.0, "notumor_specificity": 1.0}

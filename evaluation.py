@@ -39,7 +39,9 @@ forward FLOPs, training images/s and wall time, with the device and command of e
 the shortcut flip rate and the accuracy with test-time views where they were scored. Given `external` outputs,
 each entry also gets `cross_source` scores; a run that trained on slices of that folder is refused there.
 
-Each prints a table and writes JSON (robustness also a plot beside it).
+Each prints a table and writes JSON (robustness also a plot beside it; it rewrites its JSON after each test, marked
+`partial` until the last, so that a run stopped at a time limit keeps the tests it finished, the shortcut stress
+tests first).
 """
 
 import argparse
@@ -276,14 +278,15 @@ def conditions(notumor_sizes: list[tuple[int, int]], only: set[str] | None, seed
     def figshare(row, image):
         return as_figshare(image, np.random.default_rng([seed, 102, row]))
 
+    # The shortcut stress tests first: the summary reads them, and a run cut off at a time limit keeps them.
     listed = [("clean", None, None, "all")]
-    for name, strengths in CORRUPTIONS.items():
-        if only is None or name in only:
-            listed += [(name, strength, corruption(name, strength), "all") for strength in strengths]
     if only is None or "tumor_as_br35h" in only:
         listed.append(("tumor_as_br35h", None, br35h, "tumor"))
     if only is None or "notumor_as_figshare" in only:
         listed.append(("notumor_as_figshare", None, figshare, "notumor"))
+    for name, strengths in CORRUPTIONS.items():
+        if only is None or name in only:
+            listed += [(name, strength, corruption(name, strength), "all") for strength in strengths]
     return listed
 
 
@@ -407,7 +410,15 @@ def robustness(args: argparse.Namespace) -> dict:
                 )
         label = name if strength is None else f"{name} {strength}"
         print(f"[{index}/{len(listed)}] {label}: {len(rows):,} slices, {time.perf_counter() - started:.1f} s")
+        if args.output and index < len(listed):  # what is done so far, for a run cut off before the end
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            result = robustness_result(args, runs, report, dataset, device)
+            write_json(args.output, result | {"partial": {"tests_done": index, "tests": len(listed)}})
+    return robustness_result(args, runs, report, dataset, device)
 
+
+def robustness_result(args: argparse.Namespace, runs: list[Run], report: dict, dataset: str, device) -> dict:
+    """The robustness JSON of the tests in `report` so far."""
     return {
         "command": shlex.join(["python", *sys.argv]),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -642,6 +653,9 @@ def summarize_runs(paths: list[Path], robustness_files: list[Path], external_rep
         report = read_json(file)
         if report is None or "runs" not in report:
             raise UsageError(f"{file} is not an `evaluation.py robustness` output")
+        if partial := report.get("partial"):
+            done = f"{partial['tests_done']} of its {partial['tests']} tests"
+            print(f"note: {file} holds the first {done}: the run stopped before the rest", file=sys.stderr)
         named = [str(Path(run).resolve()) for run in report["runs"]]
         for run, entry in zip(named, report["runs"].values(), strict=True):
             shortcut.setdefault(run, []).append(entry)

@@ -193,6 +193,38 @@ def test_robustness_reports_each_strength_and_the_shortcut_tests(run, robustness
     assert output.with_suffix(".png").stat().st_size > 10_000
 
 
+def test_a_robustness_run_stopped_midway_keeps_the_tests_it_finished_shortcut_tests_first(
+    run, robustness_result, tmp_path, monkeypatch, capsys
+):
+    """A GPU lease's time limit stops the run (the eighth lease's after 7 of 24 tests, every score lost): the JSON
+    holds what finished, marked partial, with the stress tests the summary reads among the first; a finished run's
+    JSON is not marked."""
+    assert "partial" not in robustness_result[0]
+    decoded, calls = evaluation.decoded, []
+
+    def stopped_at_the_fourth(*args):
+        calls.append(args)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return decoded(*args)
+
+    monkeypatch.setattr(evaluation, "decoded", stopped_at_the_fourth)
+    output = tmp_path / "robustness.json"
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.main(
+            ["robustness", str(run), "--views", "0", "--only", "jpeg,tumor_as_br35h,notumor_as_figshare"]
+            + ["--output", str(output)]
+        )
+    kept = json.loads(output.read_text())
+    assert kept["partial"] == {"tests_done": 3, "tests": 6}
+    entry = kept["runs"][str(run)]
+    assert set(entry["shortcut"]) == {"tumor_as_br35h", "notumor_as_figshare"} and entry["corruptions"] == {}
+    assert entry["shortcut"] == robustness_result[0]["runs"][str(run)]["shortcut"]
+    capsys.readouterr()
+    assert evaluation.main(["summary", str(run), "--robustness", str(output)]) == 0
+    assert f"note: {output} holds the first 3 of its 6 tests" in capsys.readouterr().err
+
+
 def test_robustness_scores_clean_slices_with_test_time_views_beside_the_single_view_accuracy(run, robustness_result):
     result, _ = robustness_result
     entry = result["runs"][str(run)]

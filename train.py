@@ -258,6 +258,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "shortcut and rejected twice: results/cpu-gin-ab, results/cpu-gin-healthy-only-ab)",
     )
     add_share(
+        "--shuffle-prob",
+        "share of training views whose four quadrants change places (brain_resnet/augment.py shuffle_quadrants): "
+        "a lesion keeps its look, the head's outline goes, so that the slice's plane (sagittal and coronal slices "
+        "are all tumors in the 4k data) stops being a cue",
+    )
+    add_share(
         "--mix-styles",
         "share of the training slices whose feature maps, after the first two residual stages, take a random "
         "mixture of their own channel statistics and another slice's (MixStyle; brain_resnet/style_mixing.py), so "

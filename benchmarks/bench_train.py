@@ -82,6 +82,7 @@ def measure(name: str, args, accelerator: Accelerator, bf16: bool, layout: torch
         remap_prob=0.5,
         invert_prob=0.0,
         gin_prob=0.0,
+        shuffle_prob=0.0,
         match_sources=0.0,
     )
 

@@ -13,6 +13,7 @@ def augment(
     geometry_only: bool = False,
     jitter_scale: float = 1.0,
     gin_prob: float = 0.0,
+    shuffle_prob: float = 0.0,
 ) -> torch.Tensor:
     """Random views of cached uint8 (B, 1, S, S) slices as float (B, 1, size, size) in [0, 1], all on the device.
 
@@ -27,7 +28,8 @@ def augment(
     (the paper's protocol) and is what the jitter is there to prevent across sources. `jitter_scale` widens (> 1)
     or narrows the jitter: the gamma, contrast, brightness and noise ranges and every step's probability (capped
     at 1) times the scale (the blur's sigma and the resolution's factor keep their ranges), from the same random
-    draws, so that a scale of 1 replays the default exactly.
+    draws, so that a scale of 1 replays the default exactly. Last, with probability `shuffle_prob`, the view's four
+    quadrants change places (shuffle_quadrants).
     """
     batch, device = images.shape[0], images.device
 
@@ -36,6 +38,11 @@ def augment(
 
     def chance(p: float) -> torch.Tensor:
         return torch.rand(batch, device=device) < p
+
+    def shuffled(x: torch.Tensor) -> torch.Tensor:  # drawn last, and only when on: runs without it keep their stream
+        if shuffle_prob == 0:
+            return x
+        return torch.where(chance(shuffle_prob).view(batch, 1, 1, 1), shuffle_quadrants(x), x)
 
     zoom = uniform(0.75, 1.0)  # side of the crop as a fraction of the slice (random resized crop)
     stretch = torch.exp(uniform(-0.1, 0.1))
@@ -57,7 +64,7 @@ def augment(
 
     x = x.clamp_(0, 1)
     if geometry_only:
-        return x
+        return shuffled(x)
     per_image = (batch, 1, 1, 1)
     if remap_prob > 0:
         x = torch.where(chance(remap_prob).view(per_image), remap_intensity(x), x)
@@ -72,7 +79,21 @@ def augment(
     low_factor = float(np.random.uniform(0.35, 0.8))
     x = torch.where(chance(min(0.2 * k, 1.0)).view(per_image), low_resolution(x, low_factor), x)
     noise = torch.where(chance(min(0.4 * k, 1.0)), uniform(0.0, 0.04 * k), 0.0).view(per_image)
-    return x.add_(torch.randn_like(x) * noise).clamp_(0, 1)
+    return shuffled(x.add_(torch.randn_like(x) * noise).clamp_(0, 1))
+
+
+def shuffle_quadrants(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, S, S) with each image's four quadrants in a random order other than their own: a lesion keeps its
+    look, the head's outline (which tells a sagittal slice from an axial one) is broken up. S must be even."""
+    batch, channels, size, _ = x.shape
+    half = size // 2
+    quadrants = x.view(batch, channels, 2, half, 2, half).permute(0, 2, 4, 1, 3, 5).reshape(batch, 4, -1)
+    # a random permutation of the four that moves at least one: the identity's rank is redrawn as another's
+    order = torch.rand(batch, 4, device=x.device).argsort(dim=1)
+    kept = (order == torch.arange(4, device=x.device)).all(dim=1)
+    order[kept] = torch.tensor([1, 0, 3, 2], device=x.device)
+    shuffled = quadrants.gather(1, order[:, :, None].expand_as(quadrants))
+    return shuffled.view(batch, 2, 2, channels, half, half).permute(0, 3, 1, 4, 2, 5).reshape(x.shape)
 
 
 def remap_intensity(x: torch.Tensor, knots: int = 6) -> torch.Tensor:

@@ -167,6 +167,7 @@ def train_step(
             args.geometry_only,
             args.jitter_scale or 1.0,  # unset: the recipe's jitter (and old runs' settings, which lack it, match)
             args.gin_prob,
+            args.shuffle_prob,
         ),
         processor,
     )

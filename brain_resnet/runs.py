@@ -22,6 +22,7 @@ SHORTCUT_SETTINGS = (
     "remap_prob",
     "invert_prob",
     "gin_prob",
+    "shuffle_prob",
     "mirror_prob",
     "paste_prob",
     "dark_lesion_prob",

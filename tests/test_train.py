@@ -33,6 +33,7 @@ from brain_resnet.augment import (
     paste_lesions,
     random_network_contrast,
     remap_intensity,
+    shuffle_quadrants,
     tumour_sides,
 )
 from brain_resnet.cli import UsageError
@@ -637,6 +638,28 @@ def test_random_network_contrast_changes_tissue_contrast_but_keeps_the_frame_bla
     assert not torch.allclose(views[0], views[1])  # each view its own network and mixing weight
     images = torch.randint(0, 256, (6, 1, 74, 74), dtype=torch.uint8)
     assert torch.equal(augmented(images, seed=1), augmented(images, seed=1, gin_prob=0.0))  # off: the same stream
+
+
+def test_shuffled_quadrants_keep_every_quadrant_and_move_them():
+    """--shuffle-prob: each view's quadrants, pixel for pixel, in another order (never their own), drawn after every
+    other step, so that the views are those of the recipe, quadrants apart, and off draws nothing."""
+    images = torch.randint(0, 256, (64, 1, 74, 74), dtype=torch.uint8)
+
+    def quadrants(x):
+        return [x[..., rows, cols] for rows in (slice(0, 32), slice(32, 64)) for cols in (slice(0, 32), slice(32, 64))]
+
+    recipe, shuffled = augmented(images, seed=4), augmented(images, seed=4, shuffle_prob=1.0)
+    moved = 0
+    for before, after in zip(recipe, shuffled, strict=True):
+        parts, placed = quadrants(before), quadrants(after)
+        order = [next(i for i, part in enumerate(parts) if torch.equal(part, piece)) for piece in placed]
+        assert sorted(order) == [0, 1, 2, 3] and order != [0, 1, 2, 3]
+        moved += sum(i != j for j, i in enumerate(order))
+    assert moved > 64 * 2  # not always the same swap of two
+    half = augmented(images, seed=4, shuffle_prob=0.5)
+    assert 10 < sum(torch.equal(a, b) for a, b in zip(half, recipe, strict=True)) < 54
+    assert torch.equal(augmented(images, seed=4, shuffle_prob=0.0), recipe)
+    assert shuffle_quadrants(recipe).shape == recipe.shape
 
 
 def test_style_mixing_gives_slices_a_mixture_of_another_slices_statistics_and_keeps_their_patterns():

@@ -21,16 +21,6 @@ for seed in 42 1; do
     PYTHONPATH=. .venv/bin/python results/cpu-heal-ab/sartaj_roc_points.py $try/fold-0 $base
     PYTHONPATH=. .venv/bin/python results/gpu-4/found_at_false_alarms.py $try/fold-0 $base
   } 2>&1 | grep -v "Loading weights" >> $out/sartaj-scores.txt
-  PYTHONPATH=. .venv/bin/python - $out/sartaj-scores.txt $try/fold-0 $base <<'PY' || { echo "AUROC fell: the A/B ends"; break; }
-import sys
-scores, tried, baseline = sys.argv[1:]
-aurocs = {}
-for line in open(scores):
-    fields = line.split(" | ")
-    if len(fields) > 1 and fields[1].startswith("AUROC"):
-        aurocs[fields[0]] = float(fields[1].split()[1])
-print(aurocs[tried], aurocs[baseline])
-sys.exit(0 if aurocs[tried] > aurocs[baseline] else 1)
-PY
+  .venv/bin/python results/auroc_rose.py $out/sartaj-scores.txt $try/fold-0 $base || { echo "AUROC fell: the A/B ends"; break; }
 done
 echo chain done

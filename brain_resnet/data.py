@@ -346,8 +346,8 @@ def decode_images(
 ) -> list:
     """Every image through processor.preprocess_one once per size: uint8 tensors (N, 1, size, size).
 
-    `workers` processes decode at once (forked, on Linux; threads elsewhere, and for one worker the calling
-    process): the processor's many small tensor operations hold Python's lock, so threads scale poorly (16 of them
+    `workers` processes decode at once (forked, on Linux; threads elsewhere, and a single thread for one
+    worker): the processor's many small tensor operations hold Python's lock, so threads scale poorly (16 of them
     decoded about 170 slices/s on the eighth lease's GPU machine). `transform(i, image) -> image`, if given, alters
     the i-th decoded image before the processor (evaluation.py's corruptions)."""
     global _DECODING

@@ -95,8 +95,9 @@ def read_external(files: list[tuple[Path, str]]) -> tuple[list[bytes], list[tupl
 def copies_of_dataset(images: list[bytes], dataset: str) -> dict[int, str]:
     """{index in `images`: a `file` of `dataset`} for each slice that prepare_dataset.py would group with slices of
     the dataset (any split): equal average hashes, perceptual hashes within a few bits, or normalised thumbnails
-    correlated above 0.9 as they are or mirrored, chained through the other slices too. A model trained on the
-    dataset has seen these slices (or their neighbours) in training: scored, they would flatter it."""
+    correlated above 0.9 as they are or mirrored, chained through the other slices too (not its links of
+    consecutively numbered figshare slices, which need the sources' file names). A model trained on the dataset has
+    seen these slices (or their neighbours) in training: scored, they would flatter it."""
     splits, _ = read_splits(dataset)
     files = [
         file

@@ -115,6 +115,6 @@ def copies_of_dataset(images: list[bytes], dataset: str) -> dict[int, str]:
     hashes, thumbnails = zip(*prints, strict=True)
     group = near_duplicate_groups(hashes, more_links=[correlated_pairs(thumbnails)])
     file_of_group = {}
-    for file, number in zip(files, group, strict=False):
+    for file, number in zip(files, group[: len(files)], strict=True):
         file_of_group.setdefault(number, file)
     return {index: file_of_group[number] for index, number in enumerate(group[len(files) :]) if number in file_of_group}
